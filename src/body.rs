@@ -1,0 +1,358 @@
+//! Bodies of a forwarded call: the first client message read off the wire, the request body
+//! streamed to the part (names rewritten message by message when needed), and the response body
+//! streamed back (holding the part's concurrency slot, enforcing the client's deadline).
+//!
+//! Receives hyper/tonic bodies; hands on bodies that forward bytes without decoding messages.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
+
+use crate::error::GatewayError;
+use crate::route::frame::{self, FrameHeader, HEADER_LEN};
+
+type Body = tonic::body::Body;
+
+/// The first message of a call, and whatever the client sent after it in the same reads.
+#[derive(Debug)]
+pub struct FirstMessage {
+    /// The message's frame header.
+    pub header: FrameHeader,
+    /// The message itself (header stripped).
+    pub message: Bytes,
+    /// Bytes already read past the first message.
+    pub rest: Bytes,
+    /// Trailers the client sent, if the body already ended with them.
+    pub trailers: Option<HeaderMap>,
+}
+
+/// Reads exactly the first gRPC message of `body`, buffering nothing beyond the frames that
+/// carried it. `Ok(None)` when the body ends with no message at all.
+pub async fn read_first_message(body: &mut Body, limit: usize) -> Result<Option<FirstMessage>, GatewayError> {
+    let mut buf = BytesMut::new();
+    let mut trailers = None;
+    loop {
+        if let Some(header) = FrameHeader::parse(&buf) {
+            if header.len > limit {
+                return Err(GatewayError::MessageTooLarge { size: header.len, limit });
+            }
+            if buf.len() >= HEADER_LEN + header.len {
+                buf.advance(HEADER_LEN);
+                let message = buf.split_to(header.len).freeze();
+                return Ok(Some(FirstMessage { header, message, rest: buf.freeze(), trailers }));
+            }
+        }
+        if trailers.is_some() {
+            break;
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if buf.is_empty() && whole_message(&data, limit) => {
+                    // Common case: one read holds the whole first message; no copy.
+                    return split_whole(data).map(Some);
+                }
+                Ok(data) => buf.extend_from_slice(&data),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            },
+            Some(Err(status)) => return Err(GatewayError::ClientStream(status.message().to_owned())),
+            None => break,
+        }
+    }
+    if buf.is_empty() { Ok(None) } else { Err(GatewayError::MalformedFrame("request body ended inside a message")) }
+}
+
+fn whole_message(data: &Bytes, limit: usize) -> bool {
+    FrameHeader::parse(data).is_some_and(|h| h.len <= limit && data.len() >= HEADER_LEN + h.len)
+}
+
+fn split_whole(mut data: Bytes) -> Result<FirstMessage, GatewayError> {
+    let header = FrameHeader::parse(&data).ok_or(GatewayError::MalformedFrame("short frame header"))?;
+    data.advance(HEADER_LEN);
+    let message = data.split_to(header.len);
+    Ok(FirstMessage { header, message, rest: data, trailers: None })
+}
+
+/// Rewrites the name in every later client message of a stream that still carries the name the
+/// client used in its first message.
+#[derive(Debug)]
+pub struct StreamRewrite {
+    path: &'static [u32],
+    original: Arc<str>,
+    strip: usize,
+    buf: BytesMut,
+}
+
+impl StreamRewrite {
+    /// Rewrites `original` (as sent by the client) by dropping `strip` leading bytes.
+    pub fn new(path: &'static [u32], original: &str, strip: usize) -> Self {
+        Self { path, original: original.into(), strip, buf: BytesMut::new() }
+    }
+
+    /// Appends client bytes and moves every complete message to `out`, rewritten if it names
+    /// the same resource. Compressed or unreadable messages pass through untouched.
+    fn push(&mut self, data: &[u8], out: &mut VecDeque<Bytes>) {
+        self.buf.extend_from_slice(data);
+        while let Some(header) = FrameHeader::parse(&self.buf) {
+            if self.buf.len() < HEADER_LEN + header.len {
+                break;
+            }
+            let framed = self.buf.split_to(HEADER_LEN + header.len).freeze();
+            let message = framed.slice(HEADER_LEN..);
+            let same_name = !header.compressed
+                && matches!(frame::read_name(&message, self.path), Ok(Some(n)) if *n == *self.original);
+            match same_name.then(|| frame::strip_name(&message, self.path, self.strip)) {
+                Some(Ok((segments, len))) => {
+                    out.push_back(Bytes::copy_from_slice(&FrameHeader::encode(len)));
+                    out.extend(segments);
+                }
+                _ => out.push_back(framed),
+            }
+        }
+    }
+
+    /// Leftover bytes of an incomplete message when the client ends its stream.
+    fn leftover(&mut self) -> Option<Bytes> {
+        (!self.buf.is_empty()).then(|| self.buf.split().freeze())
+    }
+}
+
+/// The request body sent to a part: already-read bytes first, then the rest of the client's
+/// stream (passed through frame by frame, or re-framed when names must be rewritten).
+pub struct ForwardBody {
+    queued: VecDeque<Bytes>,
+    inner: Option<Body>,
+    trailers: Option<HeaderMap>,
+    rewrite: Option<StreamRewrite>,
+}
+
+impl ForwardBody {
+    /// `first` is the (possibly rewritten) first message including its frame header.
+    pub fn new(first: Vec<Bytes>, rest: Bytes, inner: Body, trailers: Option<HeaderMap>, mut rewrite: Option<StreamRewrite>) -> Self {
+        let mut queued: VecDeque<Bytes> = first.into();
+        match &mut rewrite {
+            Some(rw) if !rest.is_empty() => rw.push(&rest, &mut queued),
+            _ if !rest.is_empty() => queued.push_back(rest),
+            _ => {}
+        }
+        let inner = if trailers.is_some() { None } else { Some(inner) };
+        Self { queued, inner, trailers, rewrite }
+    }
+}
+
+impl http_body::Body for ForwardBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(data) = this.queued.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            let Some(inner) = this.inner.as_mut() else {
+                return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            };
+            match ready!(Pin::new(inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => match &mut this.rewrite {
+                        Some(rw) => rw.push(&data, &mut this.queued),
+                        None => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    },
+                    Err(frame) => {
+                        this.inner = None;
+                        this.trailers = frame.into_trailers().ok();
+                        this.queued.extend(this.rewrite.as_mut().and_then(StreamRewrite::leftover));
+                    }
+                },
+                Some(Err(status)) => return Poll::Ready(Some(Err(status))),
+                None => {
+                    this.inner = None;
+                    this.queued.extend(this.rewrite.as_mut().and_then(StreamRewrite::leftover));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.queued.is_empty() && self.inner.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.inner, &self.rewrite) {
+            (None, _) => SizeHint::with_exact(self.queued.iter().map(|b| b.len() as u64).sum()),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// The response body streamed back from a part. Holds the part's concurrency slot until the
+/// call ends, ends the call with DEADLINE_EXCEEDED when the client's deadline passes, and turns
+/// a connection lost mid-call into an UNAVAILABLE status instead of a bare stream reset.
+pub struct ResponseBody {
+    inner: Incoming,
+    deadline: Option<Pin<Box<Sleep>>>,
+    part: Arc<str>,
+    done: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ResponseBody {
+    /// Wraps a part's response body.
+    pub fn new(inner: Incoming, permit: OwnedSemaphorePermit, deadline: Option<Pin<Box<Sleep>>>, part: Arc<str>) -> Self {
+        Self { inner, deadline, part, done: false, _permit: permit }
+    }
+
+    fn end_with(&mut self, code: tonic::Code, message: &str) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.done = true;
+        let mut trailers = HeaderMap::with_capacity(2);
+        trailers.insert("grpc-status", HeaderValue::from(code as i32));
+        if let Ok(value) = HeaderValue::from_str(message) {
+            trailers.insert("grpc-message", value);
+        }
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(deadline) = this.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                let message = format!("part {} did not finish before the deadline", this.part);
+                return this.end_with(tonic::Code::DeadlineExceeded, &message);
+            }
+        }
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Err(err)) => {
+                tracing::debug!(part = %this.part, error = %err, "part stream failed mid-call");
+                let message = format!("connection to part {} lost during the call", this.part);
+                this.end_with(tonic::Code::Unavailable, &message)
+            }
+            other => {
+                if other.is_none() {
+                    this.done = true;
+                }
+                Poll::Ready(other)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+use std::future::Future as _;
+
+/// Parses a `grpc-timeout` header value (`"100m"`, `"5S"`, ...).
+pub fn parse_grpc_timeout(value: &HeaderValue) -> Option<std::time::Duration> {
+    let text = value.to_str().ok()?;
+    if text.len() < 2 || text.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = text.split_at(text.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    use std::time::Duration;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+
+    fn framed(msg: &[u8]) -> Vec<u8> {
+        let mut out = FrameHeader::encode(msg.len()).to_vec();
+        out.extend_from_slice(msg);
+        out
+    }
+
+    fn name_msg(name: &str) -> Vec<u8> {
+        let mut out = vec![0x0a, name.len() as u8];
+        out.extend_from_slice(name.as_bytes());
+        out
+    }
+
+    fn body_of(chunks: Vec<Vec<u8>>) -> Body {
+        let frames = chunks.into_iter().map(|c| Ok::<_, tonic::Status>(Frame::data(Bytes::from(c))));
+        Body::new(StreamBody::new(futures_util::stream::iter(frames)))
+    }
+
+    #[tokio::test]
+    async fn first_message_split_across_reads() {
+        let whole = framed(&name_msg("sub1:motor1"));
+        let (a, b) = whole.split_at(3);
+        let mut tail = b.to_vec();
+        tail.extend(framed(&name_msg("next")));
+        let mut body = body_of(vec![a.to_vec(), tail]);
+        let first = read_first_message(&mut body, 1024).await.expect("ok").expect("some");
+        assert_eq!(frame::read_name(&first.message, &[1]), Ok(Some("sub1:motor1")));
+        assert_eq!(first.rest.len(), 5 + 6);
+    }
+
+    #[tokio::test]
+    async fn oversized_and_truncated_first_messages() {
+        let mut body = body_of(vec![FrameHeader::encode(4096).to_vec()]);
+        assert!(matches!(read_first_message(&mut body, 1024).await, Err(GatewayError::MessageTooLarge { .. })));
+        let mut body = body_of(vec![framed(b"abc")[..6].to_vec()]);
+        assert!(matches!(read_first_message(&mut body, 1024).await, Err(GatewayError::MalformedFrame(_))));
+        let mut body = body_of(vec![]);
+        assert!(matches!(read_first_message(&mut body, 1024).await, Ok(None)));
+    }
+
+    #[tokio::test]
+    async fn stream_rewrite_touches_only_the_same_name() {
+        let mut input = framed(&name_msg("sub1:echo"));
+        input.extend(framed(&name_msg("other")));
+        let mut compressed = framed(&name_msg("sub1:echo"));
+        compressed[0] = 1;
+        input.extend(&compressed);
+        let inner = body_of(input.chunks(4).map(<[u8]>::to_vec).collect());
+        let body = ForwardBody::new(vec![], Bytes::new(), inner, None, Some(StreamRewrite::new(&[1], "sub1:echo", 5)));
+        let out = body.collect().await.expect("ok").to_bytes();
+        let mut expected = framed(&name_msg("echo"));
+        expected.extend(framed(&name_msg("other")));
+        expected.extend(&compressed);
+        assert_eq!(out.to_vec(), expected);
+    }
+
+    #[test]
+    fn grpc_timeouts() {
+        use std::time::Duration;
+        let parse = |s: &str| parse_grpc_timeout(&HeaderValue::from_str(s).expect("ascii"));
+        assert_eq!(parse("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(parse("5"), None);
+        assert_eq!(parse("5x"), None);
+        assert_eq!(parse("1234567890S"), None);
+    }
+}

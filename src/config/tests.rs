@@ -1,0 +1,129 @@
+use super::*;
+
+fn problems(text: &str) -> Vec<ConfigProblem> {
+    match Config::parse(text).and_then(|c| c.validate()) {
+        Err(ConfigError::Invalid(p)) => p,
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+#[test]
+fn go_durations() {
+    let cases = [
+        ("1s", 1000),
+        ("1m30s", 90_000),
+        ("250ms", 250),
+        ("1.5h", 5_400_000),
+        ("0", 0),
+        ("100us", 0),
+        ("2h45m", 9_900_000),
+    ];
+    for (text, ms) in cases {
+        assert_eq!(parse_go_duration(text).map(|d| d.as_millis()), Ok(ms), "{text}");
+    }
+    for bad in ["", "10", "s", "1x", "-1s", "1s2", "1..5s"] {
+        assert!(parse_go_duration(bad).is_err(), "{bad} should be rejected");
+    }
+}
+
+#[test]
+fn names() {
+    for good in ["a", "sub-part", "Part_2", "9lives"] {
+        assert!(valid_name(good), "{good}");
+    }
+    for bad in ["", "-a", "_a", "a:b", "a b", "a/b", &"x".repeat(61)] {
+        assert!(!valid_name(bad), "{bad}");
+    }
+}
+
+#[test]
+fn defaults_apply() {
+    let settings = Config::parse(r#"{"remotes":[{"name":"a","address":"127.0.0.1:1","insecure":true}]}"#)
+        .and_then(|c| c.validate())
+        .expect("valid");
+    assert_eq!(settings.bind.to_string(), "0.0.0.0:8080");
+    assert_eq!(settings.parts[0].check_interval, Duration::from_secs(10));
+    assert_eq!(settings.parts[0].reconnect_interval, Duration::from_secs(1));
+    assert_eq!(settings.max_message_size, 32 * 1024 * 1024);
+    assert!(!settings.parts[0].main);
+}
+
+#[test]
+fn every_problem_is_reported_with_its_path() {
+    let found = problems(
+        r#"{
+        "network": {"bind_address": "nowhere"},
+        "remotes": [
+            {"name": "a", "address": "127.0.0.1:1", "insecure": true, "reconnect_interval": "soon"},
+            {"name": "a", "address": "nohost", "insecure": true},
+            {"name": "-bad", "address": "h:2", "insecure": true, "prefix": "x:"}
+        ],
+        "gateway": {"main_part": "zzz"}
+    }"#,
+    );
+    let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+    for expected in [
+        "network.bind_address",
+        "remotes[0].reconnect_interval",
+        "remotes[1].name",
+        "remotes[1].address",
+        "remotes[2].name",
+        "remotes[2].prefix",
+        "gateway.main_part",
+    ] {
+        assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+    }
+}
+
+#[test]
+fn unknown_gateway_key_is_an_error_with_path() {
+    match Config::parse(r#"{"gateway": {"main_prt": "a"}}"#) {
+        Err(ConfigError::Parse { path, message }) => {
+            assert_eq!(path, "gateway.main_prt");
+            assert!(message.contains("main_prt"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn wrong_type_reports_path() {
+    match Config::parse(r#"{"remotes": [{"name": "a", "address": 5}]}"#) {
+        Err(ConfigError::Parse { path, .. }) => assert_eq!(path, "remotes[0].address"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn robot_config_blocks_are_tolerated() {
+    let config = Config::parse(
+        r#"{"components": [], "remotes": [{"name": "a", "address": "h:1", "insecure": true,
+            "frame": {"parent": "world"}, "managed_by": {}}]}"#,
+    )
+    .expect("parses");
+    assert!(config.ignored.contains_key("components"));
+    assert!(config.validate().is_ok());
+}
+
+#[test]
+fn duplicate_prefix_and_prefixed_main_are_rejected() {
+    let found = problems(
+        r#"{"remotes": [
+            {"name": "a", "address": "h:1", "insecure": true, "prefix": "p-"},
+            {"name": "b", "address": "h:2", "insecure": true, "prefix": "p-"}],
+            "gateway": {"main_part": "a"}}"#,
+    );
+    let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+    assert!(paths.contains(&"remotes[1].prefix"), "{paths:?}");
+    assert!(paths.contains(&"gateway.main_part"), "{paths:?}");
+}
+
+#[test]
+fn secrets_never_print() {
+    let config = Config::parse(
+        r#"{"remotes": [{"name": "a", "address": "h:1", "insecure": true,
+            "auth": {"entity": "e", "credentials": {"type": "api-key", "payload": "hunter2"}}}]}"#,
+    )
+    .expect("parses");
+    assert!(!format!("{config:?}").contains("hunter2"));
+}

@@ -1,0 +1,616 @@
+//! Simulated parts: in-process Viam parts with motors, sensors, generic components, test-echo
+//! and a custom (modular-style) counter API. `partgate demo` runs a fleet of them behind the
+//! gateway; integration tests start them on `127.0.0.1:0`, kill and restart them.
+//!
+//! Receives gRPC calls like a viam-server part would; hands back answers that say which part
+//! answered and which name it received (so a test can see the prefix was popped).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use prost_types::{Struct, Value, value::Kind};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tonic::server::NamedService;
+use tonic::{Request, Response, Status, Streaming};
+use tower::Service;
+
+use crate::config::{Config, GatewaySettings, NetworkConfig, RemoteConfig};
+use crate::proto::acme::component::counter::v1 as counter;
+use crate::proto::viam::common::v1 as common;
+use crate::proto::viam::component::generic::v1 as generic;
+use crate::proto::viam::component::motor::v1 as motor;
+use crate::proto::viam::component::sensor::v1 as sensor;
+use crate::proto::viam::component::testecho::v1 as echo;
+use crate::proto::viam::robot::v1 as robot;
+
+type Body = tonic::body::Body;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// What a simulated part has.
+#[derive(Debug, Clone, Default)]
+pub struct PartSpec {
+    /// The part's own name (reported in DoCommand answers).
+    pub name: String,
+    /// Motor names.
+    pub motors: Vec<String>,
+    /// Sensor names.
+    pub sensors: Vec<String>,
+    /// Generic component names.
+    pub generics: Vec<String>,
+    /// Test-echo component names.
+    pub echoes: Vec<String>,
+    /// Custom counter component names (API `acme:component:counter`).
+    pub counters: Vec<String>,
+    /// Delay before every unary answer (to simulate a slow part).
+    pub delay: Option<Duration>,
+}
+
+/// A simulated motor's state.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MotorState {
+    /// Power in -1..1.
+    pub power: f64,
+    /// Position in revolutions.
+    pub position: f64,
+}
+
+/// Observable state of a simulated part, shared with tests.
+#[derive(Debug, Default)]
+pub struct PartLog {
+    /// Every call as (method, name received).
+    pub calls: Mutex<Vec<(String, String)>>,
+    /// Motor states by (unprefixed) name.
+    pub motors: Mutex<HashMap<String, MotorState>>,
+    /// Counter totals by name.
+    pub counters: Mutex<HashMap<String, i64>>,
+    /// Metadata of the last call (for header pass-through tests).
+    pub last_metadata: Mutex<Option<tonic::metadata::MetadataMap>>,
+}
+
+impl PartLog {
+    /// Names received for a method.
+    pub fn names_for(&self, method: &str) -> Vec<String> {
+        self.calls.lock().map(|c| c.iter().filter(|(m, _)| m == method).map(|(_, n)| n.clone()).collect()).unwrap_or_default()
+    }
+
+    /// A motor's state.
+    pub fn motor(&self, name: &str) -> Option<MotorState> {
+        self.motors.lock().ok().and_then(|m| m.get(name).copied())
+    }
+}
+
+/// The service implementation shared by every API of one part.
+#[derive(Clone)]
+struct Sim {
+    spec: Arc<PartSpec>,
+    log: Arc<PartLog>,
+}
+
+/// A running simulated part.
+pub struct SimPart {
+    addr: SocketAddr,
+    log: Arc<PartLog>,
+    spec: PartSpec,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+// === impl SimPart ===
+
+impl SimPart {
+    /// Starts a part on `addr` (use `127.0.0.1:0` for an ephemeral port).
+    pub async fn start(spec: PartSpec, addr: SocketAddr) -> std::io::Result<Self> {
+        Self::start_with_log(spec, addr, Arc::new(PartLog::default())).await
+    }
+
+    async fn start_with_log(spec: PartSpec, addr: SocketAddr, log: Arc<PartLog>) -> std::io::Result<Self> {
+        {
+            let mut motors = log.motors.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+            for m in &spec.motors {
+                motors.entry(m.clone()).or_default();
+            }
+        }
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let sim = Sim { spec: Arc::new(spec.clone()), log: log.clone() };
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let builder = crate::listener::http_builder();
+            let mut conns = JoinSet::new();
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted { Ok(c) => c, Err(_) => continue },
+                    _ = stopped.changed() => break,
+                };
+                let _ = stream.set_nodelay(true);
+                let sim = sim.clone();
+                let service = hyper::service::service_fn(move |req| sim.clone().route(req));
+                let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).into_owned();
+                conns.spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            // A killed part drops every connection at once, like a crashed process.
+            conns.abort_all();
+        });
+        Ok(Self { addr, log, spec, stop, task })
+    }
+
+    /// The part's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What the part has seen.
+    pub fn log(&self) -> &Arc<PartLog> {
+        &self.log
+    }
+
+    /// Kills the part: closes the listener and every connection at once.
+    pub async fn kill(self) -> (PartSpec, SocketAddr, Arc<PartLog>) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        (self.spec, self.addr, self.log)
+    }
+
+    /// Starts a killed part again on the same address, keeping its log.
+    pub async fn restart(killed: (PartSpec, SocketAddr, Arc<PartLog>)) -> std::io::Result<Self> {
+        let (spec, addr, log) = killed;
+        Self::start_with_log(spec, addr, log).await
+    }
+}
+
+// === impl Sim ===
+
+macro_rules! dispatch {
+    ($req:ident, $sim:ident, $($server:ty),+) => {{
+        let path = $req.uri().path();
+        $(
+            if path.get(1..).is_some_and(|p| p.starts_with(<$server as NamedService>::NAME) && p[<$server as NamedService>::NAME.len()..].starts_with('/')) {
+                return <$server>::new($sim).call($req).await;
+            }
+        )+
+        Ok(Status::unimplemented(format!("unknown service {path}")).into_http())
+    }};
+}
+
+impl Sim {
+    async fn route(self, req: http::Request<hyper::body::Incoming>) -> Result<http::Response<Body>, std::convert::Infallible> {
+        let req = req.map(Body::new);
+        let sim = self;
+        dispatch!(
+            req,
+            sim,
+            robot::robot_service_server::RobotServiceServer<Sim>,
+            motor::motor_service_server::MotorServiceServer<Sim>,
+            sensor::sensor_service_server::SensorServiceServer<Sim>,
+            generic::generic_service_server::GenericServiceServer<Sim>,
+            echo::test_echo_service_server::TestEchoServiceServer<Sim>,
+            counter::counter_service_server::CounterServiceServer<Sim>
+        )
+    }
+
+    async fn record<T>(&self, method: &str, name: &str, req: &Request<T>) {
+        if let Ok(mut calls) = self.log.calls.lock() {
+            calls.push((method.to_owned(), name.to_owned()));
+        }
+        if let Ok(mut md) = self.log.last_metadata.lock() {
+            *md = Some(req.metadata().clone());
+        }
+        if let Some(delay) = self.spec.delay {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn has(list: &[String], name: &str, kind: &str) -> Result<(), Status> {
+        if list.iter().any(|n| n == name) { Ok(()) } else { Err(Status::not_found(format!("no {kind} named {name:?}"))) }
+    }
+
+    fn with_motor<R>(&self, name: &str, f: impl FnOnce(&mut MotorState) -> R) -> Result<R, Status> {
+        Self::has(&self.spec.motors, name, "motor")?;
+        let mut motors = self.log.motors.lock().map_err(|_| Status::internal("poisoned"))?;
+        Ok(f(motors.entry(name.to_owned()).or_default()))
+    }
+
+    fn echo_command(&self, name: &str, command: Option<Struct>) -> common::DoCommandResponse {
+        let mut fields = std::collections::BTreeMap::new();
+        fields.insert("part".to_owned(), string_value(&self.spec.name));
+        fields.insert("name".to_owned(), string_value(name));
+        fields.insert("command".to_owned(), Value { kind: Some(Kind::StructValue(command.unwrap_or_default())) });
+        common::DoCommandResponse { result: Some(Struct { fields }) }
+    }
+
+    fn resources(&self) -> Vec<common::ResourceName> {
+        let groups: [(&str, &str, &str, &Vec<String>); 5] = [
+            ("rdk", "motor", "", &self.spec.motors),
+            ("rdk", "sensor", "", &self.spec.sensors),
+            ("rdk", "generic", "", &self.spec.generics),
+            ("rdk", "testecho", "", &self.spec.echoes),
+            ("acme", "counter", "", &self.spec.counters),
+        ];
+        groups
+            .iter()
+            .flat_map(|(ns, subtype, _, names)| {
+                names.iter().map(move |n| common::ResourceName {
+                    namespace: (*ns).into(),
+                    r#type: "component".into(),
+                    subtype: (*subtype).into(),
+                    name: n.clone(),
+                    ..Default::default()
+                })
+            })
+            .collect()
+    }
+}
+
+fn string_value(s: &str) -> Value {
+    Value { kind: Some(Kind::StringValue(s.to_owned())) }
+}
+
+fn number_value(n: f64) -> Value {
+    Value { kind: Some(Kind::NumberValue(n)) }
+}
+
+#[tonic::async_trait]
+impl robot::robot_service_server::RobotService for Sim {
+    async fn resource_names(&self, _: Request<robot::ResourceNamesRequest>) -> Result<Response<robot::ResourceNamesResponse>, Status> {
+        Ok(Response::new(robot::ResourceNamesResponse { resources: self.resources() }))
+    }
+
+    async fn resource_rpc_subtypes(
+        &self,
+        _: Request<robot::ResourceRpcSubtypesRequest>,
+    ) -> Result<Response<robot::ResourceRpcSubtypesResponse>, Status> {
+        let api = |ns: &str, subtype: &str, service: &str| robot::ResourceRpcSubtype {
+            subtype: Some(common::ResourceName {
+                namespace: ns.into(),
+                r#type: "component".into(),
+                subtype: subtype.into(),
+                ..Default::default()
+            }),
+            proto_service: service.into(),
+        };
+        Ok(Response::new(robot::ResourceRpcSubtypesResponse {
+            resource_rpc_subtypes: vec![
+                api("rdk", "motor", "viam.component.motor.v1.MotorService"),
+                api("rdk", "sensor", "viam.component.sensor.v1.SensorService"),
+                api("rdk", "generic", "viam.component.generic.v1.GenericService"),
+                api("rdk", "testecho", "viam.component.testecho.v1.TestEchoService"),
+                api("acme", "counter", "acme.component.counter.v1.CounterService"),
+            ],
+        }))
+    }
+
+    async fn stop_all(&self, req: Request<robot::StopAllRequest>) -> Result<Response<robot::StopAllResponse>, Status> {
+        self.record("StopAll", "", &req).await;
+        if let Ok(mut motors) = self.log.motors.lock() {
+            motors.values_mut().for_each(|m| m.power = 0.0);
+        }
+        Ok(Response::new(robot::StopAllResponse {}))
+    }
+
+    async fn get_operations(&self, _: Request<robot::GetOperationsRequest>) -> Result<Response<robot::GetOperationsResponse>, Status> {
+        Ok(Response::new(robot::GetOperationsResponse {
+            operations: vec![robot::Operation { id: "op-1".into(), method: "/sim/Op".into(), ..Default::default() }],
+        }))
+    }
+
+    async fn cancel_operation(
+        &self,
+        req: Request<robot::CancelOperationRequest>,
+    ) -> Result<Response<robot::CancelOperationResponse>, Status> {
+        let id = req.get_ref().id.clone();
+        self.record("CancelOperation", &id, &req).await;
+        Ok(Response::new(robot::CancelOperationResponse {}))
+    }
+
+    async fn get_machine_status(
+        &self,
+        _: Request<robot::GetMachineStatusRequest>,
+    ) -> Result<Response<robot::GetMachineStatusResponse>, Status> {
+        let resources = self
+            .resources()
+            .into_iter()
+            .map(|name| robot::ResourceStatus {
+                name: Some(name),
+                state: robot::resource_status::State::Ready as i32,
+                ..Default::default()
+            })
+            .collect();
+        Ok(Response::new(robot::GetMachineStatusResponse {
+            resources,
+            state: robot::get_machine_status_response::State::Running as i32,
+            ..Default::default()
+        }))
+    }
+
+    async fn frame_system_config(
+        &self,
+        req: Request<robot::FrameSystemConfigRequest>,
+    ) -> Result<Response<robot::FrameSystemConfigResponse>, Status> {
+        self.record("FrameSystemConfig", "", &req).await;
+        Ok(Response::new(robot::FrameSystemConfigResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl motor::motor_service_server::MotorService for Sim {
+    async fn set_power(&self, req: Request<motor::SetPowerRequest>) -> Result<Response<motor::SetPowerResponse>, Status> {
+        self.record("SetPower", &req.get_ref().name, &req).await;
+        let r = req.into_inner();
+        self.with_motor(&r.name, |m| m.power = r.power_pct)?;
+        Ok(Response::new(motor::SetPowerResponse {}))
+    }
+
+    async fn go_for(&self, req: Request<motor::GoForRequest>) -> Result<Response<motor::GoForResponse>, Status> {
+        self.record("GoFor", &req.get_ref().name, &req).await;
+        let r = req.into_inner();
+        self.with_motor(&r.name, |m| m.position += r.revolutions * r.rpm.signum())?;
+        Ok(Response::new(motor::GoForResponse {}))
+    }
+
+    async fn go_to(&self, req: Request<motor::GoToRequest>) -> Result<Response<motor::GoToResponse>, Status> {
+        self.record("GoTo", &req.get_ref().name, &req).await;
+        let r = req.into_inner();
+        self.with_motor(&r.name, |m| m.position = r.position_revolutions)?;
+        Ok(Response::new(motor::GoToResponse {}))
+    }
+
+    async fn set_rpm(&self, req: Request<motor::SetRpmRequest>) -> Result<Response<motor::SetRpmResponse>, Status> {
+        self.record("SetRPM", &req.get_ref().name, &req).await;
+        let r = req.into_inner();
+        self.with_motor(&r.name, |m| m.power = r.rpm.signum())?;
+        Ok(Response::new(motor::SetRpmResponse {}))
+    }
+
+    async fn reset_zero_position(
+        &self,
+        req: Request<motor::ResetZeroPositionRequest>,
+    ) -> Result<Response<motor::ResetZeroPositionResponse>, Status> {
+        self.record("ResetZeroPosition", &req.get_ref().name, &req).await;
+        let r = req.into_inner();
+        self.with_motor(&r.name, |m| m.position = -r.offset)?;
+        Ok(Response::new(motor::ResetZeroPositionResponse {}))
+    }
+
+    async fn get_position(&self, req: Request<motor::GetPositionRequest>) -> Result<Response<motor::GetPositionResponse>, Status> {
+        self.record("GetPosition", &req.get_ref().name, &req).await;
+        let position = self.with_motor(&req.get_ref().name, |m| m.position)?;
+        Ok(Response::new(motor::GetPositionResponse { position }))
+    }
+
+    async fn get_properties(
+        &self,
+        req: Request<motor::GetPropertiesRequest>,
+    ) -> Result<Response<motor::GetPropertiesResponse>, Status> {
+        self.record("GetProperties", &req.get_ref().name, &req).await;
+        self.with_motor(&req.get_ref().name, |_| ())?;
+        Ok(Response::new(motor::GetPropertiesResponse { position_reporting: true }))
+    }
+
+    async fn stop(&self, req: Request<motor::StopRequest>) -> Result<Response<motor::StopResponse>, Status> {
+        self.record("Stop", &req.get_ref().name, &req).await;
+        self.with_motor(&req.get_ref().name, |m| m.power = 0.0)?;
+        Ok(Response::new(motor::StopResponse {}))
+    }
+
+    async fn is_powered(&self, req: Request<motor::IsPoweredRequest>) -> Result<Response<motor::IsPoweredResponse>, Status> {
+        self.record("IsPowered", &req.get_ref().name, &req).await;
+        let power = self.with_motor(&req.get_ref().name, |m| m.power)?;
+        Ok(Response::new(motor::IsPoweredResponse { is_on: power != 0.0, power_pct: power }))
+    }
+
+    async fn is_moving(&self, req: Request<motor::IsMovingRequest>) -> Result<Response<motor::IsMovingResponse>, Status> {
+        self.record("IsMoving", &req.get_ref().name, &req).await;
+        let power = self.with_motor(&req.get_ref().name, |m| m.power)?;
+        Ok(Response::new(motor::IsMovingResponse { is_moving: power != 0.0 }))
+    }
+
+    async fn do_command(&self, req: Request<common::DoCommandRequest>) -> Result<Response<common::DoCommandResponse>, Status> {
+        self.record("DoCommand", &req.get_ref().name, &req).await;
+        let r = req.into_inner();
+        Self::has(&self.spec.motors, &r.name, "motor")?;
+        Ok(Response::new(self.echo_command(&r.name, r.command)))
+    }
+
+    async fn get_geometries(
+        &self,
+        req: Request<common::GetGeometriesRequest>,
+    ) -> Result<Response<common::GetGeometriesResponse>, Status> {
+        Self::has(&self.spec.motors, &req.get_ref().name, "motor")?;
+        Ok(Response::new(common::GetGeometriesResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl sensor::sensor_service_server::SensorService for Sim {
+    async fn get_readings(&self, req: Request<common::GetReadingsRequest>) -> Result<Response<common::GetReadingsResponse>, Status> {
+        self.record("GetReadings", &req.get_ref().name, &req).await;
+        let name = req.into_inner().name;
+        Self::has(&self.spec.sensors, &name, "sensor")?;
+        let readings = HashMap::from([
+            ("part".to_owned(), string_value(&self.spec.name)),
+            ("name".to_owned(), string_value(&name)),
+            ("value".to_owned(), number_value(42.0)),
+        ]);
+        Ok(Response::new(common::GetReadingsResponse { readings }))
+    }
+
+    async fn do_command(&self, req: Request<common::DoCommandRequest>) -> Result<Response<common::DoCommandResponse>, Status> {
+        self.record("DoCommand", &req.get_ref().name, &req).await;
+        let r = req.into_inner();
+        Self::has(&self.spec.sensors, &r.name, "sensor")?;
+        Ok(Response::new(self.echo_command(&r.name, r.command)))
+    }
+}
+
+#[tonic::async_trait]
+impl generic::generic_service_server::GenericService for Sim {
+    async fn do_command(&self, req: Request<common::DoCommandRequest>) -> Result<Response<common::DoCommandResponse>, Status> {
+        self.record("DoCommand", &req.get_ref().name, &req).await;
+        let r = req.into_inner();
+        Self::has(&self.spec.generics, &r.name, "generic component")?;
+        if r.command.as_ref().is_some_and(|c| c.fields.contains_key("fail")) {
+            // Lets tests check that error details and custom trailers pass through.
+            let mut status = Status::with_details(tonic::Code::Aborted, "asked to fail", bytes::Bytes::from_static(b"detail-bytes"));
+            status.metadata_mut().insert("x-part-detail", tonic::metadata::MetadataValue::from_static("from-the-part"));
+            return Err(status);
+        }
+        let mut resp = Response::new(self.echo_command(&r.name, r.command));
+        resp.metadata_mut().insert("x-part-header", tonic::metadata::MetadataValue::from_static("hello"));
+        Ok(resp)
+    }
+}
+
+#[tonic::async_trait]
+impl echo::test_echo_service_server::TestEchoService for Sim {
+
+    async fn echo(&self, req: Request<echo::EchoRequest>) -> Result<Response<echo::EchoResponse>, Status> {
+        self.record("Echo", &req.get_ref().name, &req).await;
+        let r = req.into_inner();
+        Self::has(&self.spec.echoes, &r.name, "echo")?;
+        Ok(Response::new(echo::EchoResponse { message: r.message }))
+    }
+
+    async fn echo_multiple(&self, req: Request<echo::EchoMultipleRequest>) -> Result<Response<BoxStream<echo::EchoMultipleResponse>>, Status> {
+        self.record("EchoMultiple", &req.get_ref().name, &req).await;
+        let r = req.into_inner();
+        Self::has(&self.spec.echoes, &r.name, "echo")?;
+        let chars: Vec<_> = r.message.chars().map(|c| Ok(echo::EchoMultipleResponse { message: c.to_string() })).collect();
+        Ok(Response::new(Box::pin(futures_util::stream::iter(chars))))
+    }
+
+    async fn echo_bi_di(&self, req: Request<Streaming<echo::EchoBiDiRequest>>) -> Result<Response<BoxStream<echo::EchoBiDiResponse>>, Status> {
+        let log = self.log.clone();
+        let out = req.into_inner().map(move |msg| {
+            let msg = msg?;
+            if let Ok(mut calls) = log.calls.lock() {
+                calls.push(("EchoBiDi".into(), msg.name.clone()));
+            }
+            Ok(echo::EchoBiDiResponse { message: msg.message })
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn stop(&self, req: Request<echo::StopRequest>) -> Result<Response<echo::StopResponse>, Status> {
+        self.record("Stop", &req.get_ref().name, &req).await;
+        Ok(Response::new(echo::StopResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl counter::counter_service_server::CounterService for Sim {
+
+    async fn add(&self, req: Request<Streaming<counter::AddRequest>>) -> Result<Response<counter::AddResponse>, Status> {
+        let mut stream = req.into_inner();
+        let (mut name, mut total, mut count) = (String::new(), 0, 0);
+        while let Some(msg) = stream.next().await {
+            let msg = msg?;
+            if let Ok(mut calls) = self.log.calls.lock() {
+                calls.push(("Add".into(), msg.name.clone()));
+            }
+            Self::has(&self.spec.counters, &msg.name, "counter")?;
+            name = msg.name;
+            total += msg.value;
+            count += 1;
+        }
+        if let Ok(mut totals) = self.log.counters.lock() {
+            *totals.entry(name.clone()).or_default() += total;
+        }
+        Ok(Response::new(counter::AddResponse { name, total, count }))
+    }
+
+    async fn watch(&self, req: Request<counter::WatchRequest>) -> Result<Response<BoxStream<counter::WatchResponse>>, Status> {
+        self.record("Watch", &req.get_ref().name, &req).await;
+        let r = req.into_inner();
+        Self::has(&self.spec.counters, &r.name, "counter")?;
+        let name = r.name;
+        let items = (0..r.count.max(0)).map(move |seq| Ok(counter::WatchResponse { name: name.clone(), seq }));
+        Ok(Response::new(Box::pin(futures_util::stream::iter(items))))
+    }
+
+    async fn chat(&self, req: Request<Streaming<counter::ChatRequest>>) -> Result<Response<BoxStream<counter::ChatResponse>>, Status> {
+        let log = self.log.clone();
+        let out = req.into_inner().map(move |msg| {
+            let msg = msg?;
+            if let Ok(mut calls) = log.calls.lock() {
+                calls.push(("Chat".into(), msg.name.clone()));
+            }
+            Ok(counter::ChatResponse { name: msg.name, text: msg.text })
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn get(&self, req: Request<counter::GetRequest>) -> Result<Response<counter::GetResponse>, Status> {
+        self.record("Get", &req.get_ref().name, &req).await;
+        let name = req.into_inner().name;
+        Self::has(&self.spec.counters, &name, "counter")?;
+        let total = self.log.counters.lock().ok().and_then(|t| t.get(&name).copied()).unwrap_or(0);
+        Ok(Response::new(counter::GetResponse { name, total }))
+    }
+}
+
+// === the demo fleet ===
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// The demo fleet of docs/contracts.md: (part name, prefix, spec).
+pub fn demo_fleet() -> Vec<(Option<&'static str>, PartSpec)> {
+    vec![
+        (None, PartSpec {
+            name: "main".into(),
+            motors: names(&["motor1", "wheel"]),
+            sensors: names(&["temp"]),
+            generics: names(&["gen1"]),
+            echoes: names(&["echo1"]),
+            ..Default::default()
+        }),
+        (None, PartSpec {
+            name: "sub1".into(),
+            motors: names(&["motor1", "lift"]),
+            sensors: names(&["imu"]),
+            generics: names(&["gen1"]),
+            echoes: names(&["echo1"]),
+            counters: names(&["c1"]),
+            ..Default::default()
+        }),
+        (None, PartSpec { name: "sub2".into(), motors: names(&["lift"]), sensors: names(&["imu"]), ..Default::default() }),
+        (Some("cell-"), PartSpec { name: "cell".into(), motors: names(&["m1"]), sensors: names(&["temp"]), ..Default::default() }),
+    ]
+}
+
+/// Starts the demo fleet on ephemeral loopback ports and returns it with a gateway config for
+/// it (`main` is the main part).
+pub async fn start_demo(bind: &str) -> std::io::Result<(Vec<SimPart>, Config)> {
+    let mut parts = Vec::new();
+    let mut remotes = Vec::new();
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    for (prefix, spec) in demo_fleet() {
+        let part = SimPart::start(spec.clone(), loopback).await?;
+        remotes.push(RemoteConfig {
+            name: spec.name.clone(),
+            address: part.addr().to_string(),
+            insecure: true,
+            prefix: prefix.map(str::to_owned),
+            auth: None,
+            secret: None,
+            connection_check_interval: Some("2s".into()),
+            reconnect_interval: Some("250ms".into()),
+        });
+        parts.push(part);
+    }
+    let config = Config {
+        network: NetworkConfig { bind_address: bind.to_owned() },
+        remotes,
+        gateway: GatewaySettings { main_part: Some("main".into()), ..GatewaySettings::default() },
+        ignored: Default::default(),
+    };
+    Ok((parts, config))
+}

@@ -1,0 +1,114 @@
+//! Generated protobuf and gRPC code for the Viam API subset partgate speaks.
+//!
+//! Sources live in `proto/` and are compiled by `build.rs` with protox.
+#![allow(missing_docs)]
+
+/// Viam API packages (`viam.*`).
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub
+)]
+pub mod viam {
+    pub mod common {
+        pub mod v1 {
+            tonic::include_proto!("viam.common.v1");
+        }
+    }
+    pub mod robot {
+        pub mod v1 {
+            tonic::include_proto!("viam.robot.v1");
+        }
+    }
+    pub mod component {
+        pub mod motor {
+            pub mod v1 {
+                tonic::include_proto!("viam.component.motor.v1");
+            }
+        }
+        pub mod sensor {
+            pub mod v1 {
+                tonic::include_proto!("viam.component.sensor.v1");
+            }
+        }
+        pub mod generic {
+            pub mod v1 {
+                tonic::include_proto!("viam.component.generic.v1");
+            }
+        }
+        pub mod testecho {
+            pub mod v1 {
+                tonic::include_proto!("viam.component.testecho.v1");
+            }
+        }
+        pub mod board {
+            pub mod v1 {
+                tonic::include_proto!("viam.component.board.v1");
+            }
+        }
+        pub mod audioout {
+            pub mod v1 {
+                tonic::include_proto!("viam.component.audioout.v1");
+            }
+        }
+    }
+}
+
+/// partgate's own test API (`acme.component.counter.v1`), a stand-in for a
+/// custom modular resource API.
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub
+)]
+pub mod acme {
+    pub mod component {
+        pub mod counter {
+            pub mod v1 {
+                tonic::include_proto!("acme.component.counter.v1");
+            }
+        }
+    }
+}
+
+/// Standard gRPC services (`grpc.reflection.*`, `grpc.health.v1`).
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub
+)]
+pub mod grpc {
+    pub mod reflection {
+        pub mod v1alpha {
+            tonic::include_proto!("grpc.reflection.v1alpha");
+        }
+        pub mod v1 {
+            tonic::include_proto!("grpc.reflection.v1");
+        }
+    }
+    pub mod health {
+        pub mod v1 {
+            tonic::include_proto!("grpc.health.v1");
+        }
+    }
+}
+
+/// Encoded `google.protobuf.FileDescriptorSet` of every proto above, including
+/// the bundled well-known-type imports.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/partgate_descriptor.bin"));

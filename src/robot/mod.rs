@@ -1,0 +1,257 @@
+//! The fleet-wide `viam.robot.v1.RobotService`: what the gateway answers itself so that the
+//! fleet looks like one machine (listing, stop-all, operations, status, version).
+//!
+//! Receives a decoded-by-us request for a [`LocalMethod`]; hands back a complete gRPC response.
+//! Fan-outs run concurrently, with a time bound, and report each part's failure by name.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::future::join_all;
+use http::{HeaderMap, HeaderValue};
+use http_body::Frame;
+use prost::Message;
+
+use crate::body::read_first_message;
+use crate::error::GatewayError;
+use crate::pool::{PartState, Pool};
+use crate::proto::viam::common::v1::ResourceName;
+use crate::proto::viam::robot::v1 as robot;
+use crate::route::frame::FrameHeader;
+use crate::route::method::LocalMethod;
+use crate::route::resource_name::{api_key, gateway_name};
+use crate::route::table::Resource;
+
+type Body = tonic::body::Body;
+type Client = robot::robot_service_client::RobotServiceClient<crate::pool::PartChannel>;
+
+/// How long a fan-out may wait for the slowest part.
+const FAN_OUT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The TS SDK heartbeats with GetOperations every 10 s: it must never wait on a dead part.
+const OPERATIONS_TIMEOUT: Duration = Duration::from_secs(1);
+/// Requests to the robot service are small; anything bigger is a client error.
+const MAX_ROBOT_REQUEST: usize = 4 * 1024 * 1024;
+
+/// Answers the fleet-wide robot methods.
+pub struct FleetRobot {
+    pool: Arc<Pool>,
+}
+
+impl FleetRobot {
+    /// Serves the robot API over a pool.
+    pub fn new(pool: Arc<Pool>) -> Self {
+        Self { pool }
+    }
+
+    /// Answers one locally handled method.
+    pub async fn answer(&self, method: LocalMethod, req: http::Request<Body>) -> Result<http::Response<Body>, GatewayError> {
+        let body = req.into_body();
+        match method {
+            LocalMethod::ResourceNames => Ok(reply(&self.resource_names())),
+            LocalMethod::ResourceRpcSubtypes => Ok(reply(&self.subtypes())),
+            LocalMethod::StopAll => self.stop_all(decode(body).await?).await.map(|r| reply(&r)),
+            LocalMethod::GetOperations => Ok(reply(&self.operations().await)),
+            LocalMethod::CancelOperation => {
+                let req: robot::CancelOperationRequest = decode(body).await?;
+                let (mut client, id) = self.operation_part(&req.id)?;
+                client.cancel_operation(robot::CancelOperationRequest { id }).await.map_err(part_status)?;
+                Ok(reply(&robot::CancelOperationResponse {}))
+            }
+            LocalMethod::BlockForOperation => {
+                let req: robot::BlockForOperationRequest = decode(body).await?;
+                let (mut client, id) = self.operation_part(&req.id)?;
+                client.block_for_operation(robot::BlockForOperationRequest { id }).await.map_err(part_status)?;
+                Ok(reply(&robot::BlockForOperationResponse {}))
+            }
+            LocalMethod::GetMachineStatus => Ok(reply(&self.machine_status().await)),
+            LocalMethod::GetVersion => Ok(reply(&robot::GetVersionResponse {
+                platform: "partgate".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                api_version: String::new(),
+            })),
+            LocalMethod::GetSessions => Ok(reply(&robot::GetSessionsResponse { sessions: vec![] })),
+            LocalMethod::Sessions => {
+                Err(GatewayError::Unimplemented("sessions are not supported by this gateway yet".into()))
+            }
+            LocalMethod::HealthCheck => Ok(reply(&crate::proto::grpc::health::v1::HealthCheckResponse {
+                status: crate::proto::grpc::health::v1::health_check_response::ServingStatus::Serving as i32,
+            })),
+        }
+    }
+
+    fn resource_names(&self) -> robot::ResourceNamesResponse {
+        let table = self.pool.table();
+        robot::ResourceNamesResponse { resources: table.listing().iter().map(to_proto).collect() }
+    }
+
+    fn subtypes(&self) -> robot::ResourceRpcSubtypesResponse {
+        let table = self.pool.table();
+        let resource_rpc_subtypes = table
+            .subtypes()
+            .iter()
+            .map(|(api, service)| robot::ResourceRpcSubtype { subtype: Some(to_proto(api)), proto_service: service.clone() })
+            .collect();
+        robot::ResourceRpcSubtypesResponse { resource_rpc_subtypes }
+    }
+
+    fn client(&self, index: usize) -> Option<Client> {
+        self.pool.channel(index).map(Client::new)
+    }
+
+    /// Stops every part concurrently; `extra` parameters go to the part that owns each name.
+    async fn stop_all(&self, req: robot::StopAllRequest) -> Result<robot::StopAllResponse, GatewayError> {
+        let table = self.pool.table();
+        let mut extras: Vec<Vec<robot::StopExtraParameters>> = vec![Vec::new(); table.parts().len()];
+        for mut extra in req.extra {
+            let Some(name) = extra.name.as_mut() else { continue };
+            let api = api_key(&name.namespace, &name.r#type, &name.subtype);
+            let route = table.resolve_api(&name.name, Some(&api))?;
+            name.name.drain(..route.strip);
+            extras[route.part].push(extra);
+        }
+        drop(table);
+        let calls = extras.into_iter().enumerate().map(|(i, extra)| async move {
+            let part = self.pool.parts()[i].name().to_owned();
+            let mut client = self.client(i).ok_or_else(|| (part.clone(), "unknown part".to_owned()))?;
+            match tokio::time::timeout(FAN_OUT_TIMEOUT, client.stop_all(robot::StopAllRequest { extra })).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(status)) => Err((part, status.message().to_owned())),
+                Err(_) => Err((part, "timed out".to_owned())),
+            }
+        });
+        let failed: Vec<(String, String)> = join_all(calls).await.into_iter().filter_map(Result::err).collect();
+        if failed.is_empty() { Ok(robot::StopAllResponse {}) } else { Err(GatewayError::FanOut(failed)) }
+    }
+
+    /// Every connected part's operations, ids qualified as `part:id` so they route back.
+    async fn operations(&self) -> robot::GetOperationsResponse {
+        let calls = self.pool.parts().iter().enumerate().filter(|(_, p)| p.state() == PartState::Connected).map(
+            |(i, part)| async move {
+                let mut client = self.client(i)?;
+                let resp = tokio::time::timeout(OPERATIONS_TIMEOUT, client.get_operations(robot::GetOperationsRequest {}))
+                    .await
+                    .ok()?
+                    .ok()?;
+                let ops = resp.into_inner().operations;
+                Some(ops.into_iter().map(|op| robot::Operation { id: format!("{}:{}", part.name(), op.id), ..op }).collect::<Vec<_>>())
+            },
+        );
+        let operations = join_all(calls).await.into_iter().flatten().flatten().collect();
+        robot::GetOperationsResponse { operations }
+    }
+
+    fn operation_part(&self, id: &str) -> Result<(Client, String), GatewayError> {
+        let not_found = || GatewayError::NotFound { name: id.to_owned() };
+        let (part, local) = id.split_once(':').ok_or_else(not_found)?;
+        let index = self.pool.table().part_named(part).ok_or_else(not_found)?;
+        Ok((self.client(index).ok_or_else(not_found)?, local.to_owned()))
+    }
+
+    /// Each part as an `rdk:remote` resource with its state, plus its resources under their
+    /// gateway names (from the part's own status when reachable, else last known as READY).
+    async fn machine_status(&self) -> robot::GetMachineStatusResponse {
+        use robot::resource_status::State;
+        let table = self.pool.table();
+        let calls = self.pool.parts().iter().enumerate().map(|(i, part)| {
+            let naming = table.parts()[i].naming.clone();
+            async move {
+                let mut out = Vec::new();
+                let connected = part.state() == PartState::Connected;
+                out.push(robot::ResourceStatus {
+                    name: Some(ResourceName {
+                        namespace: "rdk".into(),
+                        r#type: "remote".into(),
+                        subtype: String::new(),
+                        name: part.name().to_owned(),
+                        ..Default::default()
+                    }),
+                    state: if connected { State::Ready } else { State::Unhealthy } as i32,
+                    error: if connected { String::new() } else { part.last_error().unwrap_or_default() },
+                    ..Default::default()
+                });
+                let fetched = match (connected, self.client(i)) {
+                    (true, Some(mut client)) => {
+                        tokio::time::timeout(OPERATIONS_TIMEOUT, client.get_machine_status(robot::GetMachineStatusRequest {}))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .map(|r| r.into_inner().resources)
+                    }
+                    _ => None,
+                };
+                let rename = |mut name: ResourceName| {
+                    name.name = gateway_name(part.name(), &naming, &name.name);
+                    name
+                };
+                match fetched {
+                    Some(resources) => out.extend(resources.into_iter().map(|mut s| {
+                        s.name = s.name.map(rename);
+                        s
+                    })),
+                    None => out.extend(part.reported().iter().flat_map(|r| r.resources.clone()).map(|r| robot::ResourceStatus {
+                        name: Some(rename(to_proto(&r))),
+                        state: State::Ready as i32,
+                        ..Default::default()
+                    })),
+                }
+                out
+            }
+        });
+        let resources = join_all(calls).await.into_iter().flatten().collect();
+        let starting = self.pool.parts().iter().any(|p| p.state() == PartState::Connecting);
+        robot::GetMachineStatusResponse {
+            resources,
+            state: if starting {
+                robot::get_machine_status_response::State::Initializing
+            } else {
+                robot::get_machine_status_response::State::Running
+            } as i32,
+            ..Default::default()
+        }
+    }
+}
+
+fn to_proto(r: &Resource) -> ResourceName {
+    ResourceName {
+        namespace: r.namespace.clone(),
+        r#type: r.kind.clone(),
+        subtype: r.subtype.clone(),
+        name: r.name.clone(),
+        ..Default::default()
+    }
+}
+
+/// A part's error status for a call we made on the client's behalf, passed on as is.
+fn part_status(status: tonic::Status) -> GatewayError {
+    match status.code() {
+        tonic::Code::NotFound => GatewayError::NotFound { name: status.message().to_owned() },
+        tonic::Code::Unavailable => GatewayError::FanOut(vec![("part".into(), status.message().to_owned())]),
+        _ => GatewayError::Internal(status.message().to_owned()),
+    }
+}
+
+/// Decodes the single request message of a unary call.
+async fn decode<M: Message + Default>(mut body: Body) -> Result<M, GatewayError> {
+    match read_first_message(&mut body, MAX_ROBOT_REQUEST).await? {
+        None => Ok(M::default()),
+        Some(first) if first.header.compressed => Err(GatewayError::Compressed),
+        Some(first) => M::decode(first.message).map_err(|_| GatewayError::MalformedFrame("request message does not decode")),
+    }
+}
+
+/// A complete unary gRPC response: one message, then `grpc-status: 0`.
+pub fn reply<M: Message>(msg: &M) -> http::Response<Body> {
+    let len = msg.encoded_len();
+    let mut buf = BytesMut::with_capacity(len + 5);
+    buf.put_slice(&FrameHeader::encode(len));
+    // Encoding into a buffer of sufficient capacity cannot fail.
+    let _ = msg.encode(&mut buf);
+    let mut trailers = HeaderMap::with_capacity(1);
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let frames: [Result<Frame<Bytes>, tonic::Status>; 2] = [Ok(Frame::data(buf.freeze())), Ok(Frame::trailers(trailers))];
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let mut resp = http::Response::new(Body::new(body));
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    resp
+}

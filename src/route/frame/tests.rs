@@ -1,0 +1,148 @@
+use super::*;
+
+/// Encodes a length-delimited field.
+fn field(number: u32, value: &[u8]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    put_varint(&mut out, u64::from(number) << 3 | 2);
+    put_varint(&mut out, value.len() as u64);
+    out.extend_from_slice(value);
+    out.to_vec()
+}
+
+fn varint_field(number: u32, value: u64) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    put_varint(&mut out, u64::from(number) << 3);
+    put_varint(&mut out, value);
+    out.to_vec()
+}
+
+fn join(segments: &[Bytes]) -> Vec<u8> {
+    segments.iter().flat_map(|s| s.iter().copied()).collect()
+}
+
+#[test]
+fn header_round_trip() {
+    let head = FrameHeader::encode(300);
+    assert_eq!(FrameHeader::parse(&head), Some(FrameHeader { compressed: false, len: 300 }));
+    assert_eq!(FrameHeader::parse(&[1, 0, 0, 0, 7]), Some(FrameHeader { compressed: true, len: 7 }));
+    assert_eq!(FrameHeader::parse(&[0, 0, 0]), None);
+}
+
+#[test]
+fn reads_name_among_other_fields() {
+    let mut msg = varint_field(2, 300);
+    msg.extend(field(3, b"other"));
+    msg.extend(field(1, b"sub1:motor1"));
+    msg.extend([0x25, 1, 2, 3, 4]); // fixed32 field 4
+    msg.extend([0x29, 1, 2, 3, 4, 5, 6, 7, 8]); // fixed64 field 5
+    assert_eq!(read_name(&msg, &[1]), Ok(Some("sub1:motor1")));
+}
+
+#[test]
+fn last_occurrence_wins() {
+    let mut msg = field(1, b"first");
+    msg.extend(field(1, b"second"));
+    assert_eq!(read_name(&msg, &[1]), Ok(Some("second")));
+}
+
+#[test]
+fn empty_and_absent() {
+    assert_eq!(read_name(&[], &[1]), Ok(None));
+    assert_eq!(read_name(&field(2, b"x"), &[1]), Ok(None));
+    assert_eq!(read_name(&field(1, b""), &[1]), Ok(Some("")));
+}
+
+#[test]
+fn non_string_field_one_is_absent() {
+    assert_eq!(read_name(&varint_field(1, 5), &[1]), Ok(None));
+}
+
+#[test]
+fn malformed_inputs_are_errors_not_panics() {
+    assert_eq!(read_name(&[0x0a, 10, b'a'], &[1]), Err(FrameError::Truncated));
+    assert_eq!(read_name(&[0x0a], &[1]), Err(FrameError::BadVarint));
+    assert_eq!(read_name(&[0xff; 12], &[1]), Err(FrameError::BadVarint));
+    assert_eq!(read_name(&[0x00, 1], &[1]), Err(FrameError::BadTag));
+    assert_eq!(read_name(&[0x0b], &[1]), Err(FrameError::BadTag)); // group start
+    assert_eq!(read_name(&[0x0a, 2, 0xff, 0xfe], &[1]), Err(FrameError::NotUtf8));
+    assert_eq!(read_name(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f], &[1]), Err(FrameError::Truncated));
+    assert_eq!(read_name(&[0x25, 1], &[1]), Err(FrameError::Truncated));
+}
+
+#[test]
+fn strips_prefix_keeping_other_fields() {
+    let mut msg = varint_field(2, 7);
+    msg.extend(field(1, b"sub1:motor1"));
+    msg.extend(field(99, b"extra"));
+    let bytes = Bytes::from(msg);
+    let (segments, len) = strip_name(&bytes, &[1], 5).expect("rewrites");
+    let out = join(&segments);
+    assert_eq!(out.len(), len);
+    let mut expected = varint_field(2, 7);
+    expected.extend(field(1, b"motor1"));
+    expected.extend(field(99, b"extra"));
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn strip_zero_is_untouched_and_zero_copy() {
+    let bytes = Bytes::from(field(1, b"motor1"));
+    let (segments, len) = strip_name(&bytes, &[1], 0).expect("ok");
+    assert_eq!(segments.len(), 1);
+    assert_eq!(segments[0].as_ptr(), bytes.as_ptr());
+    assert_eq!(len, bytes.len());
+}
+
+#[test]
+fn nested_path_fixes_enclosing_lengths() {
+    // PlayStreamRequest { init = 1: PlayStreamInit { name = 1, format = 2 } }
+    let mut init = field(1, b"speakers:out1");
+    init.extend(varint_field(2, 3));
+    let mut msg = field(1, &init);
+    msg.extend(field(2, b"audio"));
+    let bytes = Bytes::from(msg);
+    assert_eq!(read_name(&bytes, &[1, 1]), Ok(Some("speakers:out1")));
+    let (segments, len) = strip_name(&bytes, &[1, 1], "speakers:".len()).expect("ok");
+    let out = join(&segments);
+    assert_eq!(out.len(), len);
+    assert_eq!(read_name(&out, &[1, 1]), Ok(Some("out1")));
+    assert_eq!(read_name(&out, &[2]), Ok(Some("audio")));
+}
+
+#[test]
+fn long_names_change_varint_width() {
+    let long = format!("p:{}", "x".repeat(200));
+    let bytes = Bytes::from(field(1, long.as_bytes()));
+    let (segments, len) = strip_name(&bytes, &[1], 2).expect("ok");
+    let out = join(&segments);
+    assert_eq!(out.len(), len);
+    assert_eq!(read_name(&out, &[1]), Ok(Some(&long[2..])));
+    // 200-byte name needs a 2-byte length; the original 202 did too.
+    let short = Bytes::from(field(1, format!("pp:{}", "y".repeat(126)).as_bytes()));
+    let (segments, len) = strip_name(&short, &[1], 3).expect("ok");
+    let out = join(&segments);
+    assert_eq!(out.len(), len);
+    assert_eq!(out.len(), short.len() - 3 - 1, "length prefix shrinks from 2 bytes to 1");
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    // A small deterministic xorshift fuzz over arbitrary inputs.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..20_000 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let len = (state % 24) as usize;
+        let msg: Vec<u8> = (0..len).map(|i| (state >> (i % 8 * 8)) as u8).collect();
+        let bytes = Bytes::from(msg);
+        if let Ok(Some(name)) = read_name(&bytes, &[1]) {
+            let strip = name.len() / 2;
+            if name.is_char_boundary(strip) {
+                let (segments, len) = strip_name(&bytes, &[1], strip).expect("located before");
+                assert_eq!(join(&segments).len(), len);
+            }
+        }
+        let _ = read_name(&bytes, &[1, 1]);
+    }
+}

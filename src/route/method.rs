@@ -1,0 +1,124 @@
+//! Stage `route`, by method: which calls the gateway answers, which go to the main part, and
+//! where the routing name sits in the others.
+//!
+//! Receives the request path (`/package.Service/Method`); hands back a [`MethodKind`].
+
+/// What the gateway does with a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodKind {
+    /// Answered by the gateway itself (fleet-wide RobotService methods, health).
+    Local(LocalMethod),
+    /// Forwarded untouched to the main part (single-computer methods).
+    MainPart,
+    /// Routed by the resource name at this field path of the first message.
+    ByName(&'static [u32]),
+    /// A protocol the gateway does not speak on this port (yet).
+    Unimplemented,
+}
+
+/// Methods the gateway answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalMethod {
+    /// `RobotService/ResourceNames`.
+    ResourceNames,
+    /// `RobotService/ResourceRPCSubtypes`.
+    ResourceRpcSubtypes,
+    /// `RobotService/StopAll`.
+    StopAll,
+    /// `RobotService/GetOperations`.
+    GetOperations,
+    /// `RobotService/CancelOperation`.
+    CancelOperation,
+    /// `RobotService/BlockForOperation`.
+    BlockForOperation,
+    /// `RobotService/GetMachineStatus`.
+    GetMachineStatus,
+    /// `RobotService/GetVersion`.
+    GetVersion,
+    /// `RobotService/GetSessions`.
+    GetSessions,
+    /// `RobotService/StartSession` and `SendSessionHeartbeat` (UNIMPLEMENTED until sessions land).
+    Sessions,
+    /// `grpc.health.v1.Health/Check`.
+    HealthCheck,
+}
+
+const ROBOT: &str = "/viam.robot.v1.RobotService/";
+
+/// Classifies a request path.
+pub fn classify(path: &str) -> MethodKind {
+    if let Some(method) = path.strip_prefix(ROBOT) {
+        return match method {
+            "ResourceNames" => MethodKind::Local(LocalMethod::ResourceNames),
+            "ResourceRPCSubtypes" => MethodKind::Local(LocalMethod::ResourceRpcSubtypes),
+            "StopAll" => MethodKind::Local(LocalMethod::StopAll),
+            "GetOperations" => MethodKind::Local(LocalMethod::GetOperations),
+            "CancelOperation" => MethodKind::Local(LocalMethod::CancelOperation),
+            "BlockForOperation" => MethodKind::Local(LocalMethod::BlockForOperation),
+            "GetMachineStatus" => MethodKind::Local(LocalMethod::GetMachineStatus),
+            "GetVersion" => MethodKind::Local(LocalMethod::GetVersion),
+            "GetSessions" => MethodKind::Local(LocalMethod::GetSessions),
+            "StartSession" | "SendSessionHeartbeat" => MethodKind::Local(LocalMethod::Sessions),
+            _ => MethodKind::MainPart,
+        };
+    }
+    if path == "/grpc.health.v1.Health/Check" {
+        return MethodKind::Local(LocalMethod::HealthCheck);
+    }
+    if path.starts_with("/proto.rpc.") || path.starts_with("/grpc.health.") {
+        return MethodKind::Unimplemented;
+    }
+    if path.starts_with("/grpc.reflection.") || path == "/proto.stream.v1.StreamService/ListStreams" {
+        return MethodKind::MainPart;
+    }
+    MethodKind::ByName(name_path(path))
+}
+
+/// Where the routing name is, per protocol notes 3.3: field 1 everywhere (`name`, `board_name`,
+/// `controller`), except the few methods that nest it in field 1 of a oneof message.
+fn name_path(path: &str) -> &'static [u32] {
+    match path {
+        "/viam.component.audioout.v1.AudioOutService/PlayStream"
+        | "/viam.service.shell.v1.ShellService/CopyFilesToMachine"
+        | "/viam.service.shell.v1.ShellService/CopyFilesFromMachine" => &[1, 1],
+        _ => &[1],
+    }
+}
+
+/// The `package.Service` part of a request path.
+pub fn service_of(path: &str) -> &str {
+    path.trim_start_matches('/').split('/').next().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_robot_service() {
+        assert_eq!(classify("/viam.robot.v1.RobotService/ResourceNames"), MethodKind::Local(LocalMethod::ResourceNames));
+        assert_eq!(classify("/viam.robot.v1.RobotService/FrameSystemConfig"), MethodKind::MainPart);
+        assert_eq!(classify("/viam.robot.v1.RobotService/StartSession"), MethodKind::Local(LocalMethod::Sessions));
+    }
+
+    #[test]
+    fn resource_methods_route_by_name() {
+        assert_eq!(classify("/viam.component.motor.v1.MotorService/SetPower"), MethodKind::ByName(&[1]));
+        assert_eq!(classify("/viam.component.board.v1.BoardService/ReadAnalogReader"), MethodKind::ByName(&[1]));
+        assert_eq!(classify("/viam.component.audioout.v1.AudioOutService/PlayStream"), MethodKind::ByName(&[1, 1]));
+        assert_eq!(classify("/acme.component.counter.v1.CounterService/Add"), MethodKind::ByName(&[1]));
+    }
+
+    #[test]
+    fn framework_services() {
+        assert_eq!(classify("/proto.rpc.webrtc.v1.SignalingService/Call"), MethodKind::Unimplemented);
+        assert_eq!(classify("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"), MethodKind::MainPart);
+        assert_eq!(classify("/grpc.health.v1.Health/Check"), MethodKind::Local(LocalMethod::HealthCheck));
+    }
+
+    #[test]
+    fn service_names() {
+        assert_eq!(service_of("/viam.component.motor.v1.MotorService/SetPower"), "viam.component.motor.v1.MotorService");
+        assert_eq!(service_of("garbage"), "garbage");
+    }
+}
