@@ -37,18 +37,29 @@ pub struct FirstMessage {
 
 /// Reads exactly the first gRPC message of `body`, buffering nothing beyond the frames that
 /// carried it. `Ok(None)` when the body ends with no message at all.
-pub async fn read_first_message(body: &mut Body, limit: usize) -> Result<Option<FirstMessage>, GatewayError> {
+pub async fn read_first_message(
+    body: &mut Body,
+    limit: usize,
+) -> Result<Option<FirstMessage>, GatewayError> {
     let mut buf = BytesMut::new();
     let mut trailers = None;
     loop {
         if let Some(header) = FrameHeader::parse(&buf) {
             if header.len > limit {
-                return Err(GatewayError::MessageTooLarge { size: header.len, limit });
+                return Err(GatewayError::MessageTooLarge {
+                    size: header.len,
+                    limit,
+                });
             }
             if buf.len() >= HEADER_LEN + header.len {
                 buf.advance(HEADER_LEN);
                 let message = buf.split_to(header.len).freeze();
-                return Ok(Some(FirstMessage { header, message, rest: buf.freeze(), trailers }));
+                return Ok(Some(FirstMessage {
+                    header,
+                    message,
+                    rest: buf.freeze(),
+                    trailers,
+                }));
             }
         }
         if trailers.is_some() {
@@ -63,11 +74,19 @@ pub async fn read_first_message(body: &mut Body, limit: usize) -> Result<Option<
                 Ok(data) => buf.extend_from_slice(&data),
                 Err(frame) => trailers = frame.into_trailers().ok(),
             },
-            Some(Err(status)) => return Err(GatewayError::ClientStream(status.message().to_owned())),
+            Some(Err(status)) => {
+                return Err(GatewayError::ClientStream(status.message().to_owned()));
+            }
             None => break,
         }
     }
-    if buf.is_empty() { Ok(None) } else { Err(GatewayError::MalformedFrame("request body ended inside a message")) }
+    if buf.is_empty() {
+        Ok(None)
+    } else {
+        Err(GatewayError::MalformedFrame(
+            "request body ended inside a message",
+        ))
+    }
 }
 
 fn whole_message(data: &Bytes, limit: usize) -> bool {
@@ -75,10 +94,16 @@ fn whole_message(data: &Bytes, limit: usize) -> bool {
 }
 
 fn split_whole(mut data: Bytes) -> Result<FirstMessage, GatewayError> {
-    let header = FrameHeader::parse(&data).ok_or(GatewayError::MalformedFrame("short frame header"))?;
+    let header =
+        FrameHeader::parse(&data).ok_or(GatewayError::MalformedFrame("short frame header"))?;
     data.advance(HEADER_LEN);
     let message = data.split_to(header.len);
-    Ok(FirstMessage { header, message, rest: data, trailers: None })
+    Ok(FirstMessage {
+        header,
+        message,
+        rest: data,
+        trailers: None,
+    })
 }
 
 /// Rewrites the name in every later client message of a stream that still carries the name the
@@ -94,7 +119,12 @@ pub struct StreamRewrite {
 impl StreamRewrite {
     /// Rewrites `original` (as sent by the client) by dropping `strip` leading bytes.
     pub fn new(path: &'static [u32], original: &str, strip: usize) -> Self {
-        Self { path, original: original.into(), strip, buf: BytesMut::new() }
+        Self {
+            path,
+            original: original.into(),
+            strip,
+            buf: BytesMut::new(),
+        }
     }
 
     /// Appends client bytes and moves every complete message to `out`, rewritten if it names
@@ -136,15 +166,30 @@ pub struct ForwardBody {
 
 impl ForwardBody {
     /// `first` is the (possibly rewritten) first message including its frame header.
-    pub fn new(first: Vec<Bytes>, rest: Bytes, inner: Body, trailers: Option<HeaderMap>, mut rewrite: Option<StreamRewrite>) -> Self {
+    pub fn new(
+        first: Vec<Bytes>,
+        rest: Bytes,
+        inner: Body,
+        trailers: Option<HeaderMap>,
+        mut rewrite: Option<StreamRewrite>,
+    ) -> Self {
         let mut queued: VecDeque<Bytes> = first.into();
         match &mut rewrite {
             Some(rw) if !rest.is_empty() => rw.push(&rest, &mut queued),
             _ if !rest.is_empty() => queued.push_back(rest),
             _ => {}
         }
-        let inner = if trailers.is_some() { None } else { Some(inner) };
-        Self { queued, inner, trailers, rewrite }
+        let inner = if trailers.is_some() {
+            None
+        } else {
+            Some(inner)
+        };
+        Self {
+            queued,
+            inner,
+            trailers,
+            rewrite,
+        }
     }
 }
 
@@ -152,7 +197,10 @@ impl http_body::Body for ForwardBody {
     type Data = Bytes;
     type Error = tonic::Status;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         loop {
             if let Some(data) = this.queued.pop_front() {
@@ -170,13 +218,15 @@ impl http_body::Body for ForwardBody {
                     Err(frame) => {
                         this.inner = None;
                         this.trailers = frame.into_trailers().ok();
-                        this.queued.extend(this.rewrite.as_mut().and_then(StreamRewrite::leftover));
+                        this.queued
+                            .extend(this.rewrite.as_mut().and_then(StreamRewrite::leftover));
                     }
                 },
                 Some(Err(status)) => return Poll::Ready(Some(Err(status))),
                 None => {
                     this.inner = None;
-                    this.queued.extend(this.rewrite.as_mut().and_then(StreamRewrite::leftover));
+                    this.queued
+                        .extend(this.rewrite.as_mut().and_then(StreamRewrite::leftover));
                 }
             }
         }
@@ -207,11 +257,26 @@ pub struct ResponseBody {
 
 impl ResponseBody {
     /// Wraps a part's response body.
-    pub fn new(inner: Incoming, permit: OwnedSemaphorePermit, deadline: Option<Pin<Box<Sleep>>>, part: Arc<str>) -> Self {
-        Self { inner, deadline, part, done: false, _permit: permit }
+    pub fn new(
+        inner: Incoming,
+        permit: OwnedSemaphorePermit,
+        deadline: Option<Pin<Box<Sleep>>>,
+        part: Arc<str>,
+    ) -> Self {
+        Self {
+            inner,
+            deadline,
+            part,
+            done: false,
+            _permit: permit,
+        }
     }
 
-    fn end_with(&mut self, code: tonic::Code, message: &str) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn end_with(
+        &mut self,
+        code: tonic::Code,
+        message: &str,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         self.done = true;
         let mut trailers = HeaderMap::with_capacity(2);
         trailers.insert("grpc-status", HeaderValue::from(code as i32));
@@ -226,7 +291,10 @@ impl http_body::Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         if this.done {
             return Poll::Ready(None);
@@ -301,7 +369,9 @@ mod tests {
     }
 
     fn body_of(chunks: Vec<Vec<u8>>) -> Body {
-        let frames = chunks.into_iter().map(|c| Ok::<_, tonic::Status>(Frame::data(Bytes::from(c))));
+        let frames = chunks
+            .into_iter()
+            .map(|c| Ok::<_, tonic::Status>(Frame::data(Bytes::from(c))));
         Body::new(StreamBody::new(futures_util::stream::iter(frames)))
     }
 
@@ -312,19 +382,34 @@ mod tests {
         let mut tail = b.to_vec();
         tail.extend(framed(&name_msg("next")));
         let mut body = body_of(vec![a.to_vec(), tail]);
-        let first = read_first_message(&mut body, 1024).await.expect("ok").expect("some");
-        assert_eq!(frame::read_name(&first.message, &[1]), Ok(Some("sub1:motor1")));
+        let first = read_first_message(&mut body, 1024)
+            .await
+            .expect("ok")
+            .expect("some");
+        assert_eq!(
+            frame::read_name(&first.message, &[1]),
+            Ok(Some("sub1:motor1"))
+        );
         assert_eq!(first.rest.len(), 5 + 6);
     }
 
     #[tokio::test]
     async fn oversized_and_truncated_first_messages() {
         let mut body = body_of(vec![FrameHeader::encode(4096).to_vec()]);
-        assert!(matches!(read_first_message(&mut body, 1024).await, Err(GatewayError::MessageTooLarge { .. })));
+        assert!(matches!(
+            read_first_message(&mut body, 1024).await,
+            Err(GatewayError::MessageTooLarge { .. })
+        ));
         let mut body = body_of(vec![framed(b"abc")[..6].to_vec()]);
-        assert!(matches!(read_first_message(&mut body, 1024).await, Err(GatewayError::MalformedFrame(_))));
+        assert!(matches!(
+            read_first_message(&mut body, 1024).await,
+            Err(GatewayError::MalformedFrame(_))
+        ));
         let mut body = body_of(vec![]);
-        assert!(matches!(read_first_message(&mut body, 1024).await, Ok(None)));
+        assert!(matches!(
+            read_first_message(&mut body, 1024).await,
+            Ok(None)
+        ));
     }
 
     #[tokio::test]
@@ -335,7 +420,13 @@ mod tests {
         compressed[0] = 1;
         input.extend(&compressed);
         let inner = body_of(input.chunks(4).map(<[u8]>::to_vec).collect());
-        let body = ForwardBody::new(vec![], Bytes::new(), inner, None, Some(StreamRewrite::new(&[1], "sub1:echo", 5)));
+        let body = ForwardBody::new(
+            vec![],
+            Bytes::new(),
+            inner,
+            None,
+            Some(StreamRewrite::new(&[1], "sub1:echo", 5)),
+        );
         let out = body.collect().await.expect("ok").to_bytes();
         let mut expected = framed(&name_msg("echo"));
         expected.extend(framed(&name_msg("other")));

@@ -86,7 +86,9 @@ pub struct RemoteCredentials {
 impl std::fmt::Debug for RemoteCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print a secret, not even in debug output.
-        f.debug_struct("RemoteCredentials").field("type", &self.kind).finish_non_exhaustive()
+        f.debug_struct("RemoteCredentials")
+            .field("type", &self.kind)
+            .finish_non_exhaustive()
     }
 }
 
@@ -189,7 +191,9 @@ fn default_drain_timeout() -> String {
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        Self { bind_address: default_bind() }
+        Self {
+            bind_address: default_bind(),
+        }
     }
 }
 
@@ -213,8 +217,10 @@ impl Default for GatewaySettings {
 impl Config {
     /// Reads and parses a config file (not yet validated).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::parse(&text)
     }
 
@@ -224,19 +230,26 @@ impl Config {
         serde_path_to_error::deserialize(de).map_err(|err| {
             let path = err.path().to_string();
             let inner = err.into_inner();
-            ConfigError::Parse { path, message: inner.to_string() }
+            ConfigError::Parse {
+                path,
+                message: inner.to_string(),
+            }
         })
     }
 
     /// Checks every semantic rule and returns typed settings, or every problem found.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         let mut problems = Vec::new();
-        let mut problem = |path: String, message: String| problems.push(ConfigProblem { path, message });
+        let mut problem =
+            |path: String, message: String| problems.push(ConfigProblem { path, message });
 
         let bind = match self.network.bind_address.parse::<SocketAddr>() {
             Ok(addr) => Some(addr),
             Err(_) => {
-                problem("network.bind_address".into(), format!("{:?} is not an ip:port address", self.network.bind_address));
+                problem(
+                    "network.bind_address".into(),
+                    format!("{:?} is not an ip:port address", self.network.bind_address),
+                );
                 None
             }
         };
@@ -260,16 +273,28 @@ impl Config {
         for (i, remote) in self.remotes.iter().enumerate() {
             let at = |key: &str| format!("remotes[{i}].{key}");
             if !valid_name(&remote.name) {
-                problem(at("name"), format!("{:?} must match ^[a-zA-Z0-9][-\\w]*$ and be at most 60 characters", remote.name));
+                problem(
+                    at("name"),
+                    format!(
+                        "{:?} must match ^[a-zA-Z0-9][-\\w]*$ and be at most 60 characters",
+                        remote.name
+                    ),
+                );
             } else if !seen.insert(remote.name.as_str()) {
                 problem(at("name"), format!("duplicate part name {:?}", remote.name));
             }
             if !valid_address(&remote.address) {
-                problem(at("address"), format!("{:?} is not a host:port address", remote.address));
+                problem(
+                    at("address"),
+                    format!("{:?} is not a host:port address", remote.address),
+                );
             }
             if let Some(prefix) = &remote.prefix {
                 if prefix.is_empty() || prefix.contains(':') {
-                    problem(at("prefix"), "must be non-empty and must not contain ':'".into());
+                    problem(
+                        at("prefix"),
+                        "must be non-empty and must not contain ':'".into(),
+                    );
                 }
             }
             let check_interval = remote.connection_check_interval.as_deref().unwrap_or("10s");
@@ -299,31 +324,51 @@ impl Config {
         }
         for (i, remote) in self.remotes.iter().enumerate() {
             if !remote.insecure {
-                problem(format!("remotes[{i}].insecure"), "TLS to parts is not supported yet: set \"insecure\": true".into());
+                problem(
+                    format!("remotes[{i}].insecure"),
+                    "TLS to parts is not supported yet: set \"insecure\": true".into(),
+                );
             }
         }
-        let mut prefixes: Vec<(usize, &str)> =
-            self.remotes.iter().enumerate().filter_map(|(i, r)| r.prefix.as_deref().map(|p| (i, p))).collect();
+        let mut prefixes: Vec<(usize, &str)> = self
+            .remotes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.prefix.as_deref().map(|p| (i, p)))
+            .collect();
         prefixes.sort_by_key(|(_, p)| *p);
         for pair in prefixes.windows(2) {
             if pair[0].1 == pair[1].1 {
-                problem(format!("remotes[{}].prefix", pair[1].0), format!("prefix {:?} is used by another remote", pair[1].1));
+                problem(
+                    format!("remotes[{}].prefix", pair[1].0),
+                    format!("prefix {:?} is used by another remote", pair[1].1),
+                );
             }
         }
         if let Some(main) = &g.main_part {
             match self.remotes.iter().find(|r| &r.name == main) {
-                None => problem("gateway.main_part".into(), format!("{main:?} is not the name of a remote")),
-                Some(r) if r.prefix.is_some() => {
-                    problem("gateway.main_part".into(), "the main part's resources are unprefixed: remove its prefix".into())
-                }
+                None => problem(
+                    "gateway.main_part".into(),
+                    format!("{main:?} is not the name of a remote"),
+                ),
+                Some(r) if r.prefix.is_some() => problem(
+                    "gateway.main_part".into(),
+                    "the main part's resources are unprefixed: remove its prefix".into(),
+                ),
                 Some(_) => {}
             }
         }
         if g.max_concurrent_calls_per_part == 0 {
-            problem("gateway.max_concurrent_calls_per_part".into(), "must be greater than zero".into());
+            problem(
+                "gateway.max_concurrent_calls_per_part".into(),
+                "must be greater than zero".into(),
+            );
         }
         if g.max_message_size < 1024 {
-            problem("gateway.max_message_size".into(), "must be at least 1024 bytes".into());
+            problem(
+                "gateway.max_message_size".into(),
+                "must be at least 1024 bytes".into(),
+            );
         }
 
         match bind {
@@ -370,13 +415,17 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
     let mut rest = text;
     let mut total = 0f64;
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
         if num_len == 0 {
             return Err(bad());
         }
         let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" | "μs" => 1e-6,

@@ -29,6 +29,9 @@ use crate::proto::viam::component::testecho::v1 as echo;
 use crate::proto::viam::robot::v1 as robot;
 
 type Body = tonic::body::Body;
+/// viam-server's message size limit, which simulated parts share.
+const MAX_MESSAGE: usize = 32 * 1024 * 1024;
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// What a simulated part has.
@@ -75,7 +78,15 @@ pub struct PartLog {
 impl PartLog {
     /// Names received for a method.
     pub fn names_for(&self, method: &str) -> Vec<String> {
-        self.calls.lock().map(|c| c.iter().filter(|(m, _)| m == method).map(|(_, n)| n.clone()).collect()).unwrap_or_default()
+        self.calls
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .filter(|(m, _)| m == method)
+                    .map(|(_, n)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// A motor's state.
@@ -108,16 +119,26 @@ impl SimPart {
         Self::start_with_log(spec, addr, Arc::new(PartLog::default())).await
     }
 
-    async fn start_with_log(spec: PartSpec, addr: SocketAddr, log: Arc<PartLog>) -> std::io::Result<Self> {
+    async fn start_with_log(
+        spec: PartSpec,
+        addr: SocketAddr,
+        log: Arc<PartLog>,
+    ) -> std::io::Result<Self> {
         {
-            let mut motors = log.motors.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+            let mut motors = log
+                .motors
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?;
             for m in &spec.motors {
                 motors.entry(m.clone()).or_default();
             }
         }
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let sim = Sim { spec: Arc::new(spec.clone()), log: log.clone() };
+        let sim = Sim {
+            spec: Arc::new(spec.clone()),
+            log: log.clone(),
+        };
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let builder = crate::listener::http_builder();
@@ -130,7 +151,9 @@ impl SimPart {
                 let _ = stream.set_nodelay(true);
                 let sim = sim.clone();
                 let service = hyper::service::service_fn(move |req| sim.clone().route(req));
-                let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).into_owned();
+                let conn = builder
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .into_owned();
                 conns.spawn(async move {
                     let _ = conn.await;
                 });
@@ -138,7 +161,13 @@ impl SimPart {
             // A killed part drops every connection at once, like a crashed process.
             conns.abort_all();
         });
-        Ok(Self { addr, log, spec, stop, task })
+        Ok(Self {
+            addr,
+            log,
+            spec,
+            stop,
+            task,
+        })
     }
 
     /// The part's address.
@@ -172,7 +201,11 @@ macro_rules! dispatch {
         let path = $req.uri().path();
         $(
             if path.get(1..).is_some_and(|p| p.starts_with(<$server as NamedService>::NAME) && p[<$server as NamedService>::NAME.len()..].starts_with('/')) {
-                return <$server>::new($sim).call($req).await;
+                return <$server>::new($sim)
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE)
+                    .call($req)
+                    .await;
             }
         )+
         Ok(Status::unimplemented(format!("unknown service {path}")).into_http())
@@ -180,7 +213,10 @@ macro_rules! dispatch {
 }
 
 impl Sim {
-    async fn route(self, req: http::Request<hyper::body::Incoming>) -> Result<http::Response<Body>, std::convert::Infallible> {
+    async fn route(
+        self,
+        req: http::Request<hyper::body::Incoming>,
+    ) -> Result<http::Response<Body>, std::convert::Infallible> {
         let req = req.map(Body::new);
         let sim = self;
         dispatch!(
@@ -208,12 +244,20 @@ impl Sim {
     }
 
     fn has(list: &[String], name: &str, kind: &str) -> Result<(), Status> {
-        if list.iter().any(|n| n == name) { Ok(()) } else { Err(Status::not_found(format!("no {kind} named {name:?}"))) }
+        if list.iter().any(|n| n == name) {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!("no {kind} named {name:?}")))
+        }
     }
 
     fn with_motor<R>(&self, name: &str, f: impl FnOnce(&mut MotorState) -> R) -> Result<R, Status> {
         Self::has(&self.spec.motors, name, "motor")?;
-        let mut motors = self.log.motors.lock().map_err(|_| Status::internal("poisoned"))?;
+        let mut motors = self
+            .log
+            .motors
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?;
         Ok(f(motors.entry(name.to_owned()).or_default()))
     }
 
@@ -221,8 +265,15 @@ impl Sim {
         let mut fields = std::collections::BTreeMap::new();
         fields.insert("part".to_owned(), string_value(&self.spec.name));
         fields.insert("name".to_owned(), string_value(name));
-        fields.insert("command".to_owned(), Value { kind: Some(Kind::StructValue(command.unwrap_or_default())) });
-        common::DoCommandResponse { result: Some(Struct { fields }) }
+        fields.insert(
+            "command".to_owned(),
+            Value {
+                kind: Some(Kind::StructValue(command.unwrap_or_default())),
+            },
+        );
+        common::DoCommandResponse {
+            result: Some(Struct { fields }),
+        }
     }
 
     fn resources(&self) -> Vec<common::ResourceName> {
@@ -249,17 +300,26 @@ impl Sim {
 }
 
 fn string_value(s: &str) -> Value {
-    Value { kind: Some(Kind::StringValue(s.to_owned())) }
+    Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    }
 }
 
 fn number_value(n: f64) -> Value {
-    Value { kind: Some(Kind::NumberValue(n)) }
+    Value {
+        kind: Some(Kind::NumberValue(n)),
+    }
 }
 
 #[tonic::async_trait]
 impl robot::robot_service_server::RobotService for Sim {
-    async fn resource_names(&self, _: Request<robot::ResourceNamesRequest>) -> Result<Response<robot::ResourceNamesResponse>, Status> {
-        Ok(Response::new(robot::ResourceNamesResponse { resources: self.resources() }))
+    async fn resource_names(
+        &self,
+        _: Request<robot::ResourceNamesRequest>,
+    ) -> Result<Response<robot::ResourceNamesResponse>, Status> {
+        Ok(Response::new(robot::ResourceNamesResponse {
+            resources: self.resources(),
+        }))
     }
 
     async fn resource_rpc_subtypes(
@@ -280,13 +340,24 @@ impl robot::robot_service_server::RobotService for Sim {
                 api("rdk", "motor", "viam.component.motor.v1.MotorService"),
                 api("rdk", "sensor", "viam.component.sensor.v1.SensorService"),
                 api("rdk", "generic", "viam.component.generic.v1.GenericService"),
-                api("rdk", "testecho", "viam.component.testecho.v1.TestEchoService"),
-                api("acme", "counter", "acme.component.counter.v1.CounterService"),
+                api(
+                    "rdk",
+                    "testecho",
+                    "viam.component.testecho.v1.TestEchoService",
+                ),
+                api(
+                    "acme",
+                    "counter",
+                    "acme.component.counter.v1.CounterService",
+                ),
             ],
         }))
     }
 
-    async fn stop_all(&self, req: Request<robot::StopAllRequest>) -> Result<Response<robot::StopAllResponse>, Status> {
+    async fn stop_all(
+        &self,
+        req: Request<robot::StopAllRequest>,
+    ) -> Result<Response<robot::StopAllResponse>, Status> {
         self.record("StopAll", "", &req).await;
         if let Ok(mut motors) = self.log.motors.lock() {
             motors.values_mut().for_each(|m| m.power = 0.0);
@@ -294,9 +365,16 @@ impl robot::robot_service_server::RobotService for Sim {
         Ok(Response::new(robot::StopAllResponse {}))
     }
 
-    async fn get_operations(&self, _: Request<robot::GetOperationsRequest>) -> Result<Response<robot::GetOperationsResponse>, Status> {
+    async fn get_operations(
+        &self,
+        _: Request<robot::GetOperationsRequest>,
+    ) -> Result<Response<robot::GetOperationsResponse>, Status> {
         Ok(Response::new(robot::GetOperationsResponse {
-            operations: vec![robot::Operation { id: "op-1".into(), method: "/sim/Op".into(), ..Default::default() }],
+            operations: vec![robot::Operation {
+                id: "op-1".into(),
+                method: "/sim/Op".into(),
+                ..Default::default()
+            }],
         }))
     }
 
@@ -340,28 +418,40 @@ impl robot::robot_service_server::RobotService for Sim {
 
 #[tonic::async_trait]
 impl motor::motor_service_server::MotorService for Sim {
-    async fn set_power(&self, req: Request<motor::SetPowerRequest>) -> Result<Response<motor::SetPowerResponse>, Status> {
+    async fn set_power(
+        &self,
+        req: Request<motor::SetPowerRequest>,
+    ) -> Result<Response<motor::SetPowerResponse>, Status> {
         self.record("SetPower", &req.get_ref().name, &req).await;
         let r = req.into_inner();
         self.with_motor(&r.name, |m| m.power = r.power_pct)?;
         Ok(Response::new(motor::SetPowerResponse {}))
     }
 
-    async fn go_for(&self, req: Request<motor::GoForRequest>) -> Result<Response<motor::GoForResponse>, Status> {
+    async fn go_for(
+        &self,
+        req: Request<motor::GoForRequest>,
+    ) -> Result<Response<motor::GoForResponse>, Status> {
         self.record("GoFor", &req.get_ref().name, &req).await;
         let r = req.into_inner();
         self.with_motor(&r.name, |m| m.position += r.revolutions * r.rpm.signum())?;
         Ok(Response::new(motor::GoForResponse {}))
     }
 
-    async fn go_to(&self, req: Request<motor::GoToRequest>) -> Result<Response<motor::GoToResponse>, Status> {
+    async fn go_to(
+        &self,
+        req: Request<motor::GoToRequest>,
+    ) -> Result<Response<motor::GoToResponse>, Status> {
         self.record("GoTo", &req.get_ref().name, &req).await;
         let r = req.into_inner();
         self.with_motor(&r.name, |m| m.position = r.position_revolutions)?;
         Ok(Response::new(motor::GoToResponse {}))
     }
 
-    async fn set_rpm(&self, req: Request<motor::SetRpmRequest>) -> Result<Response<motor::SetRpmResponse>, Status> {
+    async fn set_rpm(
+        &self,
+        req: Request<motor::SetRpmRequest>,
+    ) -> Result<Response<motor::SetRpmResponse>, Status> {
         self.record("SetRPM", &req.get_ref().name, &req).await;
         let r = req.into_inner();
         self.with_motor(&r.name, |m| m.power = r.rpm.signum())?;
@@ -372,13 +462,17 @@ impl motor::motor_service_server::MotorService for Sim {
         &self,
         req: Request<motor::ResetZeroPositionRequest>,
     ) -> Result<Response<motor::ResetZeroPositionResponse>, Status> {
-        self.record("ResetZeroPosition", &req.get_ref().name, &req).await;
+        self.record("ResetZeroPosition", &req.get_ref().name, &req)
+            .await;
         let r = req.into_inner();
         self.with_motor(&r.name, |m| m.position = -r.offset)?;
         Ok(Response::new(motor::ResetZeroPositionResponse {}))
     }
 
-    async fn get_position(&self, req: Request<motor::GetPositionRequest>) -> Result<Response<motor::GetPositionResponse>, Status> {
+    async fn get_position(
+        &self,
+        req: Request<motor::GetPositionRequest>,
+    ) -> Result<Response<motor::GetPositionResponse>, Status> {
         self.record("GetPosition", &req.get_ref().name, &req).await;
         let position = self.with_motor(&req.get_ref().name, |m| m.position)?;
         Ok(Response::new(motor::GetPositionResponse { position }))
@@ -388,30 +482,50 @@ impl motor::motor_service_server::MotorService for Sim {
         &self,
         req: Request<motor::GetPropertiesRequest>,
     ) -> Result<Response<motor::GetPropertiesResponse>, Status> {
-        self.record("GetProperties", &req.get_ref().name, &req).await;
+        self.record("GetProperties", &req.get_ref().name, &req)
+            .await;
         self.with_motor(&req.get_ref().name, |_| ())?;
-        Ok(Response::new(motor::GetPropertiesResponse { position_reporting: true }))
+        Ok(Response::new(motor::GetPropertiesResponse {
+            position_reporting: true,
+        }))
     }
 
-    async fn stop(&self, req: Request<motor::StopRequest>) -> Result<Response<motor::StopResponse>, Status> {
+    async fn stop(
+        &self,
+        req: Request<motor::StopRequest>,
+    ) -> Result<Response<motor::StopResponse>, Status> {
         self.record("Stop", &req.get_ref().name, &req).await;
         self.with_motor(&req.get_ref().name, |m| m.power = 0.0)?;
         Ok(Response::new(motor::StopResponse {}))
     }
 
-    async fn is_powered(&self, req: Request<motor::IsPoweredRequest>) -> Result<Response<motor::IsPoweredResponse>, Status> {
+    async fn is_powered(
+        &self,
+        req: Request<motor::IsPoweredRequest>,
+    ) -> Result<Response<motor::IsPoweredResponse>, Status> {
         self.record("IsPowered", &req.get_ref().name, &req).await;
         let power = self.with_motor(&req.get_ref().name, |m| m.power)?;
-        Ok(Response::new(motor::IsPoweredResponse { is_on: power != 0.0, power_pct: power }))
+        Ok(Response::new(motor::IsPoweredResponse {
+            is_on: power != 0.0,
+            power_pct: power,
+        }))
     }
 
-    async fn is_moving(&self, req: Request<motor::IsMovingRequest>) -> Result<Response<motor::IsMovingResponse>, Status> {
+    async fn is_moving(
+        &self,
+        req: Request<motor::IsMovingRequest>,
+    ) -> Result<Response<motor::IsMovingResponse>, Status> {
         self.record("IsMoving", &req.get_ref().name, &req).await;
         let power = self.with_motor(&req.get_ref().name, |m| m.power)?;
-        Ok(Response::new(motor::IsMovingResponse { is_moving: power != 0.0 }))
+        Ok(Response::new(motor::IsMovingResponse {
+            is_moving: power != 0.0,
+        }))
     }
 
-    async fn do_command(&self, req: Request<common::DoCommandRequest>) -> Result<Response<common::DoCommandResponse>, Status> {
+    async fn do_command(
+        &self,
+        req: Request<common::DoCommandRequest>,
+    ) -> Result<Response<common::DoCommandResponse>, Status> {
         self.record("DoCommand", &req.get_ref().name, &req).await;
         let r = req.into_inner();
         Self::has(&self.spec.motors, &r.name, "motor")?;
@@ -429,7 +543,10 @@ impl motor::motor_service_server::MotorService for Sim {
 
 #[tonic::async_trait]
 impl sensor::sensor_service_server::SensorService for Sim {
-    async fn get_readings(&self, req: Request<common::GetReadingsRequest>) -> Result<Response<common::GetReadingsResponse>, Status> {
+    async fn get_readings(
+        &self,
+        req: Request<common::GetReadingsRequest>,
+    ) -> Result<Response<common::GetReadingsResponse>, Status> {
         self.record("GetReadings", &req.get_ref().name, &req).await;
         let name = req.into_inner().name;
         Self::has(&self.spec.sensors, &name, "sensor")?;
@@ -441,7 +558,10 @@ impl sensor::sensor_service_server::SensorService for Sim {
         Ok(Response::new(common::GetReadingsResponse { readings }))
     }
 
-    async fn do_command(&self, req: Request<common::DoCommandRequest>) -> Result<Response<common::DoCommandResponse>, Status> {
+    async fn do_command(
+        &self,
+        req: Request<common::DoCommandRequest>,
+    ) -> Result<Response<common::DoCommandResponse>, Status> {
         self.record("DoCommand", &req.get_ref().name, &req).await;
         let r = req.into_inner();
         Self::has(&self.spec.sensors, &r.name, "sensor")?;
@@ -451,53 +571,90 @@ impl sensor::sensor_service_server::SensorService for Sim {
 
 #[tonic::async_trait]
 impl generic::generic_service_server::GenericService for Sim {
-    async fn do_command(&self, req: Request<common::DoCommandRequest>) -> Result<Response<common::DoCommandResponse>, Status> {
+    async fn do_command(
+        &self,
+        req: Request<common::DoCommandRequest>,
+    ) -> Result<Response<common::DoCommandResponse>, Status> {
         self.record("DoCommand", &req.get_ref().name, &req).await;
         let r = req.into_inner();
         Self::has(&self.spec.generics, &r.name, "generic component")?;
-        if r.command.as_ref().is_some_and(|c| c.fields.contains_key("fail")) {
+        if r.command
+            .as_ref()
+            .is_some_and(|c| c.fields.contains_key("fail"))
+        {
             // Lets tests check that error details and custom trailers pass through.
-            let mut status = Status::with_details(tonic::Code::Aborted, "asked to fail", bytes::Bytes::from_static(b"detail-bytes"));
-            status.metadata_mut().insert("x-part-detail", tonic::metadata::MetadataValue::from_static("from-the-part"));
+            let mut status = Status::with_details(
+                tonic::Code::Aborted,
+                "asked to fail",
+                bytes::Bytes::from_static(b"detail-bytes"),
+            );
+            status.metadata_mut().insert(
+                "x-part-detail",
+                tonic::metadata::MetadataValue::from_static("from-the-part"),
+            );
             return Err(status);
         }
         let mut resp = Response::new(self.echo_command(&r.name, r.command));
-        resp.metadata_mut().insert("x-part-header", tonic::metadata::MetadataValue::from_static("hello"));
+        resp.metadata_mut().insert(
+            "x-part-header",
+            tonic::metadata::MetadataValue::from_static("hello"),
+        );
         Ok(resp)
     }
 }
 
 #[tonic::async_trait]
 impl echo::test_echo_service_server::TestEchoService for Sim {
-
-    async fn echo(&self, req: Request<echo::EchoRequest>) -> Result<Response<echo::EchoResponse>, Status> {
+    async fn echo(
+        &self,
+        req: Request<echo::EchoRequest>,
+    ) -> Result<Response<echo::EchoResponse>, Status> {
         self.record("Echo", &req.get_ref().name, &req).await;
         let r = req.into_inner();
         Self::has(&self.spec.echoes, &r.name, "echo")?;
         Ok(Response::new(echo::EchoResponse { message: r.message }))
     }
 
-    async fn echo_multiple(&self, req: Request<echo::EchoMultipleRequest>) -> Result<Response<BoxStream<echo::EchoMultipleResponse>>, Status> {
+    async fn echo_multiple(
+        &self,
+        req: Request<echo::EchoMultipleRequest>,
+    ) -> Result<Response<BoxStream<echo::EchoMultipleResponse>>, Status> {
         self.record("EchoMultiple", &req.get_ref().name, &req).await;
         let r = req.into_inner();
         Self::has(&self.spec.echoes, &r.name, "echo")?;
-        let chars: Vec<_> = r.message.chars().map(|c| Ok(echo::EchoMultipleResponse { message: c.to_string() })).collect();
+        let chars: Vec<_> = r
+            .message
+            .chars()
+            .map(|c| {
+                Ok(echo::EchoMultipleResponse {
+                    message: c.to_string(),
+                })
+            })
+            .collect();
         Ok(Response::new(Box::pin(futures_util::stream::iter(chars))))
     }
 
-    async fn echo_bi_di(&self, req: Request<Streaming<echo::EchoBiDiRequest>>) -> Result<Response<BoxStream<echo::EchoBiDiResponse>>, Status> {
+    async fn echo_bi_di(
+        &self,
+        req: Request<Streaming<echo::EchoBiDiRequest>>,
+    ) -> Result<Response<BoxStream<echo::EchoBiDiResponse>>, Status> {
         let log = self.log.clone();
         let out = req.into_inner().map(move |msg| {
             let msg = msg?;
             if let Ok(mut calls) = log.calls.lock() {
                 calls.push(("EchoBiDi".into(), msg.name.clone()));
             }
-            Ok(echo::EchoBiDiResponse { message: msg.message })
+            Ok(echo::EchoBiDiResponse {
+                message: msg.message,
+            })
         });
         Ok(Response::new(Box::pin(out)))
     }
 
-    async fn stop(&self, req: Request<echo::StopRequest>) -> Result<Response<echo::StopResponse>, Status> {
+    async fn stop(
+        &self,
+        req: Request<echo::StopRequest>,
+    ) -> Result<Response<echo::StopResponse>, Status> {
         self.record("Stop", &req.get_ref().name, &req).await;
         Ok(Response::new(echo::StopResponse {}))
     }
@@ -505,8 +662,10 @@ impl echo::test_echo_service_server::TestEchoService for Sim {
 
 #[tonic::async_trait]
 impl counter::counter_service_server::CounterService for Sim {
-
-    async fn add(&self, req: Request<Streaming<counter::AddRequest>>) -> Result<Response<counter::AddResponse>, Status> {
+    async fn add(
+        &self,
+        req: Request<Streaming<counter::AddRequest>>,
+    ) -> Result<Response<counter::AddResponse>, Status> {
         let mut stream = req.into_inner();
         let (mut name, mut total, mut count) = (String::new(), 0, 0);
         while let Some(msg) = stream.next().await {
@@ -525,32 +684,55 @@ impl counter::counter_service_server::CounterService for Sim {
         Ok(Response::new(counter::AddResponse { name, total, count }))
     }
 
-    async fn watch(&self, req: Request<counter::WatchRequest>) -> Result<Response<BoxStream<counter::WatchResponse>>, Status> {
+    async fn watch(
+        &self,
+        req: Request<counter::WatchRequest>,
+    ) -> Result<Response<BoxStream<counter::WatchResponse>>, Status> {
         self.record("Watch", &req.get_ref().name, &req).await;
         let r = req.into_inner();
         Self::has(&self.spec.counters, &r.name, "counter")?;
         let name = r.name;
-        let items = (0..r.count.max(0)).map(move |seq| Ok(counter::WatchResponse { name: name.clone(), seq }));
+        let items = (0..r.count.max(0)).map(move |seq| {
+            Ok(counter::WatchResponse {
+                name: name.clone(),
+                seq,
+            })
+        });
         Ok(Response::new(Box::pin(futures_util::stream::iter(items))))
     }
 
-    async fn chat(&self, req: Request<Streaming<counter::ChatRequest>>) -> Result<Response<BoxStream<counter::ChatResponse>>, Status> {
+    async fn chat(
+        &self,
+        req: Request<Streaming<counter::ChatRequest>>,
+    ) -> Result<Response<BoxStream<counter::ChatResponse>>, Status> {
         let log = self.log.clone();
         let out = req.into_inner().map(move |msg| {
             let msg = msg?;
             if let Ok(mut calls) = log.calls.lock() {
                 calls.push(("Chat".into(), msg.name.clone()));
             }
-            Ok(counter::ChatResponse { name: msg.name, text: msg.text })
+            Ok(counter::ChatResponse {
+                name: msg.name,
+                text: msg.text,
+            })
         });
         Ok(Response::new(Box::pin(out)))
     }
 
-    async fn get(&self, req: Request<counter::GetRequest>) -> Result<Response<counter::GetResponse>, Status> {
+    async fn get(
+        &self,
+        req: Request<counter::GetRequest>,
+    ) -> Result<Response<counter::GetResponse>, Status> {
         self.record("Get", &req.get_ref().name, &req).await;
         let name = req.into_inner().name;
         Self::has(&self.spec.counters, &name, "counter")?;
-        let total = self.log.counters.lock().ok().and_then(|t| t.get(&name).copied()).unwrap_or(0);
+        let total = self
+            .log
+            .counters
+            .lock()
+            .ok()
+            .and_then(|t| t.get(&name).copied())
+            .unwrap_or(0);
         Ok(Response::new(counter::GetResponse { name, total }))
     }
 }
@@ -564,25 +746,47 @@ fn names(list: &[&str]) -> Vec<String> {
 /// The demo fleet of docs/contracts.md: (part name, prefix, spec).
 pub fn demo_fleet() -> Vec<(Option<&'static str>, PartSpec)> {
     vec![
-        (None, PartSpec {
-            name: "main".into(),
-            motors: names(&["motor1", "wheel"]),
-            sensors: names(&["temp"]),
-            generics: names(&["gen1"]),
-            echoes: names(&["echo1"]),
-            ..Default::default()
-        }),
-        (None, PartSpec {
-            name: "sub1".into(),
-            motors: names(&["motor1", "lift"]),
-            sensors: names(&["imu"]),
-            generics: names(&["gen1"]),
-            echoes: names(&["echo1"]),
-            counters: names(&["c1"]),
-            ..Default::default()
-        }),
-        (None, PartSpec { name: "sub2".into(), motors: names(&["lift"]), sensors: names(&["imu"]), ..Default::default() }),
-        (Some("cell-"), PartSpec { name: "cell".into(), motors: names(&["m1"]), sensors: names(&["temp"]), ..Default::default() }),
+        (
+            None,
+            PartSpec {
+                name: "main".into(),
+                motors: names(&["motor1", "wheel"]),
+                sensors: names(&["temp"]),
+                generics: names(&["gen1"]),
+                echoes: names(&["echo1"]),
+                ..Default::default()
+            },
+        ),
+        (
+            None,
+            PartSpec {
+                name: "sub1".into(),
+                motors: names(&["motor1", "lift"]),
+                sensors: names(&["imu"]),
+                generics: names(&["gen1"]),
+                echoes: names(&["echo1"]),
+                counters: names(&["c1"]),
+                ..Default::default()
+            },
+        ),
+        (
+            None,
+            PartSpec {
+                name: "sub2".into(),
+                motors: names(&["lift"]),
+                sensors: names(&["imu"]),
+                ..Default::default()
+            },
+        ),
+        (
+            Some("cell-"),
+            PartSpec {
+                name: "cell".into(),
+                motors: names(&["m1"]),
+                sensors: names(&["temp"]),
+                ..Default::default()
+            },
+        ),
     ]
 }
 
@@ -607,9 +811,14 @@ pub async fn start_demo(bind: &str) -> std::io::Result<(Vec<SimPart>, Config)> {
         parts.push(part);
     }
     let config = Config {
-        network: NetworkConfig { bind_address: bind.to_owned() },
+        network: NetworkConfig {
+            bind_address: bind.to_owned(),
+        },
         remotes,
-        gateway: GatewaySettings { main_part: Some("main".into()), ..GatewaySettings::default() },
+        gateway: GatewaySettings {
+            main_part: Some("main".into()),
+            ..GatewaySettings::default()
+        },
         ignored: Default::default(),
     };
     Ok((parts, config))

@@ -47,7 +47,9 @@ pub enum GatewayError {
         name: String,
     },
     /// A bare name that several parts serve.
-    #[error("resource name {name:?} is ambiguous: served by parts {parts:?}; address it as \"<part>:{name}\"")]
+    #[error(
+        "resource name {name:?} is ambiguous: served by parts {parts:?}; address it as \"<part>:{name}\""
+    )]
     Ambiguous {
         /// The name as the client sent it.
         name: String,
@@ -181,16 +183,36 @@ mod tests {
     fn table_matches_architecture() {
         let cases = [
             (GatewayError::MalformedFrame("x"), Code::InvalidArgument),
-            (GatewayError::MissingName { method: "/a/b".into() }, Code::InvalidArgument),
+            (
+                GatewayError::MissingName {
+                    method: "/a/b".into(),
+                },
+                Code::InvalidArgument,
+            ),
             (GatewayError::NotFound { name: "m".into() }, Code::NotFound),
             (
-                GatewayError::Ambiguous { name: "m".into(), parts: vec!["a".into(), "b".into()] },
+                GatewayError::Ambiguous {
+                    name: "m".into(),
+                    parts: vec!["a".into(), "b".into()],
+                },
                 Code::FailedPrecondition,
             ),
-            (GatewayError::PartUnavailable { part: "a".into() }, Code::Unavailable),
-            (GatewayError::DeadlineExceeded { part: "a".into() }, Code::DeadlineExceeded),
-            (GatewayError::Overloaded { part: "a".into() }, Code::ResourceExhausted),
-            (GatewayError::Internal("secret detail".into()), Code::Internal),
+            (
+                GatewayError::PartUnavailable { part: "a".into() },
+                Code::Unavailable,
+            ),
+            (
+                GatewayError::DeadlineExceeded { part: "a".into() },
+                Code::DeadlineExceeded,
+            ),
+            (
+                GatewayError::Overloaded { part: "a".into() },
+                Code::ResourceExhausted,
+            ),
+            (
+                GatewayError::Internal("secret detail".into()),
+                Code::Internal,
+            ),
         ];
         for (err, code) in cases {
             assert_eq!(err.to_status().code(), code, "{err}");
@@ -205,9 +227,11 @@ mod tests {
 
     #[test]
     fn ambiguous_names_the_parts() {
-        let status =
-            GatewayError::Ambiguous { name: "lift".into(), parts: vec!["sub1".into(), "sub2".into()] }
-                .to_status();
+        let status = GatewayError::Ambiguous {
+            name: "lift".into(),
+            parts: vec!["sub1".into(), "sub2".into()],
+        }
+        .to_status();
         assert!(status.message().contains("sub1") && status.message().contains("sub2"));
     }
 }

@@ -8,13 +8,16 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Settings;
 use crate::error::{GatewayError, StartError};
 use crate::listener::{self, Frontend, Handler};
 use crate::pool::Pool;
 use crate::stack::CallStack;
+
+/// Extra start-up wait beyond the dial timeout for a part's first `ResourceNames`.
+const STARTUP_CHECK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A running gateway.
 pub struct Gateway {
@@ -28,19 +31,46 @@ impl Gateway {
     /// Binds the listener, starts dialing every part and serves until [`Gateway::shutdown`].
     pub async fn start(settings: Settings) -> Result<Self, StartError> {
         let listener = listener::bind(settings.bind).await?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: settings.bind.to_string(), source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: settings.bind.to_string(),
+            source,
+        })?;
         let pool = Pool::start(&settings).map_err(|e| match e {
             GatewayError::Internal(message) => {
-                StartError::Config(crate::error::ConfigError::Parse { path: "remotes".into(), message })
+                StartError::Config(crate::error::ConfigError::Parse {
+                    path: "remotes".into(),
+                    message,
+                })
             }
-            other => StartError::Config(crate::error::ConfigError::Parse { path: "remotes".into(), message: other.to_string() }),
+            other => StartError::Config(crate::error::ConfigError::Parse {
+                path: "remotes".into(),
+                message: other.to_string(),
+            }),
         })?;
+        // Accept only once every part has been dialed and listed (or failed), so the first
+        // client never sees a half-empty fleet. Connections queue in the backlog meanwhile.
+        let pending = pool
+            .wait_settled(settings.connect_timeout + STARTUP_CHECK_GRACE)
+            .await;
+        if !pending.is_empty() {
+            warn!(parts = ?pending, "parts still connecting at start-up; serving without them for now");
+        }
         let frontend = Frontend::new(CallStack::new(pool.clone(), &settings));
         let handler: Handler = Arc::new(move |req| Box::pin(frontend.clone().serve(req)));
         let (stop, stopped) = watch::channel(false);
-        let server = tokio::spawn(listener::serve(listener, handler, stopped, settings.drain_timeout));
+        let server = tokio::spawn(listener::serve(
+            listener,
+            handler,
+            stopped,
+            settings.drain_timeout,
+        ));
         info!("listening on {addr}");
-        Ok(Self { addr, pool, stop, server })
+        Ok(Self {
+            addr,
+            pool,
+            stop,
+            server,
+        })
     }
 
     /// The address the gateway accepts connections on.

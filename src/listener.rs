@@ -55,8 +55,15 @@ impl Frontend {
     }
 
     /// Serves one request.
-    pub async fn serve(self, req: http::Request<Incoming>) -> Result<http::Response<Body>, Infallible> {
-        let content_type = req.headers().get(header::CONTENT_TYPE).map(HeaderValue::as_bytes).unwrap_or_default();
+    pub async fn serve(
+        self,
+        req: http::Request<Incoming>,
+    ) -> Result<http::Response<Body>, Infallible> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
         if content_type.starts_with(b"application/grpc-web") || is_preflight(&req) {
             return self.web.oneshot(req).await.map(|r| r.map(Body::new));
         }
@@ -68,18 +75,32 @@ impl Frontend {
 }
 
 fn is_preflight<B>(req: &http::Request<B>) -> bool {
-    req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 fn plain_http<B>(req: &http::Request<B>) -> http::Response<Body> {
     let (status, text) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "ok\n"),
-        (&Method::GET, "/") => (StatusCode::OK, "partgate: a gRPC gateway for Viam robot fleets\n"),
-        _ => (StatusCode::NOT_FOUND, "not found: this port serves gRPC and gRPC-Web\n"),
+        (&Method::GET, "/") => (
+            StatusCode::OK,
+            "partgate: a gRPC gateway for Viam robot fleets\n",
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found: this port serves gRPC and gRPC-Web\n",
+        ),
     };
-    let mut resp = http::Response::new(Body::new(http_body_util::Full::new(bytes::Bytes::from_static(text.as_bytes()))));
+    let mut resp = http::Response::new(Body::new(http_body_util::Full::new(
+        bytes::Bytes::from_static(text.as_bytes()),
+    )));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -101,14 +122,22 @@ pub fn http_builder() -> auto::Builder<TokioExecutor> {
 
 /// A boxed per-request handler.
 pub type Handler = std::sync::Arc<
-    dyn Fn(http::Request<Incoming>) -> Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>
+    dyn Fn(
+            http::Request<Incoming>,
+        )
+            -> Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>
         + Send
         + Sync,
 >;
 
 /// Accepts connections until `shutdown` turns true, then lets open calls finish for up to
 /// `drain` (sending GOAWAY so clients stop opening new streams) before returning.
-pub async fn serve(listener: TcpListener, handler: Handler, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    handler: Handler,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
     let builder = http_builder();
     let graceful = GracefulShutdown::new();
     loop {
@@ -127,7 +156,9 @@ pub async fn serve(listener: TcpListener, handler: Handler, mut shutdown: watch:
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let service = hyper::service::service_fn(move |req| handler(req));
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -144,5 +175,10 @@ pub async fn serve(listener: TcpListener, handler: Handler, mut shutdown: watch:
 
 /// Binds `addr`, mapping the error to a start-up error.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::error::StartError> {
-    TcpListener::bind(addr).await.map_err(|source| crate::error::StartError::Bind { addr: addr.to_string(), source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| crate::error::StartError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
 }

@@ -44,7 +44,11 @@ fn init_tracing() {
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -53,7 +57,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => match Config::load(&config).and_then(|c| c.validate()) {
             Ok(settings) => {
-                println!("{}: ok ({} parts, listening on {})", config.display(), settings.parts.len(), settings.bind);
+                println!(
+                    "{}: ok ({} parts, listening on {})",
+                    config.display(),
+                    settings.parts.len(),
+                    settings.bind
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -69,7 +78,11 @@ fn main() -> ExitCode {
                 c.validate()
             });
             match loaded {
-                Ok(settings) => run(async move { Gateway::start(settings).await.map(|g| (g, Vec::<partgate::demo::SimPart>::new())) }),
+                Ok(settings) => run(async move {
+                    Gateway::start(settings)
+                        .await
+                        .map(|g| (g, Vec::<partgate::demo::SimPart>::new()))
+                }),
                 Err(e) => {
                     error!("{}: {e}", config.display());
                     ExitCode::FAILURE
@@ -77,9 +90,12 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo { bind } => run(async move {
-            let (parts, config) = partgate::demo::start_demo(&bind)
-                .await
-                .map_err(|source| partgate::error::StartError::Bind { addr: "127.0.0.1:0".into(), source })?;
+            let (parts, config) = partgate::demo::start_demo(&bind).await.map_err(|source| {
+                partgate::error::StartError::Bind {
+                    addr: "127.0.0.1:0".into(),
+                    source,
+                }
+            })?;
             let settings = config.validate()?;
             let gateway = Gateway::start(settings).await?;
             let addr = gateway.local_addr();
@@ -95,7 +111,10 @@ fn run<F, T>(start: F) -> ExitCode
 where
     F: std::future::Future<Output = Result<(Gateway, T), partgate::error::StartError>>,
 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!("cannot start the async runtime: {e}");

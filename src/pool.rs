@@ -62,6 +62,7 @@ pub struct Part {
     dial: DialSettings,
     conn: ArcSwapOption<Sender>,
     generation: watch::Sender<u64>,
+    settled: watch::Sender<bool>,
     state: AtomicU8,
     reported: ArcSwapOption<PartResources>,
     last_error: Mutex<Option<String>>,
@@ -88,15 +89,22 @@ pub struct PartChannel {
 
 impl Part {
     fn new(spec: PartSpec, dial: DialSettings, limit: usize) -> Result<Self, GatewayError> {
-        let authority: http::uri::Authority =
-            spec.address.parse().map_err(|_| GatewayError::Internal(format!("bad part address {}", spec.address)))?;
-        let scheme = if spec.insecure { http::uri::Scheme::HTTP } else { http::uri::Scheme::HTTPS };
+        let authority: http::uri::Authority = spec
+            .address
+            .parse()
+            .map_err(|_| GatewayError::Internal(format!("bad part address {}", spec.address)))?;
+        let scheme = if spec.insecure {
+            http::uri::Scheme::HTTP
+        } else {
+            http::uri::Scheme::HTTPS
+        };
         Ok(Self {
             spec,
             scheme_authority: (scheme, authority),
             dial,
             conn: ArcSwapOption::empty(),
             generation: watch::channel(0).0,
+            settled: watch::channel(false).0,
             state: AtomicU8::new(PartState::Connecting as u8),
             reported: ArcSwapOption::empty(),
             last_error: Mutex::new(None),
@@ -138,12 +146,20 @@ impl Part {
 
     /// Time since the resource list was last refreshed.
     pub fn refresh_age(&self) -> Option<Duration> {
-        self.last_refresh.lock().ok().and_then(|t| t.map(|t| t.elapsed()))
+        self.last_refresh
+            .lock()
+            .ok()
+            .and_then(|t| t.map(|t| t.elapsed()))
     }
 
     /// Takes a slot of the per-part concurrency limit, or sheds the call.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, GatewayError> {
-        self.limit.clone().try_acquire_owned().map_err(|_| GatewayError::Overloaded { part: self.spec.name.clone() })
+        self.limit
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| GatewayError::Overloaded {
+                part: self.spec.name.clone(),
+            })
     }
 
     /// Points a request at this part: absolute URI with the part's authority, HTTP/2.
@@ -161,8 +177,13 @@ impl Part {
 
     /// Sends a targeted request on the part's connection. A request the connection refused
     /// before sending it (GOAWAY, connection just closed) is retried once on a fresh connection.
-    pub async fn send(&self, req: http::Request<Body>) -> Result<http::Response<Incoming>, GatewayError> {
-        let unavailable = || GatewayError::PartUnavailable { part: self.spec.name.clone() };
+    pub async fn send(
+        &self,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, GatewayError> {
+        let unavailable = || GatewayError::PartUnavailable {
+            part: self.spec.name.clone(),
+        };
         let mut sender = self.sender().ok_or_else(unavailable)?;
         let mut generation = self.generation.subscribe();
         let err = match sender.try_send_request(req).await {
@@ -199,7 +220,10 @@ impl Part {
 
     fn drop_connection(&self, stale: &Sender) {
         let current = self.conn.load();
-        if current.as_ref().is_some_and(|c| c.is_closed() || stale.is_closed()) {
+        if current
+            .as_ref()
+            .is_some_and(|c| c.is_closed() || stale.is_closed())
+        {
             self.conn.store(None);
         }
         self.wake.notify_one();
@@ -240,19 +264,30 @@ impl Part {
 
     /// One health check: `ResourceNames` and `ResourceRPCSubtypes` (UNIMPLEMENTED tolerated).
     async fn check(self: &Arc<Self>) -> Result<PartResources, String> {
-        let mut client = robot::robot_service_client::RobotServiceClient::new(PartChannel { part: self.clone() });
-        let names = tokio::time::timeout(CHECK_TIMEOUT, client.resource_names(robot::ResourceNamesRequest {}))
-            .await
-            .map_err(|_| "ResourceNames timed out".to_owned())?
-            .map_err(|s| format!("ResourceNames failed: {}", s.message()))?
-            .into_inner();
-        let subtypes =
-            match tokio::time::timeout(CHECK_TIMEOUT, client.resource_rpc_subtypes(robot::ResourceRpcSubtypesRequest {})).await {
-                Ok(Ok(resp)) => resp.into_inner().resource_rpc_subtypes,
-                Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Vec::new(),
-                Ok(Err(status)) => return Err(format!("ResourceRPCSubtypes failed: {}", status.message())),
-                Err(_) => return Err("ResourceRPCSubtypes timed out".to_owned()),
-            };
+        let mut client = robot::robot_service_client::RobotServiceClient::new(PartChannel {
+            part: self.clone(),
+        });
+        let names = tokio::time::timeout(
+            CHECK_TIMEOUT,
+            client.resource_names(robot::ResourceNamesRequest {}),
+        )
+        .await
+        .map_err(|_| "ResourceNames timed out".to_owned())?
+        .map_err(|s| format!("ResourceNames failed: {}", s.message()))?
+        .into_inner();
+        let subtypes = match tokio::time::timeout(
+            CHECK_TIMEOUT,
+            client.resource_rpc_subtypes(robot::ResourceRpcSubtypesRequest {}),
+        )
+        .await
+        {
+            Ok(Ok(resp)) => resp.into_inner().resource_rpc_subtypes,
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Vec::new(),
+            Ok(Err(status)) => {
+                return Err(format!("ResourceRPCSubtypes failed: {}", status.message()));
+            }
+            Err(_) => return Err("ResourceRPCSubtypes timed out".to_owned()),
+        };
         Ok(PartResources {
             resources: names.resources.into_iter().map(Resource::from).collect(),
             subtypes: subtypes
@@ -268,14 +303,17 @@ impl Part {
             match self.connect().await {
                 Ok((sender, mut driver)) => {
                     self.conn.store(Some(Arc::new(sender)));
-                    self.state.store(PartState::Connected as u8, Ordering::Relaxed);
+                    self.state
+                        .store(PartState::Connected as u8, Ordering::Relaxed);
                     self.connects.fetch_add(1, Ordering::Relaxed);
                     self.generation.send_modify(|g| *g += 1);
                     self.set_error(None);
                     info!(part = %self.spec.name, address = %self.spec.address, "connected to part");
                     let mut failures = 0;
                     loop {
-                        match self.check().await {
+                        let checked = self.check().await;
+                        self.settled.send_replace(true);
+                        match checked {
                             Ok(report) => {
                                 failures = 0;
                                 if let Ok(mut t) = self.last_refresh.lock() {
@@ -298,7 +336,11 @@ impl Part {
                                 }
                             }
                         }
-                        let pause = if failures > 0 { self.spec.reconnect_interval } else { self.spec.check_interval };
+                        let pause = if failures > 0 {
+                            self.spec.reconnect_interval
+                        } else {
+                            self.spec.check_interval
+                        };
                         tokio::select! {
                             _ = &mut driver => break,
                             _ = tokio::time::sleep(pause) => {}
@@ -309,7 +351,8 @@ impl Part {
                     }
                     driver.abort();
                     self.conn.store(None);
-                    self.state.store(PartState::Disconnected as u8, Ordering::Relaxed);
+                    self.state
+                        .store(PartState::Disconnected as u8, Ordering::Relaxed);
                     if self.last_error().is_none() {
                         self.set_error(Some("connection closed".to_owned()));
                     }
@@ -319,8 +362,10 @@ impl Part {
                     if self.last_error().as_deref() != Some(e.as_str()) {
                         warn!(part = %self.spec.name, error = %e, "cannot reach part; retrying every {:?}", self.spec.reconnect_interval);
                     }
-                    self.state.store(PartState::Disconnected as u8, Ordering::Relaxed);
+                    self.state
+                        .store(PartState::Disconnected as u8, Ordering::Relaxed);
                     self.set_error(Some(e));
+                    self.settled.send_replace(true);
                 }
             }
             if pool.strong_count() == 0 {
@@ -333,7 +378,12 @@ impl Part {
 
 impl From<crate::proto::viam::common::v1::ResourceName> for Resource {
     fn from(r: crate::proto::viam::common::v1::ResourceName) -> Self {
-        Self { namespace: r.namespace, kind: r.r#type, subtype: r.subtype, name: r.name }
+        Self {
+            namespace: r.namespace,
+            kind: r.r#type,
+            subtype: r.subtype,
+            name: r.name,
+        }
     }
 }
 
@@ -350,14 +400,43 @@ impl Pool {
         let parts = settings
             .parts
             .iter()
-            .map(|spec| Part::new(spec.clone(), dial.clone(), settings.max_concurrent_calls_per_part).map(Arc::new))
+            .map(|spec| {
+                Part::new(
+                    spec.clone(),
+                    dial.clone(),
+                    settings.max_concurrent_calls_per_part,
+                )
+                .map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let pool = Arc::new(Self { parts, table: ArcSwap::from_pointee(RouteTable::default()), rebuild: Mutex::new(()) });
+        let pool = Arc::new(Self {
+            parts,
+            table: ArcSwap::from_pointee(RouteTable::default()),
+            rebuild: Mutex::new(()),
+        });
         pool.rebuild_table();
         for part in &pool.parts {
             tokio::spawn(part.clone().maintain(Arc::downgrade(&pool)));
         }
         Ok(pool)
+    }
+
+    /// Waits until every part has either answered its first check or failed its first dial,
+    /// for at most `limit`, so that the first client sees the whole fleet. Returns the names
+    /// of parts that had not settled in time.
+    pub async fn wait_settled(&self, limit: Duration) -> Vec<String> {
+        let waits = self.parts.iter().map(|p| {
+            let mut settled = p.settled.subscribe();
+            async move {
+                let _ = settled.wait_for(|s| *s).await;
+            }
+        });
+        let _ = tokio::time::timeout(limit, futures_util::future::join_all(waits)).await;
+        self.parts
+            .iter()
+            .filter(|p| !*p.settled.borrow())
+            .map(|p| p.spec.name.clone())
+            .collect()
     }
 
     /// The current route table.
@@ -372,12 +451,16 @@ impl Pool {
 
     /// A tower service that sends to part `index` (for the gateway's own calls).
     pub fn channel(&self, index: usize) -> Option<PartChannel> {
-        self.parts.get(index).map(|part| PartChannel { part: part.clone() })
+        self.parts
+            .get(index)
+            .map(|part| PartChannel { part: part.clone() })
     }
 
     fn rebuild_table(&self) {
         // Serialise rebuilds so a slow one never overwrites a newer one.
-        let Ok(_guard) = self.rebuild.lock() else { return };
+        let Ok(_guard) = self.rebuild.lock() else {
+            return;
+        };
         let infos: Vec<PartInfo> = self
             .parts
             .iter()
@@ -391,7 +474,8 @@ impl Pool {
             })
             .collect();
         let reported: Vec<_> = self.parts.iter().map(|p| p.reported()).collect();
-        self.table.store(Arc::new(RouteTable::build(&infos, &reported)));
+        self.table
+            .store(Arc::new(RouteTable::build(&infos, &reported)));
     }
 }
 

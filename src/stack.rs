@@ -21,7 +21,9 @@ use futures_util::future::BoxFuture;
 use http::header::{self, HeaderName, HeaderValue};
 use tracing::{debug, info};
 
-use crate::body::{ForwardBody, ResponseBody, StreamRewrite, parse_grpc_timeout, read_first_message};
+use crate::body::{
+    ForwardBody, ResponseBody, StreamRewrite, parse_grpc_timeout, read_first_message,
+};
 use crate::config::Settings;
 use crate::error::{Fault, GatewayError};
 use crate::pool::{Part, Pool};
@@ -102,22 +104,32 @@ impl Shared {
             MethodKind::Local(method) => self.robot.answer(method, req).await,
             MethodKind::MainPart => self.forward_to_main(req).await,
             MethodKind::ByName(field) => self.forward_by_name(req, &path, field).await,
-            MethodKind::Unimplemented => Err(GatewayError::Unimplemented(format!("{path} is not served by this gateway"))),
+            MethodKind::Unimplemented => Err(GatewayError::Unimplemented(format!(
+                "{path} is not served by this gateway"
+            ))),
         };
         result.unwrap_or_else(|err| {
             let (code, fault) = err.code_and_fault();
             match fault {
                 Fault::Client => debug!(method = %path, ?code, error = %err, "call rejected"),
-                Fault::Gateway | Fault::Part => info!(method = %path, ?code, error = %err, "call failed"),
+                Fault::Gateway | Fault::Part => {
+                    info!(method = %path, ?code, error = %err, "call failed")
+                }
             }
             err.to_status().into_http()
         })
     }
 
-    async fn forward_to_main(&self, req: http::Request<Body>) -> Result<http::Response<Body>, GatewayError> {
+    async fn forward_to_main(
+        &self,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, GatewayError> {
         let table = self.pool.table();
         let main = table.main().ok_or_else(|| {
-            GatewayError::Unimplemented(format!("{} needs a main part; none is configured", req.uri().path()))
+            GatewayError::Unimplemented(format!(
+                "{} needs a main part; none is configured",
+                req.uri().path()
+            ))
         })?;
         drop(table);
         let part = self.pool.parts()[main].clone();
@@ -134,14 +146,18 @@ impl Shared {
         let (parts, mut body) = req.into_parts();
         let first = read_first_message(&mut body, self.max_message_size)
             .await?
-            .ok_or_else(|| GatewayError::MissingName { method: path.to_owned() })?;
+            .ok_or_else(|| GatewayError::MissingName {
+                method: path.to_owned(),
+            })?;
         if first.header.compressed {
             return Err(GatewayError::Compressed);
         }
         let name = frame::read_name(&first.message, field)
             .map_err(|e| GatewayError::MalformedFrame(frame_error_text(e)))?
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| GatewayError::MissingName { method: path.to_owned() })?;
+            .ok_or_else(|| GatewayError::MissingName {
+                method: path.to_owned(),
+            })?;
         let route = self.pool.table().resolve(name, service_of(path))?;
         let part = self.pool.parts()[route.part].clone();
         let permit = part.admit()?;
@@ -176,9 +192,19 @@ impl Shared {
         let started = tokio::time::Instant::now();
         let resp = tokio::time::timeout(wait, part.send(req))
             .await
-            .map_err(|_| GatewayError::DeadlineExceeded { part: part.name().to_owned() })??;
-        let body_deadline = client_deadline.map(|d| Box::pin(tokio::time::sleep_until(started + d)));
-        Ok(resp.map(|incoming| Body::new(ResponseBody::new(incoming, permit, body_deadline, part.name().into()))))
+            .map_err(|_| GatewayError::DeadlineExceeded {
+                part: part.name().to_owned(),
+            })??;
+        let body_deadline =
+            client_deadline.map(|d| Box::pin(tokio::time::sleep_until(started + d)));
+        Ok(resp.map(|incoming| {
+            Body::new(ResponseBody::new(
+                incoming,
+                permit,
+                body_deadline,
+                part.name().into(),
+            ))
+        }))
     }
 }
 

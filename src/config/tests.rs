@@ -19,7 +19,11 @@ fn go_durations() {
         ("2h45m", 9_900_000),
     ];
     for (text, ms) in cases {
-        assert_eq!(parse_go_duration(text).map(|d| d.as_millis()), Ok(ms), "{text}");
+        assert_eq!(
+            parse_go_duration(text).map(|d| d.as_millis()),
+            Ok(ms),
+            "{text}"
+        );
     }
     for bad in ["", "10", "s", "1x", "-1s", "1s2", "1..5s"] {
         assert!(parse_go_duration(bad).is_err(), "{bad} should be rejected");
@@ -38,9 +42,10 @@ fn names() {
 
 #[test]
 fn defaults_apply() {
-    let settings = Config::parse(r#"{"remotes":[{"name":"a","address":"127.0.0.1:1","insecure":true}]}"#)
-        .and_then(|c| c.validate())
-        .expect("valid");
+    let settings =
+        Config::parse(r#"{"remotes":[{"name":"a","address":"127.0.0.1:1","insecure":true}]}"#)
+            .and_then(|c| c.validate())
+            .expect("valid");
     assert_eq!(settings.bind.to_string(), "0.0.0.0:8080");
     assert_eq!(settings.parts[0].check_interval, Duration::from_secs(10));
     assert_eq!(settings.parts[0].reconnect_interval, Duration::from_secs(1));

@@ -45,7 +45,11 @@ impl FleetRobot {
     }
 
     /// Answers one locally handled method.
-    pub async fn answer(&self, method: LocalMethod, req: http::Request<Body>) -> Result<http::Response<Body>, GatewayError> {
+    pub async fn answer(
+        &self,
+        method: LocalMethod,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, GatewayError> {
         let body = req.into_body();
         match method {
             LocalMethod::ResourceNames => Ok(reply(&self.resource_names())),
@@ -82,7 +86,9 @@ impl FleetRobot {
 
     fn resource_names(&self) -> robot::ResourceNamesResponse {
         let table = self.pool.table();
-        robot::ResourceNamesResponse { resources: table.listing().iter().map(to_proto).collect() }
+        robot::ResourceNamesResponse {
+            resources: table.listing().iter().map(to_proto).collect(),
+        }
     }
 
     fn subtypes(&self) -> robot::ResourceRpcSubtypesResponse {
@@ -90,9 +96,14 @@ impl FleetRobot {
         let resource_rpc_subtypes = table
             .subtypes()
             .iter()
-            .map(|(api, service)| robot::ResourceRpcSubtype { subtype: Some(to_proto(api)), proto_service: service.clone() })
+            .map(|(api, service)| robot::ResourceRpcSubtype {
+                subtype: Some(to_proto(api)),
+                proto_service: service.clone(),
+            })
             .collect();
-        robot::ResourceRpcSubtypesResponse { resource_rpc_subtypes }
+        robot::ResourceRpcSubtypesResponse {
+            resource_rpc_subtypes,
+        }
     }
 
     fn client(&self, index: usize) -> Option<Client> {
@@ -100,11 +111,17 @@ impl FleetRobot {
     }
 
     /// Stops every part concurrently; `extra` parameters go to the part that owns each name.
-    async fn stop_all(&self, req: robot::StopAllRequest) -> Result<robot::StopAllResponse, GatewayError> {
+    async fn stop_all(
+        &self,
+        req: robot::StopAllRequest,
+    ) -> Result<robot::StopAllResponse, GatewayError> {
         let table = self.pool.table();
-        let mut extras: Vec<Vec<robot::StopExtraParameters>> = vec![Vec::new(); table.parts().len()];
+        let mut extras: Vec<Vec<robot::StopExtraParameters>> =
+            vec![Vec::new(); table.parts().len()];
         for mut extra in req.extra {
-            let Some(name) = extra.name.as_mut() else { continue };
+            let Some(name) = extra.name.as_mut() else {
+                continue;
+            };
             let api = api_key(&name.namespace, &name.r#type, &name.subtype);
             let route = table.resolve_api(&name.name, Some(&api))?;
             name.name.drain(..route.strip);
@@ -113,36 +130,72 @@ impl FleetRobot {
         drop(table);
         let calls = extras.into_iter().enumerate().map(|(i, extra)| async move {
             let part = self.pool.parts()[i].name().to_owned();
-            let mut client = self.client(i).ok_or_else(|| (part.clone(), "unknown part".to_owned()))?;
-            match tokio::time::timeout(FAN_OUT_TIMEOUT, client.stop_all(robot::StopAllRequest { extra })).await {
+            let mut client = self
+                .client(i)
+                .ok_or_else(|| (part.clone(), "unknown part".to_owned()))?;
+            match tokio::time::timeout(
+                FAN_OUT_TIMEOUT,
+                client.stop_all(robot::StopAllRequest { extra }),
+            )
+            .await
+            {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(status)) => Err((part, status.message().to_owned())),
                 Err(_) => Err((part, "timed out".to_owned())),
             }
         });
-        let failed: Vec<(String, String)> = join_all(calls).await.into_iter().filter_map(Result::err).collect();
-        if failed.is_empty() { Ok(robot::StopAllResponse {}) } else { Err(GatewayError::FanOut(failed)) }
+        let failed: Vec<(String, String)> = join_all(calls)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        if failed.is_empty() {
+            Ok(robot::StopAllResponse {})
+        } else {
+            Err(GatewayError::FanOut(failed))
+        }
     }
 
     /// Every connected part's operations, ids qualified as `part:id` so they route back.
     async fn operations(&self) -> robot::GetOperationsResponse {
-        let calls = self.pool.parts().iter().enumerate().filter(|(_, p)| p.state() == PartState::Connected).map(
-            |(i, part)| async move {
+        let calls = self
+            .pool
+            .parts()
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.state() == PartState::Connected)
+            .map(|(i, part)| async move {
                 let mut client = self.client(i)?;
-                let resp = tokio::time::timeout(OPERATIONS_TIMEOUT, client.get_operations(robot::GetOperationsRequest {}))
-                    .await
-                    .ok()?
-                    .ok()?;
+                let resp = tokio::time::timeout(
+                    OPERATIONS_TIMEOUT,
+                    client.get_operations(robot::GetOperationsRequest {}),
+                )
+                .await
+                .ok()?
+                .ok()?;
                 let ops = resp.into_inner().operations;
-                Some(ops.into_iter().map(|op| robot::Operation { id: format!("{}:{}", part.name(), op.id), ..op }).collect::<Vec<_>>())
-            },
-        );
-        let operations = join_all(calls).await.into_iter().flatten().flatten().collect();
+                Some(
+                    ops.into_iter()
+                        .map(|op| robot::Operation {
+                            id: format!("{}:{}", part.name(), op.id),
+                            ..op
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            });
+        let operations = join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
         robot::GetOperationsResponse { operations }
     }
 
     fn operation_part(&self, id: &str) -> Result<(Client, String), GatewayError> {
-        let not_found = || GatewayError::NotFound { name: id.to_owned() };
+        let not_found = || GatewayError::NotFound {
+            name: id.to_owned(),
+        };
         let (part, local) = id.split_once(':').ok_or_else(not_found)?;
         let index = self.pool.table().part_named(part).ok_or_else(not_found)?;
         Ok((self.client(index).ok_or_else(not_found)?, local.to_owned()))
@@ -166,18 +219,27 @@ impl FleetRobot {
                         name: part.name().to_owned(),
                         ..Default::default()
                     }),
-                    state: if connected { State::Ready } else { State::Unhealthy } as i32,
-                    error: if connected { String::new() } else { part.last_error().unwrap_or_default() },
+                    state: if connected {
+                        State::Ready
+                    } else {
+                        State::Unhealthy
+                    } as i32,
+                    error: if connected {
+                        String::new()
+                    } else {
+                        part.last_error().unwrap_or_default()
+                    },
                     ..Default::default()
                 });
                 let fetched = match (connected, self.client(i)) {
-                    (true, Some(mut client)) => {
-                        tokio::time::timeout(OPERATIONS_TIMEOUT, client.get_machine_status(robot::GetMachineStatusRequest {}))
-                            .await
-                            .ok()
-                            .and_then(Result::ok)
-                            .map(|r| r.into_inner().resources)
-                    }
+                    (true, Some(mut client)) => tokio::time::timeout(
+                        OPERATIONS_TIMEOUT,
+                        client.get_machine_status(robot::GetMachineStatusRequest {}),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|r| r.into_inner().resources),
                     _ => None,
                 };
                 let rename = |mut name: ResourceName| {
@@ -189,17 +251,26 @@ impl FleetRobot {
                         s.name = s.name.map(rename);
                         s
                     })),
-                    None => out.extend(part.reported().iter().flat_map(|r| r.resources.clone()).map(|r| robot::ResourceStatus {
-                        name: Some(rename(to_proto(&r))),
-                        state: State::Ready as i32,
-                        ..Default::default()
-                    })),
+                    None => out.extend(
+                        part.reported()
+                            .iter()
+                            .flat_map(|r| r.resources.clone())
+                            .map(|r| robot::ResourceStatus {
+                                name: Some(rename(to_proto(&r))),
+                                state: State::Ready as i32,
+                                ..Default::default()
+                            }),
+                    ),
                 }
                 out
             }
         });
         let resources = join_all(calls).await.into_iter().flatten().collect();
-        let starting = self.pool.parts().iter().any(|p| p.state() == PartState::Connecting);
+        let starting = self
+            .pool
+            .parts()
+            .iter()
+            .any(|p| p.state() == PartState::Connecting);
         robot::GetMachineStatusResponse {
             resources,
             state: if starting {
@@ -225,8 +296,12 @@ fn to_proto(r: &Resource) -> ResourceName {
 /// A part's error status for a call we made on the client's behalf, passed on as is.
 fn part_status(status: tonic::Status) -> GatewayError {
     match status.code() {
-        tonic::Code::NotFound => GatewayError::NotFound { name: status.message().to_owned() },
-        tonic::Code::Unavailable => GatewayError::FanOut(vec![("part".into(), status.message().to_owned())]),
+        tonic::Code::NotFound => GatewayError::NotFound {
+            name: status.message().to_owned(),
+        },
+        tonic::Code::Unavailable => {
+            GatewayError::FanOut(vec![("part".into(), status.message().to_owned())])
+        }
         _ => GatewayError::Internal(status.message().to_owned()),
     }
 }
@@ -236,7 +311,8 @@ async fn decode<M: Message + Default>(mut body: Body) -> Result<M, GatewayError>
     match read_first_message(&mut body, MAX_ROBOT_REQUEST).await? {
         None => Ok(M::default()),
         Some(first) if first.header.compressed => Err(GatewayError::Compressed),
-        Some(first) => M::decode(first.message).map_err(|_| GatewayError::MalformedFrame("request message does not decode")),
+        Some(first) => M::decode(first.message)
+            .map_err(|_| GatewayError::MalformedFrame("request message does not decode")),
     }
 }
 
@@ -249,9 +325,13 @@ pub fn reply<M: Message>(msg: &M) -> http::Response<Body> {
     let _ = msg.encode(&mut buf);
     let mut trailers = HeaderMap::with_capacity(1);
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    let frames: [Result<Frame<Bytes>, tonic::Status>; 2] = [Ok(Frame::data(buf.freeze())), Ok(Frame::trailers(trailers))];
+    let frames: [Result<Frame<Bytes>, tonic::Status>; 2] =
+        [Ok(Frame::data(buf.freeze())), Ok(Frame::trailers(trailers))];
     let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
     let mut resp = http::Response::new(Body::new(body));
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
     resp
 }

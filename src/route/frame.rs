@@ -54,7 +54,10 @@ impl FrameHeader {
     pub fn parse(buf: &[u8]) -> Option<Self> {
         let head: &[u8; HEADER_LEN] = buf.get(..HEADER_LEN)?.try_into().ok()?;
         let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        Some(Self { compressed: head[0] != 0, len })
+        Some(Self {
+            compressed: head[0] != 0,
+            len,
+        })
     }
 
     /// Encodes a header for an uncompressed message of `len` bytes.
@@ -110,7 +113,11 @@ fn locate(msg: &[u8], field: u32) -> Result<Option<FieldLoc>, FrameError> {
                     return Err(FrameError::Truncated);
                 }
                 if number == u64::from(field) {
-                    found = Some(FieldLoc { start, value_start, value_end });
+                    found = Some(FieldLoc {
+                        start,
+                        value_start,
+                        value_end,
+                    });
                 }
                 value_end
             }
@@ -133,7 +140,9 @@ pub fn read_name<'a>(msg: &'a [u8], path: &[u32]) -> Result<Option<&'a str>, Fra
     };
     let value = &msg[loc.value_start..loc.value_end];
     if rest.is_empty() {
-        std::str::from_utf8(value).map(Some).map_err(|_| FrameError::NotUtf8)
+        std::str::from_utf8(value)
+            .map(Some)
+            .map_err(|_| FrameError::NotUtf8)
     } else {
         read_name(value, rest)
     }
@@ -144,13 +153,22 @@ pub fn read_name<'a>(msg: &'a [u8], path: &[u32]) -> Result<Option<&'a str>, Fra
 ///
 /// The caller has read the name with [`read_name`] and checked that `strip` is on a char
 /// boundary within it. `strip == 0` returns the message untouched.
-pub fn strip_name(msg: &Bytes, path: &[u32], strip: usize) -> Result<(Vec<Bytes>, usize), FrameError> {
+pub fn strip_name(
+    msg: &Bytes,
+    path: &[u32],
+    strip: usize,
+) -> Result<(Vec<Bytes>, usize), FrameError> {
     let mut out = Vec::with_capacity(4);
     let len = splice(msg, path, strip, &mut out)?;
     Ok((out, len))
 }
 
-fn splice(msg: &Bytes, path: &[u32], strip: usize, out: &mut Vec<Bytes>) -> Result<usize, FrameError> {
+fn splice(
+    msg: &Bytes,
+    path: &[u32],
+    strip: usize,
+    out: &mut Vec<Bytes>,
+) -> Result<usize, FrameError> {
     let (Some((&field, rest)), true) = (path.split_first(), strip > 0) else {
         out.push(msg.clone());
         return Ok(msg.len());
@@ -175,7 +193,11 @@ fn splice(msg: &Bytes, path: &[u32], strip: usize, out: &mut Vec<Bytes>) -> Resu
     let before = msg.slice(..loc.start);
     let after = msg.slice(loc.value_end..);
     let total = before.len() + head.len() + inner_len + after.len();
-    for piece in [before, head.freeze()].into_iter().chain(inner).chain([after]) {
+    for piece in [before, head.freeze()]
+        .into_iter()
+        .chain(inner)
+        .chain([after])
+    {
         if !piece.is_empty() {
             out.push(piece);
         }

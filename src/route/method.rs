@@ -68,7 +68,8 @@ pub fn classify(path: &str) -> MethodKind {
     if path.starts_with("/proto.rpc.") || path.starts_with("/grpc.health.") {
         return MethodKind::Unimplemented;
     }
-    if path.starts_with("/grpc.reflection.") || path == "/proto.stream.v1.StreamService/ListStreams" {
+    if path.starts_with("/grpc.reflection.") || path == "/proto.stream.v1.StreamService/ListStreams"
+    {
         return MethodKind::MainPart;
     }
     MethodKind::ByName(name_path(path))
@@ -96,29 +97,62 @@ mod tests {
 
     #[test]
     fn classifies_robot_service() {
-        assert_eq!(classify("/viam.robot.v1.RobotService/ResourceNames"), MethodKind::Local(LocalMethod::ResourceNames));
-        assert_eq!(classify("/viam.robot.v1.RobotService/FrameSystemConfig"), MethodKind::MainPart);
-        assert_eq!(classify("/viam.robot.v1.RobotService/StartSession"), MethodKind::Local(LocalMethod::Sessions));
+        assert_eq!(
+            classify("/viam.robot.v1.RobotService/ResourceNames"),
+            MethodKind::Local(LocalMethod::ResourceNames)
+        );
+        assert_eq!(
+            classify("/viam.robot.v1.RobotService/FrameSystemConfig"),
+            MethodKind::MainPart
+        );
+        assert_eq!(
+            classify("/viam.robot.v1.RobotService/StartSession"),
+            MethodKind::Local(LocalMethod::Sessions)
+        );
     }
 
     #[test]
     fn resource_methods_route_by_name() {
-        assert_eq!(classify("/viam.component.motor.v1.MotorService/SetPower"), MethodKind::ByName(&[1]));
-        assert_eq!(classify("/viam.component.board.v1.BoardService/ReadAnalogReader"), MethodKind::ByName(&[1]));
-        assert_eq!(classify("/viam.component.audioout.v1.AudioOutService/PlayStream"), MethodKind::ByName(&[1, 1]));
-        assert_eq!(classify("/acme.component.counter.v1.CounterService/Add"), MethodKind::ByName(&[1]));
+        assert_eq!(
+            classify("/viam.component.motor.v1.MotorService/SetPower"),
+            MethodKind::ByName(&[1])
+        );
+        assert_eq!(
+            classify("/viam.component.board.v1.BoardService/ReadAnalogReader"),
+            MethodKind::ByName(&[1])
+        );
+        assert_eq!(
+            classify("/viam.component.audioout.v1.AudioOutService/PlayStream"),
+            MethodKind::ByName(&[1, 1])
+        );
+        assert_eq!(
+            classify("/acme.component.counter.v1.CounterService/Add"),
+            MethodKind::ByName(&[1])
+        );
     }
 
     #[test]
     fn framework_services() {
-        assert_eq!(classify("/proto.rpc.webrtc.v1.SignalingService/Call"), MethodKind::Unimplemented);
-        assert_eq!(classify("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"), MethodKind::MainPart);
-        assert_eq!(classify("/grpc.health.v1.Health/Check"), MethodKind::Local(LocalMethod::HealthCheck));
+        assert_eq!(
+            classify("/proto.rpc.webrtc.v1.SignalingService/Call"),
+            MethodKind::Unimplemented
+        );
+        assert_eq!(
+            classify("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+            MethodKind::MainPart
+        );
+        assert_eq!(
+            classify("/grpc.health.v1.Health/Check"),
+            MethodKind::Local(LocalMethod::HealthCheck)
+        );
     }
 
     #[test]
     fn service_names() {
-        assert_eq!(service_of("/viam.component.motor.v1.MotorService/SetPower"), "viam.component.motor.v1.MotorService");
+        assert_eq!(
+            service_of("/viam.component.motor.v1.MotorService/SetPower"),
+            "viam.component.motor.v1.MotorService"
+        );
         assert_eq!(service_of("garbage"), "garbage");
     }
 }

@@ -32,7 +32,11 @@ pub fn split_first_remote(name: &str) -> Option<(&str, &str)> {
 /// Normalised API key `namespace:type:subtype` with `_` removed from the subtype, so that a
 /// proto package (`viam.component.movementsensor.v1`) and a subtype (`movement_sensor`) agree.
 pub fn api_key(namespace: &str, kind: &str, subtype: &str) -> String {
-    let subtype: String = subtype.chars().filter(|c| *c != '_').collect::<String>().to_ascii_lowercase();
+    let subtype: String = subtype
+        .chars()
+        .filter(|c| *c != '_')
+        .collect::<String>()
+        .to_ascii_lowercase();
     format!("{namespace}:{kind}:{subtype}")
 }
 
@@ -41,7 +45,9 @@ pub fn api_key(namespace: &str, kind: &str, subtype: &str) -> String {
 pub fn builtin_api_of_service(service: &str) -> Option<String> {
     let mut parts = service.split('.');
     match (parts.next(), parts.next(), parts.next()) {
-        (Some("viam"), Some(kind @ ("component" | "service")), Some(subtype)) => Some(api_key("rdk", kind, subtype)),
+        (Some("viam"), Some(kind @ ("component" | "service")), Some(subtype)) => {
+            Some(api_key("rdk", kind, subtype))
+        }
         _ => None,
     }
 }
@@ -53,9 +59,18 @@ mod tests {
     #[test]
     fn gateway_names_follow_the_naming_rule() {
         assert_eq!(gateway_name("main", &Naming::Main, "motor1"), "motor1");
-        assert_eq!(gateway_name("sub1", &Naming::PartColon, "motor1"), "sub1:motor1");
-        assert_eq!(gateway_name("sub1", &Naming::PartColon, "b:arm"), "sub1:b:arm");
-        assert_eq!(gateway_name("cell", &Naming::Prefix("cell-".into()), "m1"), "cell-m1");
+        assert_eq!(
+            gateway_name("sub1", &Naming::PartColon, "motor1"),
+            "sub1:motor1"
+        );
+        assert_eq!(
+            gateway_name("sub1", &Naming::PartColon, "b:arm"),
+            "sub1:b:arm"
+        );
+        assert_eq!(
+            gateway_name("cell", &Naming::Prefix("cell-".into()), "m1"),
+            "cell-m1"
+        );
     }
 
     #[test]
@@ -72,8 +87,14 @@ mod tests {
             builtin_api_of_service("viam.component.movementsensor.v1.MovementSensorService"),
             Some(api_key("rdk", "component", "movement_sensor"))
         );
-        assert_eq!(builtin_api_of_service("viam.service.vision.v1.VisionService"), Some(api_key("rdk", "service", "vision")));
-        assert_eq!(builtin_api_of_service("acme.component.counter.v1.CounterService"), None);
+        assert_eq!(
+            builtin_api_of_service("viam.service.vision.v1.VisionService"),
+            Some(api_key("rdk", "service", "vision"))
+        );
+        assert_eq!(
+            builtin_api_of_service("acme.component.counter.v1.CounterService"),
+            None
+        );
         assert_eq!(builtin_api_of_service("viam.robot.v1.RobotService"), None);
     }
 }

@@ -7,7 +7,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::resource_name::{Naming, api_key, builtin_api_of_service, gateway_name, split_first_remote};
+use super::resource_name::{
+    Naming, api_key, builtin_api_of_service, gateway_name, split_first_remote,
+};
 use crate::error::GatewayError;
 
 /// A resource as a part lists it (`common.v1.ResourceName`).
@@ -79,7 +81,11 @@ impl RouteTable {
     pub fn build(parts: &[PartInfo], reported: &[Option<Arc<PartResources>>]) -> Self {
         let mut table = Self {
             parts: parts.to_vec(),
-            part_index: parts.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect(),
+            part_index: parts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.name.clone(), i))
+                .collect(),
             main: parts.iter().position(|p| p.naming == Naming::Main),
             ..Self::default()
         };
@@ -94,7 +100,9 @@ impl RouteTable {
         table.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
         let mut seen_subtypes = HashSet::new();
         for (i, part) in parts.iter().enumerate() {
-            let Some(Some(report)) = reported.get(i) else { continue };
+            let Some(Some(report)) = reported.get(i) else {
+                continue;
+            };
             if Some(i) == table.main {
                 table.main_loaded = true;
             }
@@ -106,12 +114,26 @@ impl RouteTable {
                 };
                 let api = api_key(&res.namespace, &res.kind, &res.subtype);
                 // The canonical name, plus the bare alias for unprefixed remotes.
-                let key = if part.naming == Naming::PartColon { res.name.clone() } else { visible.clone() };
-                table.names.entry(key).or_default().push(Candidate { part: i, api, strip });
-                table.listing.push(Resource { name: visible, ..res.clone() });
+                let key = if part.naming == Naming::PartColon {
+                    res.name.clone()
+                } else {
+                    visible.clone()
+                };
+                table.names.entry(key).or_default().push(Candidate {
+                    part: i,
+                    api,
+                    strip,
+                });
+                table.listing.push(Resource {
+                    name: visible,
+                    ..res.clone()
+                });
             }
             for (api, service) in &report.subtypes {
-                table.service_api.insert(service.clone(), api_key(&api.namespace, &api.kind, &api.subtype));
+                table.service_api.insert(
+                    service.clone(),
+                    api_key(&api.namespace, &api.kind, &api.subtype),
+                );
                 if seen_subtypes.insert((api.clone(), service.clone())) {
                     table.subtypes.push((api.clone(), service.clone()));
                 }
@@ -147,7 +169,11 @@ impl RouteTable {
 
     /// Decides which part serves `name` for a call to `service` (`package.Service`).
     pub fn resolve(&self, name: &str, service: &str) -> Result<Route, GatewayError> {
-        let api = self.service_api.get(service).cloned().or_else(|| builtin_api_of_service(service));
+        let api = self
+            .service_api
+            .get(service)
+            .cloned()
+            .or_else(|| builtin_api_of_service(service));
         self.resolve_api(name, api.as_deref())
     }
 
@@ -156,37 +182,68 @@ impl RouteTable {
         if let Some((first, rest)) = split_first_remote(name) {
             if let Some(&part) = self.part_index.get(first) {
                 if rest.is_empty() {
-                    return Err(GatewayError::NotFound { name: name.to_owned() });
+                    return Err(GatewayError::NotFound {
+                        name: name.to_owned(),
+                    });
                 }
-                return Ok(Route { part, strip: first.len() + 1 });
+                return Ok(Route {
+                    part,
+                    strip: first.len() + 1,
+                });
             }
         }
         if let Some(found) = self.names.get(name) {
-            let matching: Vec<&Candidate> = found.iter().filter(|c| api.is_none_or(|api| c.api == api)).collect();
+            let matching: Vec<&Candidate> = found
+                .iter()
+                .filter(|c| api.is_none_or(|api| c.api == api))
+                .collect();
             if let Some(main) = matching.iter().find(|c| Some(c.part) == self.main) {
-                return Ok(Route { part: main.part, strip: main.strip });
+                return Ok(Route {
+                    part: main.part,
+                    strip: main.strip,
+                });
             }
             let mut parts: Vec<usize> = matching.iter().map(|c| c.part).collect();
             parts.dedup();
             match (parts.as_slice(), matching.first()) {
-                ([_], Some(only)) => return Ok(Route { part: only.part, strip: only.strip }),
+                ([_], Some(only)) => {
+                    return Ok(Route {
+                        part: only.part,
+                        strip: only.strip,
+                    });
+                }
                 ([], _) => {}
                 _ => {
                     let names = parts.iter().map(|&p| self.parts[p].name.clone()).collect();
-                    return Err(GatewayError::Ambiguous { name: name.to_owned(), parts: names });
+                    return Err(GatewayError::Ambiguous {
+                        name: name.to_owned(),
+                        parts: names,
+                    });
                 }
             }
         }
         // Names of parts that were never reached: route by prefix, or to a main part we have
         // not heard from yet, so the caller learns the part is down instead of "not found".
-        if let Some((prefix, part)) = self.prefixes.iter().find(|(p, _)| name.starts_with(p.as_str())) {
+        if let Some((prefix, part)) = self
+            .prefixes
+            .iter()
+            .find(|(p, _)| name.starts_with(p.as_str()))
+        {
             if name.len() > prefix.len() {
-                return Ok(Route { part: *part, strip: prefix.len() });
+                return Ok(Route {
+                    part: *part,
+                    strip: prefix.len(),
+                });
             }
         }
         match self.main {
-            Some(main) if !self.main_loaded => Ok(Route { part: main, strip: 0 }),
-            _ => Err(GatewayError::NotFound { name: name.to_owned() }),
+            Some(main) if !self.main_loaded => Ok(Route {
+                part: main,
+                strip: 0,
+            }),
+            _ => Err(GatewayError::NotFound {
+                name: name.to_owned(),
+            }),
         }
     }
 }

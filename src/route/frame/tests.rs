@@ -23,8 +23,20 @@ fn join(segments: &[Bytes]) -> Vec<u8> {
 #[test]
 fn header_round_trip() {
     let head = FrameHeader::encode(300);
-    assert_eq!(FrameHeader::parse(&head), Some(FrameHeader { compressed: false, len: 300 }));
-    assert_eq!(FrameHeader::parse(&[1, 0, 0, 0, 7]), Some(FrameHeader { compressed: true, len: 7 }));
+    assert_eq!(
+        FrameHeader::parse(&head),
+        Some(FrameHeader {
+            compressed: false,
+            len: 300
+        })
+    );
+    assert_eq!(
+        FrameHeader::parse(&[1, 0, 0, 0, 7]),
+        Some(FrameHeader {
+            compressed: true,
+            len: 7
+        })
+    );
     assert_eq!(FrameHeader::parse(&[0, 0, 0]), None);
 }
 
@@ -59,13 +71,25 @@ fn non_string_field_one_is_absent() {
 
 #[test]
 fn malformed_inputs_are_errors_not_panics() {
-    assert_eq!(read_name(&[0x0a, 10, b'a'], &[1]), Err(FrameError::Truncated));
+    assert_eq!(
+        read_name(&[0x0a, 10, b'a'], &[1]),
+        Err(FrameError::Truncated)
+    );
     assert_eq!(read_name(&[0x0a], &[1]), Err(FrameError::BadVarint));
     assert_eq!(read_name(&[0xff; 12], &[1]), Err(FrameError::BadVarint));
     assert_eq!(read_name(&[0x00, 1], &[1]), Err(FrameError::BadTag));
     assert_eq!(read_name(&[0x0b], &[1]), Err(FrameError::BadTag)); // group start
-    assert_eq!(read_name(&[0x0a, 2, 0xff, 0xfe], &[1]), Err(FrameError::NotUtf8));
-    assert_eq!(read_name(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f], &[1]), Err(FrameError::Truncated));
+    assert_eq!(
+        read_name(&[0x0a, 2, 0xff, 0xfe], &[1]),
+        Err(FrameError::NotUtf8)
+    );
+    assert_eq!(
+        read_name(
+            &[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+            &[1]
+        ),
+        Err(FrameError::Truncated)
+    );
     assert_eq!(read_name(&[0x25, 1], &[1]), Err(FrameError::Truncated));
 }
 
@@ -122,7 +146,11 @@ fn long_names_change_varint_width() {
     let (segments, len) = strip_name(&short, &[1], 3).expect("ok");
     let out = join(&segments);
     assert_eq!(out.len(), len);
-    assert_eq!(out.len(), short.len() - 3 - 1, "length prefix shrinks from 2 bytes to 1");
+    assert_eq!(
+        out.len(),
+        short.len() - 3 - 1,
+        "length prefix shrinks from 2 bytes to 1"
+    );
 }
 
 #[test]
