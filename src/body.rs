@@ -140,10 +140,7 @@ impl StreamRewrite {
             let same_name = !header.compressed
                 && matches!(frame::read_name(&message, self.path), Ok(Some(n)) if *n == *self.original);
             match same_name.then(|| frame::strip_name(&message, self.path, self.strip)) {
-                Some(Ok((segments, len))) => {
-                    out.push_back(Bytes::copy_from_slice(&FrameHeader::encode(len)));
-                    out.extend(segments);
-                }
+                Some(Ok((segments, len))) => out.extend(frame::frame_segments(segments, len)),
                 _ => out.push_back(framed),
             }
         }
@@ -211,6 +208,10 @@ impl http_body::Body for ForwardBody {
             };
             match ready!(Pin::new(inner).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
+                    // hyper surfaces a client's empty END_STREAM DATA frame as an empty chunk.
+                    // Forwarded, it becomes an empty DATA frame *without* END_STREAM, which h2
+                    // servers count as a flood (GOAWAY ENHANCE_YOUR_CALM after ~100 of them).
+                    Ok(data) if data.is_empty() => {}
                     Ok(data) => match &mut this.rewrite {
                         Some(rw) => rw.push(&data, &mut this.queued),
                         None => return Poll::Ready(Some(Ok(Frame::data(data)))),
@@ -299,13 +300,20 @@ impl http_body::Body for ResponseBody {
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(deadline) = this.deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
-                let message = format!("part {} did not finish before the deadline", this.part);
-                return this.end_with(tonic::Code::DeadlineExceeded, &message);
-            }
+        if let Some(deadline) = this.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            let message = format!("part {} did not finish before the deadline", this.part);
+            return this.end_with(tonic::Code::DeadlineExceeded, &message);
         }
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        let polled = loop {
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                // Same as requests: never pass on an empty DATA frame (see ForwardBody).
+                Some(Ok(frame)) if frame.data_ref().is_some_and(Bytes::is_empty) => continue,
+                other => break other,
+            }
+        };
+        match polled {
             Some(Err(err)) => {
                 tracing::debug!(part = %this.part, error = %err, "part stream failed mid-call");
                 let message = format!("connection to part {} lost during the call", this.part);

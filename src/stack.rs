@@ -28,7 +28,7 @@ use crate::config::Settings;
 use crate::error::{Fault, GatewayError};
 use crate::pool::{Part, Pool};
 use crate::robot::FleetRobot;
-use crate::route::frame::{self, FrameHeader};
+use crate::route::frame;
 use crate::route::method::service_of;
 use crate::route::{MethodKind, classify};
 
@@ -164,9 +164,7 @@ impl Shared {
 
         let (segments, len) = frame::strip_name(&first.message, field, route.strip)
             .map_err(|e| GatewayError::MalformedFrame(frame_error_text(e)))?;
-        let mut queued = Vec::with_capacity(segments.len() + 1);
-        queued.push(bytes::Bytes::copy_from_slice(&FrameHeader::encode(len)));
-        queued.extend(segments);
+        let queued = frame::frame_segments(segments, len);
         let rewrite = (route.strip > 0).then(|| StreamRewrite::new(field, name, route.strip));
         let forward = ForwardBody::new(queued, first.rest, body, first.trailers, rewrite);
         let req = http::Request::from_parts(parts, Body::new(forward));

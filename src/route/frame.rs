@@ -163,6 +163,33 @@ pub fn strip_name(
     Ok((out, len))
 }
 
+/// Largest piece copied when framing a rewritten message; bigger pieces stay zero-copy slices.
+const COALESCE_LIMIT: usize = 16 * 1024;
+
+/// Frames a rewritten message (from [`strip_name`]) for sending: a fresh 5-byte header, with
+/// runs of small pieces copied into one buffer so the message goes out as one or two DATA
+/// frames. Many tiny frames per message would trip HTTP/2 servers' small-frame flood limits
+/// (h2 answers GOAWAY ENHANCE_YOUR_CALM) and waste a 9-byte frame header each.
+pub fn frame_segments(segments: Vec<Bytes>, len: usize) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(2);
+    let mut run = BytesMut::with_capacity(HEADER_LEN + len.min(COALESCE_LIMIT));
+    run.extend_from_slice(&FrameHeader::encode(len));
+    for piece in segments {
+        if piece.len() > COALESCE_LIMIT {
+            if !run.is_empty() {
+                out.push(run.split().freeze());
+            }
+            out.push(piece);
+        } else {
+            run.extend_from_slice(&piece);
+        }
+    }
+    if !run.is_empty() {
+        out.push(run.freeze());
+    }
+    out
+}
+
 fn splice(
     msg: &Bytes,
     path: &[u32],

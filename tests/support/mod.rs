@@ -1,6 +1,6 @@
 //! Shared helpers for integration tests: simulated parts and the gateway in-process on
 //! `127.0.0.1:0`, and clients that talk real gRPC to them over loopback.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,10 +21,17 @@ pub use partgate::proto::viam::robot::v1 as robot;
 
 pub const LOOPBACK: &str = "127.0.0.1:0";
 
+/// What `SimPart::kill` hands back for a restart.
+pub type Killed = (
+    PartSpec,
+    SocketAddr,
+    std::sync::Arc<partgate::demo::PartLog>,
+);
+
 /// A gateway with its parts.
 pub struct Fleet {
     pub gateway: Gateway,
-    pub parts: Vec<SimPart>,
+    pub parts: Vec<Option<SimPart>>,
     pub config: Config,
 }
 
@@ -92,7 +99,7 @@ pub async fn start(parts: Vec<SimPart>, config: Config) -> Fleet {
     let gateway = Gateway::start(settings).await.expect("gateway starts");
     let fleet = Fleet {
         gateway,
-        parts,
+        parts: parts.into_iter().map(Some).collect(),
         config,
     };
     fleet.wait_connected().await;
@@ -120,14 +127,41 @@ impl Fleet {
         channel(self.addr()).await
     }
 
-    pub fn part(&self, name: &str) -> &SimPart {
-        let i = self
-            .config
+    /// Index of a part in config order (the gateway's part index too).
+    pub fn index(&self, name: &str) -> usize {
+        self.config
             .remotes
             .iter()
             .position(|r| r.name == name)
-            .expect("part exists");
-        &self.parts[i]
+            .expect("part exists")
+    }
+
+    /// A running part by name.
+    pub fn part(&self, name: &str) -> &SimPart {
+        self.parts[self.index(name)]
+            .as_ref()
+            .expect("part is running")
+    }
+
+    /// Kills a part and waits until the gateway has noticed.
+    pub async fn kill(&mut self, name: &str) -> Killed {
+        let i = self.index(name);
+        let killed = self.parts[i].take().expect("part is running").kill().await;
+        wait_for("part marked down", Duration::from_secs(5), || {
+            self.gateway.pool().parts()[i].state() == PartState::Disconnected
+        })
+        .await;
+        killed
+    }
+
+    /// Restarts a killed part on its old address.
+    pub async fn restart(&mut self, name: &str, killed: Killed) {
+        let i = self.index(name);
+        self.parts[i] = Some(
+            SimPart::restart(killed)
+                .await
+                .expect("restart on the same port"),
+        );
     }
 }
 
@@ -238,6 +272,7 @@ pub async fn raw_call(
     use http_body_util::BodyExt;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
     let resp = if h2 {
         let (mut send, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))

@@ -174,3 +174,20 @@ fn random_bytes_never_panic() {
         let _ = read_name(&bytes, &[1, 1]);
     }
 }
+
+#[test]
+fn framing_coalesces_small_pieces_and_keeps_large_ones_zero_copy() {
+    let mut msg = field(1, b"sub1:motor1");
+    let big = vec![7u8; 100 * 1024];
+    msg.extend(field(2, &big));
+    let bytes = Bytes::from(msg);
+    let (segments, len) = strip_name(&bytes, &[1], 5).expect("ok");
+    let framed = frame_segments(segments, len);
+    assert_eq!(framed.len(), 2, "one small run, then the big slice");
+    let joined = join(&framed);
+    assert_eq!(FrameHeader::parse(&joined).map(|h| h.len), Some(len));
+    assert_eq!(read_name(&joined[HEADER_LEN..], &[1]), Ok(Some("motor1")));
+    let small = Bytes::from(field(1, b"a:b"));
+    let (segments, len) = strip_name(&small, &[1], 2).expect("ok");
+    assert_eq!(frame_segments(segments, len).len(), 1);
+}

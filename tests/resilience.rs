@@ -1,0 +1,299 @@
+//! Parts dying, restarting and being overloaded: the fleet keeps working around them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use support::*;
+use tonic::Code;
+
+#[tokio::test]
+async fn dead_part_fails_fast_keeps_its_names_and_recovers_without_client_action() {
+    let mut fleet = demo().await;
+    let ch = fleet.channel().await;
+    let killed = fleet.kill("sub1").await;
+
+    let names = listed_names(&ch).await;
+    assert!(
+        names.contains(&"sub1:motor1".to_owned()),
+        "a dead part's names stay listed: {names:?}"
+    );
+    let started = Instant::now();
+    let err = motor_client(&ch)
+        .set_power(set_power("sub1:motor1", 0.4))
+        .await
+        .expect_err("part is down");
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("sub1"), "{}", err.message());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "fails fast, took {:?}",
+        started.elapsed()
+    );
+    motor_client(&ch)
+        .set_power(set_power("cell-m1", 0.4))
+        .await
+        .expect("other parts unaffected");
+
+    // Same address again: the gateway redials by itself; the client keeps its channel.
+    fleet.restart("sub1", killed).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match motor_client(&ch)
+            .set_power(set_power("sub1:motor1", 0.4))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("never recovered: {e:?}"),
+        }
+    }
+    assert_eq!(
+        fleet.part("sub1").log().motor("motor1").map(|m| m.power),
+        Some(0.4)
+    );
+}
+
+#[tokio::test]
+async fn part_down_at_start_is_listed_once_it_comes_up() {
+    // Reserve a port, then start the gateway before the part exists.
+    let probe = tokio::net::TcpListener::bind(LOOPBACK).await.unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let up = SimPart::start(spec("up", &["a"]), LOOPBACK.parse().unwrap())
+        .await
+        .unwrap();
+    let mut config = partgate::config::Config {
+        remotes: vec![remote("up", up.addr(), None), remote("late", addr, None)],
+        ..Default::default()
+    };
+    config.network.bind_address = LOOPBACK.into();
+    let gateway = partgate::Gateway::start(config.validate().unwrap())
+        .await
+        .unwrap();
+    let ch = channel(gateway.local_addr()).await;
+    let err = motor_client(&ch)
+        .set_power(set_power("late:b", 1.0))
+        .await
+        .expect_err("not up yet");
+    assert_eq!(err.code(), Code::Unavailable);
+    let _late = SimPart::start(spec("late", &["b"]), addr).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !listed_names(&ch).await.contains(&"late:b".to_owned()) {
+        assert!(Instant::now() < deadline, "late part never listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    motor_client(&ch)
+        .set_power(set_power("late:b", 1.0))
+        .await
+        .expect("routes once up");
+}
+
+#[tokio::test]
+async fn stop_all_reaches_every_part_and_reports_a_dead_one() {
+    let mut fleet = demo().await;
+    let ch = fleet.channel().await;
+    for name in ["motor1", "sub1:motor1", "sub2:lift", "cell-m1"] {
+        motor_client(&ch)
+            .set_power(set_power(name, 0.9))
+            .await
+            .expect("set");
+    }
+    robot_client(&ch)
+        .stop_all(robot::StopAllRequest::default())
+        .await
+        .expect("all parts stop");
+    for (part, motor) in [
+        ("main", "motor1"),
+        ("sub1", "motor1"),
+        ("sub2", "lift"),
+        ("cell", "m1"),
+    ] {
+        assert_eq!(
+            fleet.part(part).log().motor(motor).map(|m| m.power),
+            Some(0.0),
+            "{part}:{motor}"
+        );
+    }
+
+    motor_client(&ch)
+        .set_power(set_power("cell-m1", 0.9))
+        .await
+        .expect("set");
+    let _killed = fleet.kill("sub2").await;
+    let err = robot_client(&ch)
+        .stop_all(robot::StopAllRequest::default())
+        .await
+        .expect_err("sub2 is down");
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("sub2"), "{}", err.message());
+    assert_eq!(
+        fleet.part("cell").log().motor("m1").map(|m| m.power),
+        Some(0.0),
+        "the others still stopped"
+    );
+}
+
+#[tokio::test]
+async fn machine_status_lists_parts_as_remotes_with_state() {
+    let mut fleet = demo().await;
+    let ch = fleet.channel().await;
+    let _killed = fleet.kill("sub2").await;
+    let status = robot_client(&ch)
+        .get_machine_status(robot::GetMachineStatusRequest {})
+        .await
+        .expect("ok")
+        .into_inner();
+    let state_of = |name: &str, subtype: &str| {
+        status
+            .resources
+            .iter()
+            .find(|r| {
+                r.name
+                    .as_ref()
+                    .is_some_and(|n| n.name == name && n.subtype == subtype)
+            })
+            .map(|r| (r.state, r.error.clone()))
+    };
+    use robot::resource_status::State;
+    assert_eq!(state_of("sub1", "").map(|s| s.0), Some(State::Ready as i32));
+    let (sub2_state, sub2_error) = state_of("sub2", "").expect("sub2 listed as a remote");
+    assert_eq!(sub2_state, State::Unhealthy as i32);
+    assert!(!sub2_error.is_empty());
+    assert_eq!(
+        state_of("sub1:motor1", "motor").map(|s| s.0),
+        Some(State::Ready as i32)
+    );
+    assert_eq!(
+        state_of("sub2:lift", "motor").map(|s| s.0),
+        Some(State::Ready as i32),
+        "last known, like RDK"
+    );
+    assert_eq!(
+        state_of("cell-m1", "motor").map(|s| s.0),
+        Some(State::Ready as i32)
+    );
+    assert_eq!(
+        status.state,
+        robot::get_machine_status_response::State::Running as i32
+    );
+}
+
+#[tokio::test]
+async fn operations_are_qualified_by_part_and_route_back() {
+    let fleet = demo().await;
+    let ch = fleet.channel().await;
+    let ops = robot_client(&ch)
+        .get_operations(robot::GetOperationsRequest {})
+        .await
+        .expect("ok")
+        .into_inner()
+        .operations;
+    let ids: Vec<String> = ops.iter().map(|o| o.id.clone()).collect();
+    for part in ["main", "sub1", "sub2", "cell"] {
+        assert!(ids.contains(&format!("{part}:op-1")), "{ids:?}");
+    }
+    robot_client(&ch)
+        .cancel_operation(robot::CancelOperationRequest {
+            id: "sub2:op-1".into(),
+        })
+        .await
+        .expect("ok");
+    assert_eq!(
+        fleet.part("sub2").log().names_for("CancelOperation"),
+        vec!["op-1"]
+    );
+    let err = robot_client(&ch)
+        .cancel_operation(robot::CancelOperationRequest {
+            id: "nopart:op-1".into(),
+        })
+        .await
+        .expect_err("unknown part");
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn resource_names_answer_fast_while_a_part_hangs() {
+    // A part that takes 3 s for everything: listing comes from the cache.
+    let mut slow = spec("slow", &["m"]);
+    slow.delay = Some(Duration::from_secs(3));
+    let fleet = fleet(vec![(spec("ok", &["a"]), None), (slow, None)], None, |_| {}).await;
+    let ch = fleet.channel().await;
+    let started = Instant::now();
+    let names = listed_names(&ch).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(names.contains(&"slow:m".to_owned()) && names.contains(&"ok:a".to_owned()));
+}
+
+#[tokio::test]
+async fn thousand_concurrent_streams_across_parts() {
+    let fleet = demo().await;
+    let ch = fleet.channel().await;
+    let targets = ["echo1", "sub1:echo1"];
+    let calls = (0..1000).map(|i| {
+        let ch = ch.clone();
+        let name = targets[i % 2];
+        async move {
+            let mut echoes = echo::test_echo_service_client::TestEchoServiceClient::new(ch);
+            let message = format!("s{i}");
+            let got: Vec<String> = echoes
+                .echo_multiple(echo::EchoMultipleRequest {
+                    name: name.into(),
+                    message: message.clone(),
+                })
+                .await
+                .expect("stream opens")
+                .into_inner()
+                .map(|m| m.expect("message").message)
+                .collect()
+                .await;
+            assert_eq!(got.concat(), message);
+        }
+    });
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(calls),
+    )
+    .await
+    .expect("all complete");
+    assert_eq!(
+        fleet.part("sub1").log().names_for("EchoMultiple").len(),
+        500
+    );
+    assert_eq!(
+        fleet.part("main").log().names_for("EchoMultiple").len(),
+        500
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_an_in_flight_call_finish() {
+    let mut slow = spec("slow", &["m"]);
+    slow.delay = Some(Duration::from_millis(700));
+    let fleet = fleet(vec![(slow, None)], None, |_| {}).await;
+    let ch = fleet.channel().await;
+    let call =
+        tokio::spawn(async move { motor_client(&ch).set_power(set_power("slow:m", 0.5)).await });
+    wait_for("call at the part", Duration::from_secs(5), || {
+        !fleet.part("slow").log().names_for("SetPower").is_empty()
+    })
+    .await;
+    let Fleet {
+        gateway,
+        parts: _parts,
+        ..
+    } = fleet;
+    gateway.shutdown().await;
+    call.await
+        .unwrap()
+        .expect("in-flight call completed during drain");
+}
