@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -21,12 +21,14 @@ use tower::Service;
 
 use crate::config::{Config, GatewaySettings, NetworkConfig, RemoteConfig};
 use crate::proto::acme::component::counter::v1 as counter;
+use crate::proto::grpc::reflection::{v1 as reflection_v1, v1alpha as reflection_v1alpha};
 use crate::proto::viam::common::v1 as common;
 use crate::proto::viam::component::generic::v1 as generic;
 use crate::proto::viam::component::motor::v1 as motor;
 use crate::proto::viam::component::sensor::v1 as sensor;
 use crate::proto::viam::component::testecho::v1 as echo;
 use crate::proto::viam::robot::v1 as robot;
+use crate::robot::reflection::{self, DescriptorIndex};
 
 type Body = tonic::body::Body;
 /// viam-server's message size limit, which simulated parts share.
@@ -227,7 +229,9 @@ impl Sim {
             sensor::sensor_service_server::SensorServiceServer<Sim>,
             generic::generic_service_server::GenericServiceServer<Sim>,
             echo::test_echo_service_server::TestEchoServiceServer<Sim>,
-            counter::counter_service_server::CounterServiceServer<Sim>
+            counter::counter_service_server::CounterServiceServer<Sim>,
+            reflection_v1alpha::server_reflection_server::ServerReflectionServer<Sim>,
+            reflection_v1::server_reflection_server::ServerReflectionServer<Sim>
         )
     }
 
@@ -335,22 +339,47 @@ impl robot::robot_service_server::RobotService for Sim {
             }),
             proto_service: service.into(),
         };
+        // Like viam-server, report only the APIs this part actually has resources of.
+        let spec = &self.spec;
+        let apis = [
+            (
+                &spec.motors,
+                "rdk",
+                "motor",
+                "viam.component.motor.v1.MotorService",
+            ),
+            (
+                &spec.sensors,
+                "rdk",
+                "sensor",
+                "viam.component.sensor.v1.SensorService",
+            ),
+            (
+                &spec.generics,
+                "rdk",
+                "generic",
+                "viam.component.generic.v1.GenericService",
+            ),
+            (
+                &spec.echoes,
+                "rdk",
+                "testecho",
+                "viam.component.testecho.v1.TestEchoService",
+            ),
+            (
+                &spec.counters,
+                "acme",
+                "counter",
+                "acme.component.counter.v1.CounterService",
+            ),
+        ];
+        let resource_rpc_subtypes = apis
+            .iter()
+            .filter(|(names, ..)| !names.is_empty())
+            .map(|(_, ns, subtype, service)| api(ns, subtype, service))
+            .collect();
         Ok(Response::new(robot::ResourceRpcSubtypesResponse {
-            resource_rpc_subtypes: vec![
-                api("rdk", "motor", "viam.component.motor.v1.MotorService"),
-                api("rdk", "sensor", "viam.component.sensor.v1.SensorService"),
-                api("rdk", "generic", "viam.component.generic.v1.GenericService"),
-                api(
-                    "rdk",
-                    "testecho",
-                    "viam.component.testecho.v1.TestEchoService",
-                ),
-                api(
-                    "acme",
-                    "counter",
-                    "acme.component.counter.v1.CounterService",
-                ),
-            ],
+            resource_rpc_subtypes,
         }))
     }
 
@@ -734,6 +763,107 @@ impl counter::counter_service_server::CounterService for Sim {
             .and_then(|t| t.get(&name).copied())
             .unwrap_or(0);
         Ok(Response::new(counter::GetResponse { name, total }))
+    }
+}
+
+// === reflection ===
+
+/// Every file we compiled, for parts with the custom counter API.
+static WITH_CUSTOM_API: LazyLock<DescriptorIndex> = LazyLock::new(|| {
+    DescriptorIndex::new(crate::proto::FILE_DESCRIPTOR_SET, |_| true).unwrap_or_default()
+});
+/// The same without the `acme.*` files: a part that does not run the module does not know them.
+static WITHOUT_CUSTOM_API: LazyLock<DescriptorIndex> = LazyLock::new(|| {
+    DescriptorIndex::new(crate::proto::FILE_DESCRIPTOR_SET, |f| {
+        !f.package().starts_with("acme.")
+    })
+    .unwrap_or_default()
+});
+
+impl Sim {
+    /// The services this part serves, as reflection lists them.
+    fn reflection_services(&self) -> Vec<String> {
+        let mut names = vec![
+            <robot::robot_service_server::RobotServiceServer<Sim> as NamedService>::NAME,
+            <motor::motor_service_server::MotorServiceServer<Sim> as NamedService>::NAME,
+            <sensor::sensor_service_server::SensorServiceServer<Sim> as NamedService>::NAME,
+            <generic::generic_service_server::GenericServiceServer<Sim> as NamedService>::NAME,
+            <echo::test_echo_service_server::TestEchoServiceServer<Sim> as NamedService>::NAME,
+        ];
+        if !self.spec.counters.is_empty() {
+            names.push(
+                <counter::counter_service_server::CounterServiceServer<Sim> as NamedService>::NAME,
+            );
+        }
+        names.extend(reflection::SERVICE_NAMES);
+        names.sort_unstable();
+        names.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Answers one reflection request, logged as (kind, argument), after the part's delay.
+    async fn reflect(
+        self,
+        req: reflection_v1::ServerReflectionRequest,
+    ) -> reflection_v1::ServerReflectionResponse {
+        use reflection_v1::server_reflection_request::MessageRequest;
+        let (kind, arg) = match &req.message_request {
+            Some(MessageRequest::ListServices(_)) => ("ListServices", String::new()),
+            Some(MessageRequest::FileByFilename(f)) => ("FileByFilename", f.clone()),
+            Some(MessageRequest::FileContainingSymbol(s)) => ("FileContainingSymbol", s.clone()),
+            Some(MessageRequest::FileContainingExtension(e)) => (
+                "FileContainingExtension",
+                format!("{}:{}", e.containing_type, e.extension_number),
+            ),
+            Some(MessageRequest::AllExtensionNumbersOfType(t)) => {
+                ("AllExtensionNumbersOfType", t.clone())
+            }
+            None => ("ServerReflectionInfo", String::new()),
+        };
+        if let Ok(mut calls) = self.log.calls.lock() {
+            calls.push((kind.to_owned(), arg));
+        }
+        if let Some(delay) = self.spec.delay {
+            tokio::time::sleep(delay).await;
+        }
+        let index: &DescriptorIndex = if self.spec.counters.is_empty() {
+            &WITHOUT_CUSTOM_API
+        } else {
+            &WITH_CUSTOM_API
+        };
+        index.answer(&req, &self.reflection_services())
+    }
+}
+
+#[tonic::async_trait]
+impl reflection_v1::server_reflection_server::ServerReflection for Sim {
+    async fn server_reflection_info(
+        &self,
+        req: Request<Streaming<reflection_v1::ServerReflectionRequest>>,
+    ) -> Result<Response<BoxStream<reflection_v1::ServerReflectionResponse>>, Status> {
+        let sim = self.clone();
+        let out = req.into_inner().then(move |msg| {
+            let sim = sim.clone();
+            async move { Ok(sim.reflect(msg?).await) }
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+#[tonic::async_trait]
+impl reflection_v1alpha::server_reflection_server::ServerReflection for Sim {
+    async fn server_reflection_info(
+        &self,
+        req: Request<Streaming<reflection_v1alpha::ServerReflectionRequest>>,
+    ) -> Result<Response<BoxStream<reflection_v1alpha::ServerReflectionResponse>>, Status> {
+        let sim = self.clone();
+        let out = req.into_inner().then(move |msg| {
+            let sim = sim.clone();
+            async move {
+                let answer = sim.reflect(reflection::convert(&msg?)?).await;
+                reflection::convert(&answer)
+            }
+        });
+        Ok(Response::new(Box::pin(out)))
     }
 }
 

@@ -23,6 +23,8 @@ use crate::route::method::LocalMethod;
 use crate::route::resource_name::{api_key, gateway_name};
 use crate::route::table::Resource;
 
+pub mod reflection;
+
 type Body = tonic::body::Body;
 type Client = robot::robot_service_client::RobotServiceClient<crate::pool::PartChannel>;
 
@@ -50,8 +52,13 @@ impl FleetRobot {
         method: LocalMethod,
         req: http::Request<Body>,
     ) -> Result<http::Response<Body>, GatewayError> {
-        let body = req.into_body();
+        let (head, body) = req.into_parts();
         match method {
+            LocalMethod::Reflection => Ok(reflection::serve(
+                self.pool.clone(),
+                http::Request::from_parts(head, body),
+            )
+            .await),
             LocalMethod::ResourceNames => Ok(reply(&self.resource_names())),
             LocalMethod::ResourceRpcSubtypes => Ok(reply(&self.subtypes())),
             LocalMethod::StopAll => self.stop_all(decode(body).await?).await.map(|r| reply(&r)),

@@ -41,6 +41,9 @@ pub enum LocalMethod {
     Sessions,
     /// `grpc.health.v1.Health/Check`.
     HealthCheck,
+    /// `grpc.reflection.{v1alpha,v1}.ServerReflection/ServerReflectionInfo` (the handler tells
+    /// the versions apart by path).
+    Reflection,
 }
 
 const ROBOT: &str = "/viam.robot.v1.RobotService/";
@@ -64,6 +67,11 @@ pub fn classify(path: &str) -> MethodKind {
     }
     if path == "/grpc.health.v1.Health/Check" {
         return MethodKind::Local(LocalMethod::HealthCheck);
+    }
+    if path == "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+        || path == "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+    {
+        return MethodKind::Local(LocalMethod::Reflection);
     }
     if path.starts_with("/proto.rpc.") || path.starts_with("/grpc.health.") {
         return MethodKind::Unimplemented;
@@ -139,6 +147,14 @@ mod tests {
         );
         assert_eq!(
             classify("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+            MethodKind::Local(LocalMethod::Reflection)
+        );
+        assert_eq!(
+            classify("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            MethodKind::Local(LocalMethod::Reflection)
+        );
+        assert_eq!(
+            classify("/grpc.reflection.v1.ServerReflection/Other"),
             MethodKind::MainPart
         );
         assert_eq!(

@@ -97,7 +97,7 @@ impl RouteTable {
                 _ => None,
             })
             .collect();
-        table.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         let mut seen_subtypes = HashSet::new();
         for (i, part) in parts.iter().enumerate() {
             let Some(Some(report)) = reported.get(i) else {
@@ -179,18 +179,18 @@ impl RouteTable {
 
     /// Decides which part serves `name` of the given API key (`None`: any API).
     pub fn resolve_api(&self, name: &str, api: Option<&str>) -> Result<Route, GatewayError> {
-        if let Some((first, rest)) = split_first_remote(name) {
-            if let Some(&part) = self.part_index.get(first) {
-                if rest.is_empty() {
-                    return Err(GatewayError::NotFound {
-                        name: name.to_owned(),
-                    });
-                }
-                return Ok(Route {
-                    part,
-                    strip: first.len() + 1,
+        if let Some((first, rest)) = split_first_remote(name)
+            && let Some(&part) = self.part_index.get(first)
+        {
+            if rest.is_empty() {
+                return Err(GatewayError::NotFound {
+                    name: name.to_owned(),
                 });
             }
+            return Ok(Route {
+                part,
+                strip: first.len() + 1,
+            });
         }
         if let Some(found) = self.names.get(name) {
             let matching: Vec<&Candidate> = found
@@ -227,14 +227,12 @@ impl RouteTable {
         if let Some((prefix, part)) = self
             .prefixes
             .iter()
-            .find(|(p, _)| name.starts_with(p.as_str()))
+            .find(|(p, _)| name.len() > p.len() && name.starts_with(p.as_str()))
         {
-            if name.len() > prefix.len() {
-                return Ok(Route {
-                    part: *part,
-                    strip: prefix.len(),
-                });
-            }
+            return Ok(Route {
+                part: *part,
+                strip: prefix.len(),
+            });
         }
         match self.main {
             Some(main) if !self.main_loaded => Ok(Route {
