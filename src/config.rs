@@ -289,13 +289,13 @@ impl Config {
                     format!("{:?} is not a host:port address", remote.address),
                 );
             }
-            if let Some(prefix) = &remote.prefix {
-                if prefix.is_empty() || prefix.contains(':') {
-                    problem(
-                        at("prefix"),
-                        "must be non-empty and must not contain ':'".into(),
-                    );
-                }
+            if let Some(prefix) = &remote.prefix
+                && (prefix.is_empty() || prefix.contains(':'))
+            {
+                problem(
+                    at("prefix"),
+                    "must be non-empty and must not contain ':'".into(),
+                );
             }
             let check_interval = remote.connection_check_interval.as_deref().unwrap_or("10s");
             let reconnect_interval = remote.reconnect_interval.as_deref().unwrap_or("1s");
