@@ -47,7 +47,9 @@ import {
 } from '@connectrpc/connect-node';
 import { createGrpcWebTransport as createFetchGrpcWebTransport } from '@connectrpc/connect-web';
 
-const PARTGATE_BIN = process.env.PARTGATE_BIN || '/work/main/target/debug/partgate';
+const PARTGATE_BIN =
+  process.env.PARTGATE_BIN ||
+  new URL('../../../target/debug/partgate', import.meta.url).pathname;
 const STARTUP_TIMEOUT_MS = 30_000;
 const TEST_TIMEOUT_MS = 20_000;
 const CALL_TIMEOUT_MS = 10_000;
