@@ -18,6 +18,7 @@ const PROTOS: &[&str] = &[
     "grpc/reflection/v1alpha/reflection.proto",
     "grpc/reflection/v1/reflection.proto",
     "grpc/health/v1/health.proto",
+    "rpc/v1/auth.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -1,6 +1,7 @@
 //! Bodies of a forwarded call: the first client message read off the wire, the request body
 //! streamed to the part (names rewritten message by message when needed), and the response body
-//! streamed back (holding the part's concurrency slot, enforcing the client's deadline).
+//! streamed back (holding the part's concurrency slot, enforcing the client's deadline), and
+//! every call's response metered: its end is recorded when the trailers go out.
 //!
 //! Receives hyper/tonic bodies; hands on bodies that forward bytes without decoding messages.
 
@@ -14,10 +15,14 @@ use http::{HeaderMap, HeaderValue};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::sync::OwnedSemaphorePermit;
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::Sleep;
+use tokio_stream::Stream as _;
+use tokio_stream::wrappers::WatchStream;
 
 use crate::error::GatewayError;
+use crate::metrics::{CallGuard, grpc_status};
 use crate::route::frame::{self, FrameHeader, HEADER_LEN};
 
 type Body = tonic::body::Body;
@@ -159,6 +164,24 @@ pub struct ForwardBody {
     inner: Option<Body>,
     trailers: Option<HeaderMap>,
     rewrite: Option<StreamRewrite>,
+    bytes: Option<Counter>,
+    replay: Option<Arc<ReplayWatch>>,
+}
+
+/// Whether a forwarded request could be sent again: the client's stream ended and carried
+/// nothing beyond the first message (so the already-buffered bytes are the whole request).
+#[derive(Debug, Default)]
+pub struct ReplayWatch {
+    ended: std::sync::atomic::AtomicBool,
+    more: std::sync::atomic::AtomicBool,
+}
+
+impl ReplayWatch {
+    /// True once the client's stream ended with nothing but the first message.
+    pub fn replayable(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.ended.load(Ordering::Acquire) && !self.more.load(Ordering::Acquire)
+    }
 }
 
 impl ForwardBody {
@@ -186,7 +209,38 @@ impl ForwardBody {
             inner,
             trailers,
             rewrite,
+            bytes: None,
+            replay: None,
         }
+    }
+
+    /// Records whether the request stays replayable (see [`ReplayWatch`]).
+    pub fn watch_replay(mut self, watch: Arc<ReplayWatch>) -> Self {
+        if self.inner.is_none() {
+            watch.ended.store(true, std::sync::atomic::Ordering::Release);
+        }
+        self.replay = Some(watch);
+        self
+    }
+
+    fn note(&self, more: bool) {
+        if let Some(watch) = &self.replay {
+            let flag = if more { &watch.more } else { &watch.ended };
+            flag.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Counts every byte sent to the part (the `partgate_request_bytes` of the call).
+    pub fn count_bytes(mut self, counter: Counter) -> Self {
+        self.bytes = Some(counter);
+        self
+    }
+
+    fn sent(&self, data: Bytes) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        if let Some(counter) = &self.bytes {
+            counter.inc_by(data.len() as u64);
+        }
+        Poll::Ready(Some(Ok(Frame::data(data))))
     }
 }
 
@@ -201,7 +255,7 @@ impl http_body::Body for ForwardBody {
         let this = &mut *self;
         loop {
             if let Some(data) = this.queued.pop_front() {
-                return Poll::Ready(Some(Ok(Frame::data(data))));
+                return this.sent(data);
             }
             let Some(inner) = this.inner.as_mut() else {
                 return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
@@ -212,11 +266,12 @@ impl http_body::Body for ForwardBody {
                     // Forwarded, it becomes an empty DATA frame *without* END_STREAM, which h2
                     // servers count as a flood (GOAWAY ENHANCE_YOUR_CALM after ~100 of them).
                     Ok(data) if data.is_empty() => {}
-                    Ok(data) => match &mut this.rewrite {
+                    Ok(data) => match (this.note(true), &mut this.rewrite).1 {
                         Some(rw) => rw.push(&data, &mut this.queued),
-                        None => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        None => return this.sent(data),
                     },
                     Err(frame) => {
+                        this.note(false);
                         this.inner = None;
                         this.trailers = frame.into_trailers().ok();
                         this.queued
@@ -225,6 +280,7 @@ impl http_body::Body for ForwardBody {
                 },
                 Some(Err(status)) => return Poll::Ready(Some(Err(status))),
                 None => {
+                    this.note(false);
                     this.inner = None;
                     this.queued
                         .extend(this.rewrite.as_mut().and_then(StreamRewrite::leftover));
@@ -253,7 +309,17 @@ pub struct ResponseBody {
     deadline: Option<Pin<Box<Sleep>>>,
     part: Arc<str>,
     done: bool,
+    closing: Option<WatchStream<bool>>,
     _permit: OwnedSemaphorePermit,
+}
+
+/// Any response body on its way to the client, metered: bytes counted, and the call's end
+/// recorded once with the `grpc-status` of its trailers (or of its headers, for a trailers-only
+/// response). Dropped before the end, the call counts as cancelled.
+pub struct MeteredBody {
+    inner: Body,
+    call: Option<CallGuard>,
+    header_code: Option<tonic::Code>,
 }
 
 impl ResponseBody {
@@ -269,8 +335,30 @@ impl ResponseBody {
             deadline,
             part,
             done: false,
+            closing: None,
             _permit: permit,
         }
+    }
+
+    /// Ends the call with UNAVAILABLE when `closing` turns true (the part was removed or
+    /// replaced by a reload and its drain time is over).
+    pub fn close_on(mut self, closing: watch::Receiver<bool>) -> Self {
+        self.closing = Some(WatchStream::from_changes(closing));
+        self
+    }
+
+    /// Whether the reload signal says the call must end now (registers for the next change).
+    fn closed(&mut self, cx: &mut Context<'_>) -> bool {
+        while let Some(closing) = self.closing.as_mut() {
+            match Pin::new(closing).poll_next(cx) {
+                Poll::Ready(Some(true)) => return true,
+                Poll::Ready(Some(false)) => continue,
+                // The part is gone without closing: nothing will ever signal.
+                Poll::Ready(None) => self.closing = None,
+                Poll::Pending => break,
+            }
+        }
+        false
     }
 
     fn end_with(
@@ -306,6 +394,13 @@ impl http_body::Body for ResponseBody {
             let message = format!("part {} did not finish before the deadline", this.part);
             return this.end_with(tonic::Code::DeadlineExceeded, &message);
         }
+        if this.closed(cx) {
+            let message = format!(
+                "part {} was removed or re-dialed by a configuration reload",
+                this.part
+            );
+            return this.end_with(tonic::Code::Unavailable, &message);
+        }
         let polled = loop {
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 // Same as requests: never pass on an empty DATA frame (see ForwardBody).
@@ -334,6 +429,80 @@ impl http_body::Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+// === impl MeteredBody ===
+
+impl MeteredBody {
+    /// Meters `inner`; `header_code` is the `grpc-status` of the response headers, if any.
+    pub fn new(inner: Body, call: CallGuard, header_code: Option<tonic::Code>) -> Self {
+        Self {
+            inner,
+            call: Some(call),
+            header_code,
+        }
+    }
+
+    fn finish(&mut self, code: tonic::Code, message: Option<&str>) {
+        if let Some(call) = self.call.take() {
+            if call.forwarded() {
+                call.finish_forwarded(code, message);
+            } else {
+                call.finish(code);
+            }
+        }
+    }
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &polled {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Some(call) = &this.call {
+                        call.response_bytes(data.len());
+                    }
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    let code = grpc_status(trailers).unwrap_or(tonic::Code::Unknown);
+                    let message = trailers.get("grpc-message").and_then(|v| v.to_str().ok());
+                    this.finish(code, message);
+                }
+            }
+            Some(Err(status)) => this.finish(status.code(), Some(status.message())),
+            None => {
+                let code = this.header_code.unwrap_or(tonic::Code::Unknown);
+                this.finish(code, None);
+            }
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        // A trailers-only response is never polled: its status is in the headers. Anything else
+        // dropped before its end was cancelled (the guard's own drop counts that).
+        if http_body::Body::is_end_stream(&self.inner) {
+            let code = self.header_code.unwrap_or(tonic::Code::Unknown);
+            self.finish(code, None);
+        }
     }
 }
 

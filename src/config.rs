@@ -4,10 +4,16 @@
 //! with its JSON path. Viam-owned objects tolerate unknown keys (a robot config's blocks paste in
 //! unchanged); the gateway-owned `gateway` object rejects them.
 
-use std::{collections::HashSet, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
 
+use crate::auth::{API_KEY, AuthSettings, LOCATION_SECRET, Secret};
 use crate::error::{ConfigError, ConfigProblem};
 
 /// The whole configuration file.
@@ -22,6 +28,9 @@ pub struct Config {
     /// Gateway-only settings.
     #[serde(default)]
     pub gateway: GatewaySettings,
+    /// Client authentication (Viam's `auth` block); absent: no authentication.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
     /// Top-level keys of a full robot config (`components`, `services`, ...): logged and ignored.
     #[serde(flatten)]
     pub ignored: serde_json::Map<String, serde_json::Value>,
@@ -33,6 +42,34 @@ pub struct NetworkConfig {
     /// Address the gateway listens on.
     #[serde(default = "default_bind")]
     pub bind_address: String,
+    /// The gateway's host name: token audience and a valid location-secret entity.
+    #[serde(default)]
+    pub fqdn: Option<String>,
+    /// PEM certificate chain; with `tls_key_file` the port speaks TLS instead of h2c.
+    #[serde(default)]
+    pub tls_cert_file: Option<String>,
+    /// PEM private key for `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<String>,
+}
+
+/// Viam's `auth` block.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct AuthConfig {
+    /// Credential handlers (`robot-location-secret`, `api-key`).
+    #[serde(default)]
+    pub handlers: Vec<AuthHandlerConfig>,
+}
+
+/// One entry of `auth.handlers`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthHandlerConfig {
+    /// `robot-location-secret` or `api-key`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Handler config: `{"secret": ..}`/`{"secrets": [..]}`, or `{"<key id>": "<key>", ..}`.
+    #[serde(default)]
+    pub config: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One downstream part, with Viam's remote keys.
@@ -120,10 +157,32 @@ pub struct GatewaySettings {
     /// How long in-flight calls may run after SIGTERM before the gateway exits.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: String,
+    /// Extra `ip:port` serving only `/metrics`, `/healthz`, `/readyz` and `/statusz` (from the
+    /// moment the config is loaded, before the parts are); absent: only the main port serves them.
+    #[serde(default)]
+    pub admin_address: Option<String>,
+    /// `/readyz` answers 503 unless every part is connected (also per probe: `?all_parts=1`).
+    #[serde(default)]
+    pub ready_requires_all_parts: bool,
+    /// Extra host names accepted as the entity of a location secret.
+    #[serde(default)]
+    pub auth_entities: Vec<String>,
+    /// Parts an API key may reach, by key id; keys not listed reach every part.
+    #[serde(default)]
+    pub api_key_parts: HashMap<String, Vec<String>>,
+    /// Lifetime of issued tokens (Go duration); absent or `"0"`: tokens never expire.
+    #[serde(default)]
+    pub token_lifetime: Option<String>,
+    /// PEM PKCS#8 Ed25519 key that signs tokens (share it between replicas); absent: generated.
+    #[serde(default)]
+    pub signing_key_file: Option<String>,
+    /// PEM CA bundle for verifying TLS parts, instead of the system roots.
+    #[serde(default)]
+    pub parts_ca_file: Option<String>,
 }
 
-/// A validated part, with durations parsed.
-#[derive(Debug, Clone)]
+/// A validated part, with durations parsed. Equal specs mean a reload keeps the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartSpec {
     /// Part name.
     pub name: String,
@@ -139,6 +198,28 @@ pub struct PartSpec {
     pub check_interval: Duration,
     /// Redial interval.
     pub reconnect_interval: Duration,
+    /// Credentials the gateway presents to this part.
+    pub credentials: Option<PartCredentials>,
+}
+
+/// What the gateway authenticates to a part with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartCredentials {
+    /// Entity (defaults to the part's address, as Viam clients do).
+    pub entity: String,
+    /// Credential type.
+    pub kind: String,
+    /// The secret.
+    pub payload: Secret,
+}
+
+/// Certificate and key files of the TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// Validated, typed settings the gateway runs with.
@@ -162,6 +243,18 @@ pub struct Settings {
     pub keepalive_timeout: Duration,
     /// Drain timeout on shutdown.
     pub drain_timeout: Duration,
+    /// Address of the separate operations listener, if any.
+    pub admin: Option<SocketAddr>,
+    /// `/readyz` requires every part to be connected.
+    pub ready_requires_all_parts: bool,
+    /// The bind address as written (a valid location-secret entity).
+    pub bind_text: String,
+    /// Client authentication; `None`: none.
+    pub auth: Option<AuthSettings>,
+    /// TLS on the listener; `None`: h2c.
+    pub tls: Option<TlsFiles>,
+    /// PEM CA bundle for TLS parts; `None`: system roots.
+    pub parts_ca_pem: Option<Vec<u8>>,
 }
 
 fn default_bind() -> String {
@@ -193,6 +286,9 @@ impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
             bind_address: default_bind(),
+            fqdn: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -208,6 +304,13 @@ impl Default for GatewaySettings {
             keepalive_interval: default_keepalive_interval(),
             keepalive_timeout: default_keepalive_timeout(),
             drain_timeout: default_drain_timeout(),
+            admin_address: None,
+            ready_requires_all_parts: false,
+            auth_entities: Vec::new(),
+            api_key_parts: HashMap::new(),
+            token_lifetime: None,
+            signing_key_file: None,
+            parts_ca_file: None,
         }
     }
 }
@@ -320,16 +423,17 @@ impl Config {
                 main: g.main_part.as_deref() == Some(remote.name.as_str()),
                 check_interval,
                 reconnect_interval,
+                credentials: part_credentials(remote, &mut problem, i),
             });
         }
-        for (i, remote) in self.remotes.iter().enumerate() {
-            if !remote.insecure {
-                problem(
-                    format!("remotes[{i}].insecure"),
-                    "TLS to parts is not supported yet: set \"insecure\": true".into(),
-                );
-            }
-        }
+        let auth = self.auth_settings(&mut problem);
+        let tls = self.tls_files(&mut problem);
+        let parts_ca_pem = g.parts_ca_file.as_deref().and_then(|path| {
+            std::fs::read(path)
+                .map_err(|e| problem("gateway.parts_ca_file".into(), format!("cannot read {path}: {e}")))
+                .ok()
+        });
+        let admin = self.admin_address(bind, &mut problem);
         let mut prefixes: Vec<(usize, &str)> = self
             .remotes
             .iter()
@@ -382,10 +486,188 @@ impl Config {
                 keepalive_interval,
                 keepalive_timeout,
                 drain_timeout,
+                admin,
+                ready_requires_all_parts: g.ready_requires_all_parts,
+                bind_text: self.network.bind_address.clone(),
+                auth,
+                tls,
+                parts_ca_pem,
             }),
             _ => Err(ConfigError::Invalid(problems)),
         }
     }
+}
+
+type Problem<'a> = &'a mut dyn FnMut(String, String);
+
+// === impl Config: operations ===
+
+impl Config {
+    /// `gateway.admin_address`: an `ip:port` other than the main listener's.
+    fn admin_address(&self, bind: Option<SocketAddr>, problem: Problem<'_>) -> Option<SocketAddr> {
+        let text = self.gateway.admin_address.as_deref()?;
+        let Ok(addr) = text.parse::<SocketAddr>() else {
+            problem(
+                "gateway.admin_address".into(),
+                format!("{text:?} is not an ip:port address"),
+            );
+            return None;
+        };
+        if bind.is_some_and(|b| b.port() != 0 && b.port() == addr.port() && b.ip() == addr.ip()) {
+            problem(
+                "gateway.admin_address".into(),
+                "must differ from network.bind_address".into(),
+            );
+        }
+        Some(addr)
+    }
+}
+
+// === impl Config: auth and TLS ===
+
+impl Config {
+    /// Validates `auth` and the gateway's auth settings; `None` without an `auth` block.
+    fn auth_settings(&self, problem: Problem<'_>) -> Option<AuthSettings> {
+        let g = &self.gateway;
+        let token_lifetime = match g.token_lifetime.as_deref().map(parse_go_duration) {
+            None => None,
+            Some(Ok(d)) if d.is_zero() => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                problem("gateway.token_lifetime".into(), e);
+                None
+            }
+        };
+        let signing_key_pem = g.signing_key_file.as_deref().and_then(|path| {
+            let read = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"));
+            let checked = read.and_then(|pem| {
+                crate::auth::token::Signer::new(Some(&pem), "check", None).map(|_| pem).map_err(|e| e.to_string())
+            });
+            checked.map_err(|e| problem("gateway.signing_key_file".into(), e)).ok()
+        });
+        let auth = self.auth.as_ref()?;
+        let mut settings = AuthSettings {
+            entities: self.network.fqdn.iter().chain(&g.auth_entities).cloned().collect(),
+            audience: self.network.fqdn.clone().unwrap_or_else(|| "partgate".to_owned()),
+            token_lifetime,
+            signing_key_pem,
+            ..AuthSettings::default()
+        };
+        for (i, handler) in auth.handlers.iter().enumerate() {
+            let at = format!("auth.handlers[{i}]");
+            match handler.kind.as_str() {
+                LOCATION_SECRET => location_secrets(&handler.config, &at, &mut settings, problem),
+                API_KEY => api_keys(&handler.config, &at, &mut settings, problem),
+                other => problem(format!("{at}.type"), format!("unsupported handler type {other:?}")),
+            }
+        }
+        if auth.handlers.is_empty() {
+            problem("auth.handlers".into(), "an auth block needs at least one handler".into());
+        }
+        for (key, parts) in &g.api_key_parts {
+            let at = format!("gateway.api_key_parts.{key}");
+            if !settings.api_keys.contains_key(key) {
+                problem(at.clone(), "not the id of a configured API key".into());
+            }
+            for part in parts.iter().filter(|p| !self.remotes.iter().any(|r| &&r.name == p)) {
+                problem(at.clone(), format!("{part:?} is not the name of a remote"));
+            }
+        }
+        settings.api_key_parts = g.api_key_parts.clone();
+        Some(settings)
+    }
+
+    fn tls_files(&self, problem: Problem<'_>) -> Option<TlsFiles> {
+        let n = &self.network;
+        match (&n.tls_cert_file, &n.tls_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let files = TlsFiles { cert: cert.into(), key: key.into() };
+                match crate::tls::load_server_config(&files) {
+                    Ok(_) => Some(files),
+                    Err(e) => {
+                        problem("network.tls_cert_file".into(), e.to_string());
+                        None
+                    }
+                }
+            }
+            _ => {
+                problem("network".into(), "tls_cert_file and tls_key_file go together".into());
+                None
+            }
+        }
+    }
+}
+
+fn location_secrets(config: &Map, at: &str, settings: &mut AuthSettings, problem: Problem<'_>) {
+    let listed = config.get("secrets").and_then(|v| v.as_array()).into_iter().flatten();
+    for (j, value) in config.get("secret").into_iter().chain(listed).enumerate() {
+        match value.as_str().map(resolve_secret) {
+            Some(Ok(secret)) if !secret.is_empty() => settings.location_secrets.push(Secret::new(secret)),
+            Some(Err(e)) => problem(format!("{at}.config.secrets[{j}]"), e),
+            _ => problem(format!("{at}.config.secrets[{j}]"), "must be a non-empty string".into()),
+        }
+    }
+    if settings.location_secrets.is_empty() {
+        problem(format!("{at}.config"), "needs \"secret\" or \"secrets\"".into());
+    }
+}
+
+fn api_keys(config: &Map, at: &str, settings: &mut AuthSettings, problem: Problem<'_>) {
+    // Like viam-server: every key but `keys`/`key` is a key id mapping to its key.
+    for (id, value) in config.iter().filter(|(id, _)| *id != "keys" && *id != "key") {
+        match value.as_str().map(resolve_secret) {
+            Some(Ok(key)) if !key.is_empty() => {
+                settings.api_keys.insert(id.clone(), Secret::new(key));
+            }
+            Some(Err(e)) => problem(format!("{at}.config.{id}"), e),
+            _ => problem(format!("{at}.config.{id}"), "must be a non-empty string".into()),
+        }
+    }
+    if settings.api_keys.is_empty() {
+        problem(format!("{at}.config"), "needs at least one \"<key id>\": \"<key>\" entry".into());
+    }
+}
+
+type Map = serde_json::Map<String, serde_json::Value>;
+
+/// A remote's credentials: `auth.credentials`, or the `secret` shorthand (a location secret).
+/// The entity defaults to the part's address, as Viam's own clients do.
+fn part_credentials(remote: &RemoteConfig, problem: Problem<'_>, i: usize) -> Option<PartCredentials> {
+    let entity = remote.auth.as_ref().and_then(|a| a.entity.clone()).unwrap_or_else(|| remote.address.clone());
+    let (kind, payload, at) = match (remote.auth.as_ref().and_then(|a| a.credentials.as_ref()), &remote.secret) {
+        (Some(c), _) => (c.kind.clone(), c.payload.clone(), format!("remotes[{i}].auth.credentials.payload")),
+        (None, Some(secret)) => (LOCATION_SECRET.to_owned(), secret.clone(), format!("remotes[{i}].secret")),
+        (None, None) => return None,
+    };
+    match resolve_secret(&payload) {
+        Ok(payload) if !payload.is_empty() => Some(PartCredentials { entity, kind, payload: Secret::new(payload) }),
+        Ok(_) => {
+            problem(at, "must not be empty".into());
+            None
+        }
+        Err(e) => {
+            problem(at, e);
+            None
+        }
+    }
+}
+
+/// A secret as written, or read from `${env:VAR}` / `${file:/path}` so it stays out of images.
+/// Error messages name the reference, never the value.
+pub fn resolve_secret(text: &str) -> Result<String, String> {
+    let Some(reference) = text.strip_prefix("${").and_then(|r| r.strip_suffix('}')) else {
+        return Ok(text.to_owned());
+    };
+    if let Some(var) = reference.strip_prefix("env:") {
+        return std::env::var(var).map_err(|_| format!("environment variable {var} is not set"));
+    }
+    if let Some(path) = reference.strip_prefix("file:") {
+        return std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+            .map_err(|e| format!("cannot read secret file {path}: {e}"));
+    }
+    Err(format!("unknown secret reference ${{{reference}}}; use ${{env:VAR}} or ${{file:/path}}"))
 }
 
 /// Viam's name rule: `^[a-zA-Z0-9][-\w]*$`, at most 60 characters.

@@ -53,6 +53,9 @@ pub struct PartSpec {
     pub counters: Vec<String>,
     /// Delay before every unary answer (to simulate a slow part).
     pub delay: Option<Duration>,
+    /// When set, the part requires a token obtained with this location secret, like a
+    /// viam-server with an `auth` block.
+    pub secret: Option<String>,
 }
 
 /// A simulated motor's state.
@@ -75,9 +78,20 @@ pub struct PartLog {
     pub counters: Mutex<HashMap<String, i64>>,
     /// Metadata of the last call (for header pass-through tests).
     pub last_metadata: Mutex<Option<tonic::metadata::MetadataMap>>,
+    /// Tokens this part issued and still accepts.
+    pub tokens: Mutex<Vec<String>>,
+    /// Calls rejected for a missing or unknown token.
+    pub rejected: std::sync::atomic::AtomicUsize,
 }
 
 impl PartLog {
+    /// Forgets every issued token, as a part restarted behind a proxy would.
+    pub fn forget_tokens(&self) {
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.clear();
+        }
+    }
+
     /// Names received for a method.
     pub fn names_for(&self, method: &str) -> Vec<String> {
         self.calls
@@ -220,6 +234,10 @@ impl Sim {
         req: http::Request<hyper::body::Incoming>,
     ) -> Result<http::Response<Body>, std::convert::Infallible> {
         let req = req.map(Body::new);
+        let req = match self.check_auth(req).await {
+            Ok(req) => req,
+            Err(answer) => return Ok(answer),
+        };
         let sim = self;
         dispatch!(
             req,
@@ -233,6 +251,44 @@ impl Sim {
             reflection_v1alpha::server_reflection_server::ServerReflectionServer<Sim>,
             reflection_v1::server_reflection_server::ServerReflectionServer<Sim>
         )
+    }
+
+    /// With a secret: answers `Authenticate` (checking the secret) and rejects calls without a
+    /// token it issued. Hands the request back when it may proceed.
+    async fn check_auth(&self, req: http::Request<Body>) -> Result<http::Request<Body>, http::Response<Body>> {
+        let Some(secret) = self.spec.secret.clone() else { return Ok(req) };
+        if req.uri().path() == crate::auth::AUTHENTICATE_PATH {
+            return Err(self.issue_token(req, &secret).await);
+        }
+        let presented = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let token = presented.and_then(|v| v.strip_prefix("Bearer "));
+        let known = token.is_some_and(|t| self.log.tokens.lock().is_ok_and(|tokens| tokens.iter().any(|k| k == t)));
+        if known {
+            return Ok(req);
+        }
+        self.log.rejected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(Status::unauthenticated("authentication required").into_http())
+    }
+
+    async fn issue_token(&self, req: http::Request<Body>, secret: &str) -> http::Response<Body> {
+        if req.headers().contains_key(http::header::AUTHORIZATION) {
+            return Status::invalid_argument("already authenticated; cannot re-authenticate").into_http();
+        }
+        let request: crate::proto::rpc::v1::AuthenticateRequest = match crate::robot::decode(req.into_body()).await {
+            Ok(r) => r,
+            Err(e) => return e.to_status().into_http(),
+        };
+        if let Ok(mut calls) = self.log.calls.lock() {
+            calls.push(("Authenticate".into(), request.entity.clone()));
+        }
+        if request.credentials.as_ref().is_none_or(|c| c.payload != secret) {
+            return Status::unauthenticated("invalid credentials").into_http();
+        }
+        let token = format!("{}-token-{}", self.spec.name, uuid::Uuid::new_v4());
+        if let Ok(mut tokens) = self.log.tokens.lock() {
+            tokens.push(token.clone());
+        }
+        crate::robot::reply(&crate::proto::rpc::v1::AuthenticateResponse { access_token: token })
     }
 
     async fn record<T>(&self, method: &str, name: &str, req: &Request<T>) {
@@ -943,13 +999,14 @@ pub async fn start_demo(bind: &str) -> std::io::Result<(Vec<SimPart>, Config)> {
     let config = Config {
         network: NetworkConfig {
             bind_address: bind.to_owned(),
+            ..NetworkConfig::default()
         },
         remotes,
         gateway: GatewaySettings {
             main_part: Some("main".into()),
             ..GatewaySettings::default()
         },
-        ignored: Default::default(),
+        ..Config::default()
     };
     Ok((parts, config))
 }

@@ -80,6 +80,18 @@ pub enum GatewayError {
     /// A fan-out reached some parts and failed on others (each named with its error).
     #[error("failed on {} part(s): {}", .0.len(), .0.iter().map(|(p, e)| format!("{p} ({e})")).collect::<Vec<_>>().join(", "))]
     FanOut(Vec<(String, String)>),
+    /// Missing, malformed or invalid credentials or token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not reach that part.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A request the gateway answers itself is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Too many failed authentication attempts from one peer.
+    #[error("{0}")]
+    RateLimited(String),
     /// The client's request body failed while we were reading it.
     #[error("client request stream failed: {0}")]
     ClientStream(String),
@@ -127,6 +139,9 @@ pub enum StartError {
     /// Bad configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Keys, certificates or part connections could not be set up.
+    #[error("cannot start: {0}")]
+    Setup(String),
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -146,7 +161,10 @@ impl GatewayError {
             Self::MalformedFrame(_) | Self::MissingName { .. } | Self::Compressed => {
                 (Code::InvalidArgument, Fault::Client)
             }
-            Self::MessageTooLarge { .. } => (Code::ResourceExhausted, Fault::Client),
+            Self::MessageTooLarge { .. } | Self::RateLimited(_) => (Code::ResourceExhausted, Fault::Client),
+            Self::Unauthenticated(_) => (Code::Unauthenticated, Fault::Client),
+            Self::PermissionDenied(_) => (Code::PermissionDenied, Fault::Client),
+            Self::InvalidArgument(_) => (Code::InvalidArgument, Fault::Client),
             Self::NotFound { .. } => (Code::NotFound, Fault::Client),
             Self::Ambiguous { .. } => (Code::FailedPrecondition, Fault::Client),
             Self::Unimplemented(_) => (Code::Unimplemented, Fault::Client),

@@ -1,17 +1,25 @@
-//! The gateway as a whole: config -> pool + call stack + listener; bound address; shutdown.
+//! The gateway as a whole: config -> pool + call stack + listeners; bound addresses; live
+//! reload; graceful shutdown.
 //!
 //! Receives validated [`Settings`]; hands back a running [`Gateway`] handle that tests and the
 //! binary use alike.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::admin::{Admin, Phase};
 use crate::config::Settings;
-use crate::error::{GatewayError, StartError};
+use crate::metrics::Metrics;
+use crate::reload::{ReloadError, ReloadOutcome, Reloader};
+use crate::auth::Auth;
+use crate::error::StartError;
+use crate::tls::ReloadingAcceptor;
 use crate::listener::{self, Frontend, Handler};
 use crate::pool::Pool;
 use crate::stack::CallStack;
@@ -25,6 +33,17 @@ pub struct Gateway {
     pool: Arc<Pool>,
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
+    ops: Operations,
+}
+
+/// The operations side of a running gateway: endpoints, their listener, reloads, samplers.
+struct Operations {
+    admin: Arc<Admin>,
+    admin_addr: Option<SocketAddr>,
+    admin_stop: watch::Sender<bool>,
+    admin_server: Option<JoinHandle<()>>,
+    reloader: Arc<Reloader>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Gateway {
@@ -35,18 +54,34 @@ impl Gateway {
             addr: settings.bind.to_string(),
             source,
         })?;
-        let pool = Pool::start(&settings).map_err(|e| match e {
-            GatewayError::Internal(message) => {
-                StartError::Config(crate::error::ConfigError::Parse {
-                    path: "remotes".into(),
-                    message,
-                })
+        let auth = match &settings.auth {
+            Some(auth) => Some(Arc::new(
+                Auth::new(auth.clone(), &settings.bind_text, addr).map_err(|e| StartError::Setup(e.to_string()))?,
+            )),
+            None => {
+                if !addr.ip().is_loopback() {
+                    warn!(
+                        "NO AUTHENTICATION: anyone who can reach {addr} can drive every part of the fleet; \
+                         add an \"auth\" block to the config"
+                    );
+                }
+                None
             }
-            other => StartError::Config(crate::error::ConfigError::Parse {
-                path: "remotes".into(),
-                message: other.to_string(),
-            }),
-        })?;
+        };
+        let tls = match &settings.tls {
+            Some(files) => {
+                let acceptor = ReloadingAcceptor::new(files.clone()).map_err(|e| StartError::Setup(e.to_string()))?;
+                acceptor.watch();
+                Some(acceptor)
+            }
+            None => None,
+        };
+        let metrics = Metrics::new();
+        let pool = Pool::start(&settings, metrics.clone())
+            .map_err(|e| StartError::Setup(e.to_string()))?;
+        metrics.attach_pool(&pool);
+        let admin = Admin::new(metrics, pool.clone(), &settings);
+        let (admin_addr, admin_stop, admin_server) = start_admin(&settings, &admin).await?;
         // Accept only once every part has been dialed and listed (or failed), so the first
         // client never sees a half-empty fleet. Connections queue in the backlog meanwhile.
         let pending = pool
@@ -55,7 +90,8 @@ impl Gateway {
         if !pending.is_empty() {
             warn!(parts = ?pending, "parts still connecting at start-up; serving without them for now");
         }
-        let frontend = Frontend::new(CallStack::new(pool.clone(), &settings));
+        let stack = CallStack::new(pool.clone(), &settings, auth);
+        let frontend = Frontend::new(stack.clone()).with_admin(admin.clone());
         let handler: Handler = Arc::new(move |req| Box::pin(frontend.clone().serve(req)));
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(listener::serve(
@@ -63,14 +99,62 @@ impl Gateway {
             handler,
             stopped,
             settings.drain_timeout,
+            tls,
         ));
+        admin.set_phase(Phase::Serving);
         info!("listening on {addr}");
+        let sampler = tokio::spawn(sample_calls(admin.clone()));
+        let reloader = Arc::new(Reloader::new(settings, pool.clone(), stack, admin.clone()));
         Ok(Self {
             addr,
             pool,
             stop,
             server,
+            ops: Operations {
+                admin,
+                admin_addr,
+                admin_stop,
+                admin_server,
+                reloader,
+                tasks: std::sync::Mutex::new(vec![sampler]),
+            },
         })
+    }
+
+    /// The address of the operations listener (`gateway.admin_address`), if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.ops.admin_addr
+    }
+
+    /// The gateway's metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.pool.metrics()
+    }
+
+    /// The operations endpoints' state (phase, readiness).
+    pub fn admin(&self) -> &Arc<Admin> {
+        &self.ops.admin
+    }
+
+    /// Applies new settings live: parts added, removed or re-dialed as needed, unchanged parts
+    /// and their calls untouched. Restart-only settings (listen addresses, drain timeout, TLS
+    /// and auth) are logged and kept.
+    pub async fn reload(&self, settings: Settings) -> Result<ReloadOutcome, ReloadError> {
+        self.ops.reloader.apply(settings).await
+    }
+
+    /// Loads, validates and applies a config file (SIGHUP); an invalid file is logged, counted
+    /// in `partgate_config_reloads_total` and shown on `/statusz`, and the running config stays.
+    pub async fn reload_from_file(&self, path: &Path) -> Result<ReloadOutcome, ReloadError> {
+        self.ops.reloader.apply_file(path).await
+    }
+
+    /// Reloads whenever the contents of `path` change (polled every `every`).
+    pub fn watch_config(&self, path: PathBuf, every: Duration) {
+        let task = self.ops.reloader.watch(path, every);
+        if let Ok(mut tasks) = self.ops.tasks.lock() {
+            tasks.push(task);
+        }
     }
 
     /// The address the gateway accepts connections on.
@@ -84,8 +168,60 @@ impl Gateway {
     }
 
     /// Stops accepting, sends GOAWAY, waits for in-flight calls (up to the drain timeout).
+    /// `/readyz` answers 503 "draining" meanwhile; then the parts and the operations listener
+    /// are closed.
     pub async fn shutdown(self) {
+        self.ops.admin.set_phase(Phase::Draining);
+        if let Ok(mut tasks) = self.ops.tasks.lock() {
+            tasks.drain(..).for_each(|t| t.abort());
+        }
         let _ = self.stop.send(true);
         let _ = self.server.await;
+        self.pool.close();
+        let _ = self.ops.admin_stop.send(true);
+        if let Some(server) = self.ops.admin_server {
+            let _ = server.await;
+        }
+    }
+}
+
+type AdminListener = (Option<SocketAddr>, watch::Sender<bool>, Option<JoinHandle<()>>);
+
+/// Binds and serves `gateway.admin_address` at once, so probes and scrapes work while the
+/// parts are still being dialed (`/readyz` says "starting" until they are).
+async fn start_admin(settings: &Settings, admin: &Arc<Admin>) -> Result<AdminListener, StartError> {
+    let (stop, stopped) = watch::channel(false);
+    let Some(bind) = settings.admin else {
+        return Ok((None, stop, None));
+    };
+    let listener = listener::bind(bind).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: bind.to_string(),
+            source,
+        })?;
+    let admin = admin.clone();
+    let handler: Handler = Arc::new(move |req| {
+        let resp = admin.serve(&req);
+        Box::pin(async move { Ok(resp) })
+    });
+    let server = tokio::spawn(listener::serve(
+        listener,
+        handler,
+        stopped,
+        Duration::from_secs(1),
+        None,
+    ));
+    info!("operations endpoints on {addr}");
+    Ok((Some(addr), stop, Some(server)))
+}
+
+/// Samples every part's call totals for the rates on `/statusz`.
+async fn sample_calls(admin: Arc<Admin>) {
+    let mut ticks = tokio::time::interval(crate::admin::SAMPLE_INTERVAL);
+    loop {
+        ticks.tick().await;
+        admin.sample();
     }
 }

@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, StatusCode, header};
@@ -21,9 +22,14 @@ use tower::{Layer, Service, ServiceExt};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tracing::{debug, info, warn};
 
+use crate::auth::PeerAddr;
 use crate::stack::CallStack;
+use crate::tls::ReloadingAcceptor;
 
 type Body = tonic::body::Body;
+
+/// How long a client may take to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Concurrent streams a client may open on one HTTP/2 connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 4096;
@@ -33,6 +39,7 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 4096;
 pub struct Frontend {
     grpc: CallStack,
     web: tower_http::cors::Cors<tonic_web::GrpcWebService<CallStack>>,
+    admin: Option<Arc<crate::admin::Admin>>,
 }
 
 impl Frontend {
@@ -51,7 +58,17 @@ impl Frontend {
             ])
             .max_age(Duration::from_secs(24 * 3600));
         let web = cors.layer(tonic_web::GrpcWebLayer::new().layer(grpc.clone()));
-        Self { grpc, web }
+        Self {
+            grpc,
+            web,
+            admin: None,
+        }
+    }
+
+    /// Serves `/metrics`, `/readyz` and `/statusz` (see [`crate::admin`]) besides `/healthz`.
+    pub fn with_admin(mut self, admin: Arc<crate::admin::Admin>) -> Self {
+        self.admin = Some(admin);
+        self
     }
 
     /// Serves one request.
@@ -70,7 +87,10 @@ impl Frontend {
         if content_type.starts_with(b"application/grpc") {
             return self.grpc.clone().call(req.map(Body::new)).await;
         }
-        Ok(plain_http(&req))
+        match &self.admin {
+            Some(admin) => Ok(admin.serve(&req)),
+            None => Ok(plain_http(&req)),
+        }
     }
 }
 
@@ -137,8 +157,9 @@ pub async fn serve(
     handler: Handler,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
+    tls: Option<Arc<ReloadingAcceptor>>,
 ) {
-    let builder = http_builder();
+    let builder = Arc::new(http_builder());
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -155,13 +176,31 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req| handler(req));
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+            req.extensions_mut().insert(PeerAddr(peer));
+            handler(req)
+        });
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        // The TLS handshake runs in the connection's own task, so a slow or silent client
+        // never holds up the accept loop.
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let result = match acceptor {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    watcher.watch(conn).await
+                }
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
+                        watcher.watch(conn).await
+                    }
+                    Ok(Err(e)) => return debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return debug!(peer = %peer, "TLS handshake timed out"),
+                },
+            };
+            if let Err(e) = result {
                 debug!(peer = %peer, error = %e, "client connection ended with an error");
             }
         });

@@ -1,10 +1,12 @@
-//! The `partgate` command: `run --config FILE`, `demo`, `check-config --config FILE`.
+//! The `partgate` command: `run --config FILE`, `demo`, `check-config --config FILE`,
+//! `healthcheck` (the container's probe).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use partgate::Gateway;
 use partgate::config::Config;
 use tracing::{error, info, warn};
@@ -15,7 +17,22 @@ use tracing::{error, info, warn};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on stderr: `human` (default) or `json` (one object per line).
+    #[arg(long, global = true, env = "PARTGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
 }
+
+/// How log lines are written.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Readable lines (colored on a terminal unless `NO_COLOR` is set).
+    Human,
+    /// One JSON object per line, fields flattened.
+    Json,
+}
+
+/// How often `run` checks its config file for changes.
+const CONFIG_POLL: Duration = Duration::from_secs(2);
 
 #[derive(Subcommand)]
 enum Command {
@@ -31,30 +48,61 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         bind: String,
     },
+    /// Print a new Ed25519 token-signing key (PEM PKCS#8) for `gateway.signing_key_file`.
+    Keygen,
     /// Validate a config file and print every problem with its JSON path.
     CheckConfig {
         /// JSON config file.
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Probe a gateway's HTTP endpoint (the container HEALTHCHECK; no curl needed): exit 0 on a
+    /// 2xx answer, 1 otherwise.
+    Healthcheck {
+        /// URL to GET (`http://host:port/path`).
+        #[arg(long, env = "PARTGATE_HEALTHCHECK_URL", default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+        /// How long connecting and answering may take, in seconds.
+        #[arg(long, default_value_t = 3.0)]
+        timeout: f64,
+    },
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PARTGATE_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Human => {
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(ansi).init();
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     match cli.command {
+        Command::Healthcheck { url, timeout } => healthcheck(&url, timeout),
+        Command::Keygen => match partgate::auth::token::generate_pem() {
+            Ok(pem) => {
+                print!("{pem}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::CheckConfig { config } => match Config::load(&config).and_then(|c| c.validate()) {
             Ok(settings) => {
                 println!(
@@ -78,18 +126,22 @@ fn main() -> ExitCode {
                 c.validate()
             });
             match loaded {
-                Ok(settings) => run(async move {
-                    Gateway::start(settings)
-                        .await
-                        .map(|g| (g, Vec::<partgate::demo::SimPart>::new()))
-                }),
+                Ok(settings) => run(
+                    async move {
+                        Gateway::start(settings)
+                            .await
+                            .map(|g| (g, Vec::<partgate::demo::SimPart>::new()))
+                    },
+                    Some(config),
+                ),
                 Err(e) => {
                     error!("{}: {e}", config.display());
                     ExitCode::FAILURE
                 }
             }
         }
-        Command::Demo { bind } => run(async move {
+        Command::Demo { bind } => run(
+            async move {
             let (parts, config) = partgate::demo::start_demo(&bind).await.map_err(|source| {
                 partgate::error::StartError::Bind {
                     addr: "127.0.0.1:0".into(),
@@ -102,12 +154,31 @@ fn main() -> ExitCode {
             info!("demo fleet: parts main (main part), sub1, sub2, cell (prefix \"cell-\")");
             println!("{}", demo_banner(addr));
             Ok((gateway, parts))
-        }),
+            },
+            None,
+        ),
     }
 }
 
-/// Runs the gateway until SIGINT/SIGTERM, then drains.
-fn run<F, T>(start: F) -> ExitCode
+/// `partgate healthcheck`: GET `url`, exit 0 on 2xx.
+fn healthcheck(url: &str, timeout: f64) -> ExitCode {
+    let timeout = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::from_secs(3));
+    match partgate::admin::probe(url, timeout) {
+        Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("{url}: HTTP {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the gateway until SIGINT/SIGTERM, then drains. With a config file, SIGHUP and changes
+/// of the file reload it.
+fn run<F, T>(start: F, config: Option<PathBuf>) -> ExitCode
 where
     F: std::future::Future<Output = Result<(Gateway, T), partgate::error::StartError>>,
 {
@@ -122,6 +193,8 @@ where
         }
     };
     runtime.block_on(async move {
+        // Installed first: SIGHUP's default action would end the process.
+        let mut signals = Signals::install();
         let (gateway, _keep) = match start.await {
             Ok(started) => started,
             Err(e) => {
@@ -129,7 +202,10 @@ where
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_signal().await;
+        if let Some(path) = &config {
+            gateway.watch_config(path.clone(), CONFIG_POLL);
+        }
+        signals.serve(&gateway, config.as_deref()).await;
         info!("shutting down: draining in-flight calls");
         gateway.shutdown().await;
         info!("stopped");
@@ -137,25 +213,63 @@ where
     })
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// The signals `run` reacts to: SIGINT/SIGTERM stop, SIGHUP reloads.
+struct Signals {
     #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Returns on SIGINT or SIGTERM; reloads `config` on each SIGHUP meanwhile.
+    async fn serve(&mut self, gateway: &Gateway, config: Option<&Path>) {
+        while self.next_is_reload().await {
+            match config {
+                Some(path) => {
+                    info!(path = %path.display(), "SIGHUP: reloading the configuration");
+                    // A rejected config is logged and counted by the reload itself.
+                    let _ = gateway.reload_from_file(path).await;
+                }
+                None => info!("SIGHUP ignored: the demo has no config file"),
             }
         }
     }
+
+    /// Waits for the next signal: `true` for SIGHUP, `false` for SIGINT/SIGTERM.
+    #[cfg(unix)]
+    async fn next_is_reload(&mut self) -> bool {
+        async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+            match signal {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        }
+        let Self { term, hup } = self;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => false,
+            Some(()) = recv(term) => false,
+            Some(()) = recv(hup) => true,
+        }
+    }
+
     #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    async fn next_is_reload(&mut self) -> bool {
+        let _ = tokio::signal::ctrl_c().await;
+        false
     }
 }
 

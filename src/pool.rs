@@ -5,13 +5,15 @@
 //! Receives a routed request for part N; hands back the part's response (headers now, body and
 //! trailers streaming), or fails fast with UNAVAILABLE when the part is not connected.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use futures_util::future::BoxFuture;
+use http::HeaderValue;
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -21,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{PartSpec, Settings};
 use crate::error::GatewayError;
+use crate::metrics::{Metrics, PartMetrics};
 use crate::proto::viam::robot::v1 as robot;
 use crate::route::resource_name::Naming;
 use crate::route::table::{PartInfo, Resource};
@@ -46,12 +49,25 @@ pub enum PartState {
     Disconnected = 2,
 }
 
+impl PartState {
+    /// `connecting`, `connected` or `disconnected` (metric labels, `/statusz`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Connected => "connected",
+            Self::Disconnected => "disconnected",
+        }
+    }
+}
+
 /// Transport settings shared by every part.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct DialSettings {
     connect_timeout: Duration,
     keepalive_interval: Duration,
     keepalive_timeout: Duration,
+    /// For parts without `insecure`: system roots or the configured CA.
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 /// One downstream part.
@@ -70,13 +86,51 @@ pub struct Part {
     wake: Notify,
     connects: AtomicU64,
     last_refresh: Mutex<Option<Instant>>,
+    /// The gateway's own access token for this part (never a client's).
+    token: ArcSwapOption<HeaderValue>,
+    /// Serialises re-authentication; counts tokens obtained.
+    reauth: tokio::sync::Mutex<u64>,
+    metrics: Arc<PartMetrics>,
+    /// The configured concurrency limit (the semaphore follows it on reload).
+    limit_total: AtomicUsize,
+    /// Set when a reload removes or replaces the part: its maintenance stops.
+    stop: watch::Sender<bool>,
+    /// Set once a stopped part's drain time is over: calls still open end with UNAVAILABLE.
+    closing: watch::Sender<bool>,
 }
 
-/// Every part, and the route table built from what they report.
+/// Every part, and the route table built from what they report: one [`Snapshot`], swapped
+/// whole on every refresh and reload.
 pub struct Pool {
-    parts: Vec<Arc<Part>>,
-    table: ArcSwap<RouteTable>,
+    current: ArcSwap<Snapshot>,
     rebuild: Mutex<()>,
+    metrics: Arc<Metrics>,
+}
+
+/// The parts in force and the route table built from them. Route indices index `parts`, so a
+/// call resolves its name and picks its part from the same snapshot.
+pub struct Snapshot {
+    parts: Vec<Arc<Part>>,
+    table: RouteTable,
+}
+
+/// The current route table (derefs to [`RouteTable`]).
+pub struct TableView(arc_swap::Guard<Arc<Snapshot>>);
+
+/// The current parts, in config order (derefs to a slice).
+pub struct PartsView(arc_swap::Guard<Arc<Snapshot>>);
+
+/// What a reload changed in the pool, by part name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolChanges {
+    /// Parts dialed for the first time.
+    pub added: Vec<String>,
+    /// Parts drained and closed.
+    pub removed: Vec<String>,
+    /// Parts whose settings changed: a new connection, the old one drained.
+    pub redialed: Vec<String>,
+    /// Parts left untouched (connection and in-flight calls kept).
+    pub kept: Vec<String>,
 }
 
 /// A request to one part as a tower service, for the gateway's own calls (checks, fan-outs).
@@ -88,7 +142,12 @@ pub struct PartChannel {
 // === impl Part ===
 
 impl Part {
-    fn new(spec: PartSpec, dial: DialSettings, limit: usize) -> Result<Self, GatewayError> {
+    fn new(
+        spec: PartSpec,
+        dial: DialSettings,
+        limit: usize,
+        metrics: Arc<PartMetrics>,
+    ) -> Result<Self, GatewayError> {
         let authority: http::uri::Authority = spec
             .address
             .parse()
@@ -112,7 +171,79 @@ impl Part {
             wake: Notify::new(),
             connects: AtomicU64::new(0),
             last_refresh: Mutex::new(None),
+            token: ArcSwapOption::empty(),
+            reauth: tokio::sync::Mutex::new(0),
+            metrics,
+            limit_total: AtomicUsize::new(limit),
+            stop: watch::channel(false).0,
+            closing: watch::channel(false).0,
         })
+    }
+
+    /// How the route table names this part's resources.
+    fn info(&self) -> PartInfo {
+        PartInfo {
+            name: self.spec.name.clone(),
+            naming: match (&self.spec.prefix, self.spec.main) {
+                (_, true) => Naming::Main,
+                (Some(prefix), false) => Naming::Prefix(prefix.clone()),
+                (None, false) => Naming::PartColon,
+            },
+        }
+    }
+
+    /// The part's metric handles.
+    pub fn metrics(&self) -> &Arc<PartMetrics> {
+        &self.metrics
+    }
+
+    /// Turns true when the part was removed or replaced and its drain time is over.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// Follows a reloaded concurrency limit: more slots at once, fewer as calls finish.
+    fn set_limit(&self, limit: usize) {
+        let old = self.limit_total.swap(limit, Ordering::Relaxed);
+        if limit > old {
+            self.limit.add_permits(limit - old);
+        } else if limit < old {
+            let missing = (old - limit) - self.limit.forget_permits(old - limit);
+            if missing > 0 {
+                let limit = self.limit.clone();
+                let missing = u32::try_from(missing).unwrap_or(u32::MAX);
+                tokio::spawn(async move {
+                    if let Ok(permits) = limit.acquire_many_owned(missing).await {
+                        permits.forget();
+                    }
+                });
+            }
+        }
+    }
+
+    /// Keeps the part connected until a reload stops it.
+    async fn run(self: Arc<Self>, pool: std::sync::Weak<Pool>) {
+        let mut stop = self.stop.subscribe();
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => {}
+            _ = self.clone().maintain(pool) => {}
+        }
+        self.conn.store(None);
+        self.state
+            .store(PartState::Disconnected as u8, Ordering::Relaxed);
+        self.settled.send_replace(true);
+    }
+
+    /// Stops maintaining the part and drops its connection handle: calls in flight go on
+    /// (the connection closes when the last one ends) for up to `drain`, then end with
+    /// UNAVAILABLE.
+    fn retire(self: &Arc<Self>, drain: Duration) {
+        self.stop.send_replace(true);
+        let part = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(drain).await;
+            part.closing.send_replace(true);
+        });
     }
 
     /// The part's configured name.
@@ -184,6 +315,10 @@ impl Part {
         let unavailable = || GatewayError::PartUnavailable {
             part: self.spec.name.clone(),
         };
+        let mut req = req;
+        if let Some(token) = self.token.load().as_deref() {
+            req.headers_mut().insert(http::header::AUTHORIZATION, token.clone());
+        }
         let mut sender = self.sender().ok_or_else(unavailable)?;
         let mut generation = self.generation.subscribe();
         let err = match sender.try_send_request(req).await {
@@ -242,6 +377,27 @@ impl Part {
             .map_err(|_| format!("timed out connecting to {address}"))?
             .map_err(|e| format!("cannot connect to {address}: {e}"))?;
         let _ = stream.set_nodelay(true);
+        match (&self.dial.tls, self.spec.insecure) {
+            (Some(connector), false) => {
+                let host = self.scheme_authority.1.host().trim_start_matches('[').trim_end_matches(']');
+                let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+                    .map_err(|_| format!("{host} is not a valid TLS server name"))?;
+                let tls = tokio::time::timeout(self.dial.connect_timeout, connector.connect(name, stream))
+                    .await
+                    .map_err(|_| format!("TLS handshake with {address} timed out"))?
+                    .map_err(|e| format!("TLS handshake with {address} failed: {e}"))?;
+                self.handshake(tls).await
+            }
+            _ => self.handshake(stream).await,
+        }
+    }
+
+    /// HTTP/2 over an established (plain or TLS) stream, with keepalive pings.
+    async fn handshake<I>(&self, io: I) -> Result<(Sender, tokio::task::JoinHandle<()>), String>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let address = &self.spec.address;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(self.dial.keepalive_interval)
@@ -250,7 +406,7 @@ impl Part {
             .initial_stream_window_size(2 * 1024 * 1024)
             .initial_connection_window_size(8 * 1024 * 1024)
             .max_frame_size(64 * 1024)
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| format!("HTTP/2 handshake with {address} failed: {e}"))?;
         let part = self.spec.name.clone();
@@ -260,6 +416,59 @@ impl Part {
             }
         });
         Ok((sender, driver))
+    }
+
+    /// Authenticates on a fresh connection with the part's configured credentials and keeps
+    /// the token for every call sent to it. A part without credentials needs nothing.
+    async fn authenticate(self: &Arc<Self>, sender: &Sender) -> Result<(), String> {
+        let Some(creds) = &self.spec.credentials else { return Ok(()) };
+        let part = self.clone();
+        let sender = sender.clone();
+        let service = tower::service_fn(move |mut req: http::Request<Body>| {
+            part.target(&mut req);
+            let mut sender = sender.clone();
+            async move { sender.send_request(req).await }
+        });
+        let mut client = crate::proto::rpc::v1::auth_service_client::AuthServiceClient::new(service);
+        let request = crate::proto::rpc::v1::AuthenticateRequest {
+            entity: creds.entity.clone(),
+            credentials: Some(crate::proto::rpc::v1::Credentials {
+                r#type: creds.kind.clone(),
+                payload: creds.payload.expose().to_owned(),
+            }),
+        };
+        let resp = tokio::time::timeout(CHECK_TIMEOUT, client.authenticate(request))
+            .await
+            .map_err(|_| "Authenticate timed out".to_owned())?
+            .map_err(|s| format!("Authenticate failed: {:?} {}", s.code(), s.message()))?;
+        let value = HeaderValue::try_from(format!("Bearer {}", resp.into_inner().access_token))
+            .map_err(|_| "part returned an unusable token".to_owned())?;
+        self.token.store(Some(Arc::new(value)));
+        Ok(())
+    }
+
+    /// Whether the gateway authenticates to this part.
+    pub fn has_credentials(&self) -> bool {
+        self.spec.credentials.is_some()
+    }
+
+    /// Re-authenticates after the part answered UNAUTHENTICATED (it restarted behind a proxy,
+    /// or rotated its keys). Concurrent callers share one attempt: `seen` is the count of
+    /// tokens obtained when the caller sent its request.
+    pub async fn reauthenticate(self: &Arc<Self>, seen: u64) -> Result<(), String> {
+        let mut obtained = self.reauth.lock().await;
+        if *obtained != seen {
+            return Ok(());
+        }
+        let sender = self.sender().ok_or_else(|| format!("not connected to part {}", self.spec.name))?;
+        self.authenticate(&sender).await?;
+        *obtained += 1;
+        Ok(())
+    }
+
+    /// How many times a token was re-obtained (for [`Part::reauthenticate`]).
+    pub fn token_count(&self) -> u64 {
+        self.reauth.try_lock().map(|g| *g).unwrap_or(u64::MAX)
     }
 
     /// One health check: `ResourceNames` and `ResourceRPCSubtypes` (UNIMPLEMENTED tolerated).
@@ -300,12 +509,25 @@ impl Part {
     /// Keeps the part connected for the life of the gateway.
     async fn maintain(self: Arc<Self>, pool: std::sync::Weak<Pool>) {
         loop {
+            if self.connects() > 0 || self.last_error().is_some() {
+                self.metrics.reconnect_attempt();
+            }
             match self.connect().await {
                 Ok((sender, mut driver)) => {
+                    // A new connection may be a restarted part that forgot our token.
+                    if let Err(e) = self.authenticate(&sender).await {
+                        warn!(part = %self.spec.name, error = %e, "cannot authenticate to part");
+                        self.set_error(Some(e));
+                        self.settled.send_replace(true);
+                        driver.abort();
+                        tokio::time::sleep(self.spec.reconnect_interval).await;
+                        continue;
+                    }
                     self.conn.store(Some(Arc::new(sender)));
                     self.state
                         .store(PartState::Connected as u8, Ordering::Relaxed);
                     self.connects.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.connected();
                     self.generation.send_modify(|g| *g += 1);
                     self.set_error(None);
                     info!(part = %self.spec.name, address = %self.spec.address, "connected to part");
@@ -357,6 +579,7 @@ impl Part {
                         self.set_error(Some("connection closed".to_owned()));
                     }
                     warn!(part = %self.spec.name, address = %self.spec.address, "disconnected from part");
+                    self.metrics.disconnected();
                 }
                 Err(e) => {
                     if self.last_error().as_deref() != Some(e.as_str()) {
@@ -387,95 +610,246 @@ impl From<crate::proto::viam::common::v1::ResourceName> for Resource {
     }
 }
 
+// === impl DialSettings ===
+
+impl DialSettings {
+    fn from_settings(settings: &Settings) -> Result<Self, GatewayError> {
+        let tls = if settings.parts.iter().any(|p| !p.insecure) {
+            let connector = crate::tls::part_connector(settings.parts_ca_pem.as_deref())
+                .map_err(|e| GatewayError::Internal(e.to_string()))?;
+            Some(connector)
+        } else {
+            None
+        };
+        Ok(Self {
+            connect_timeout: settings.connect_timeout,
+            keepalive_interval: settings.keepalive_interval,
+            keepalive_timeout: settings.keepalive_timeout,
+            tls,
+        })
+    }
+}
+
 // === impl Pool ===
 
 impl Pool {
     /// Creates the pool and starts maintaining every part's connection.
-    pub fn start(settings: &Settings) -> Result<Arc<Self>, GatewayError> {
-        let dial = DialSettings {
-            connect_timeout: settings.connect_timeout,
-            keepalive_interval: settings.keepalive_interval,
-            keepalive_timeout: settings.keepalive_timeout,
-        };
+    pub fn start(settings: &Settings, metrics: Arc<Metrics>) -> Result<Arc<Self>, GatewayError> {
+        let dial = DialSettings::from_settings(settings)?;
         let parts = settings
             .parts
             .iter()
-            .map(|spec| {
-                Part::new(
-                    spec.clone(),
-                    dial.clone(),
-                    settings.max_concurrent_calls_per_part,
-                )
-                .map(Arc::new)
-            })
+            .map(|spec| new_part(spec, &dial, settings, &metrics))
             .collect::<Result<Vec<_>, _>>()?;
         let pool = Arc::new(Self {
-            parts,
-            table: ArcSwap::from_pointee(RouteTable::default()),
+            current: ArcSwap::from_pointee(Snapshot {
+                parts: Vec::new(),
+                table: RouteTable::default(),
+            }),
             rebuild: Mutex::new(()),
+            metrics,
         });
-        pool.rebuild_table();
-        for part in &pool.parts {
-            tokio::spawn(part.clone().maintain(Arc::downgrade(&pool)));
-        }
+        pool.install(Some(parts.clone()));
+        pool.spawn(&parts);
         Ok(pool)
+    }
+
+    /// Applies reloaded settings: parts new by name are dialed, parts gone are drained (calls
+    /// in flight may run for `drain`) and closed, parts whose settings changed (or all of them,
+    /// with `redial_all`, when the transport settings changed) get a new connection while the
+    /// old one drains, and the rest are kept with their connection and calls untouched.
+    pub fn apply(
+        self: &Arc<Self>,
+        settings: &Settings,
+        redial_all: bool,
+        drain: Duration,
+    ) -> Result<PoolChanges, GatewayError> {
+        let dial = DialSettings::from_settings(settings)?;
+        let limit = settings.max_concurrent_calls_per_part;
+        let old = self.current.load_full();
+        let mut changes = PoolChanges::default();
+        let mut parts = Vec::with_capacity(settings.parts.len());
+        let mut fresh = Vec::new();
+        for spec in &settings.parts {
+            let existing = old.parts.iter().find(|p| p.spec.name == spec.name);
+            match existing {
+                Some(part) if !redial_all && part.spec == *spec => {
+                    part.set_limit(limit);
+                    changes.kept.push(spec.name.clone());
+                    parts.push(part.clone());
+                    continue;
+                }
+                Some(_) => changes.redialed.push(spec.name.clone()),
+                None => changes.added.push(spec.name.clone()),
+            }
+            let part = new_part(spec, &dial, settings, &self.metrics)?;
+            fresh.push(part.clone());
+            parts.push(part);
+        }
+        self.install(Some(parts.clone()));
+        self.spawn(&fresh);
+        for part in &old.parts {
+            if parts.iter().any(|p| Arc::ptr_eq(p, part)) {
+                continue;
+            }
+            part.retire(drain);
+            if !settings.parts.iter().any(|s| s.name == part.spec.name) {
+                changes.removed.push(part.spec.name.clone());
+                self.metrics.forget_part(&part.spec.name);
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Stops maintaining every part (at shutdown, once calls have drained).
+    pub fn close(&self) {
+        for part in self.current.load().parts.iter() {
+            part.retire(Duration::ZERO);
+        }
+    }
+
+    fn spawn(self: &Arc<Self>, parts: &[Arc<Part>]) {
+        for part in parts {
+            tokio::spawn(part.clone().run(Arc::downgrade(self)));
+        }
     }
 
     /// Waits until every part has either answered its first check or failed its first dial,
     /// for at most `limit`, so that the first client sees the whole fleet. Returns the names
     /// of parts that had not settled in time.
     pub async fn wait_settled(&self, limit: Duration) -> Vec<String> {
-        let waits = self.parts.iter().map(|p| {
-            let mut settled = p.settled.subscribe();
-            async move {
-                let _ = settled.wait_for(|s| *s).await;
-            }
-        });
-        let _ = tokio::time::timeout(limit, futures_util::future::join_all(waits)).await;
-        self.parts
+        let parts = self.current.load().parts.clone();
+        wait_settled(&parts, limit).await
+    }
+
+    /// Like [`Pool::wait_settled`], for the named parts only (those a reload added).
+    pub async fn wait_settled_named(&self, names: &[String], limit: Duration) -> Vec<String> {
+        let parts: Vec<_> = self
+            .current
+            .load()
+            .parts
             .iter()
-            .filter(|p| !*p.settled.borrow())
-            .map(|p| p.spec.name.clone())
-            .collect()
+            .filter(|p| names.contains(&p.spec.name))
+            .cloned()
+            .collect();
+        wait_settled(&parts, limit).await
+    }
+
+    /// The parts and route table in force, together (route indices index its parts).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
     }
 
     /// The current route table.
-    pub fn table(&self) -> arc_swap::Guard<Arc<RouteTable>> {
-        self.table.load()
+    pub fn table(&self) -> TableView {
+        TableView(self.current.load())
     }
 
-    /// Every part, in config order (the table's part indices).
+    /// Every part, in config order (the current table's part indices).
+    pub fn parts(&self) -> PartsView {
+        PartsView(self.current.load())
+    }
+
+    /// A tower service that sends to part `index` of the current snapshot (for the gateway's
+    /// own calls).
+    pub fn channel(&self, index: usize) -> Option<PartChannel> {
+        self.current.load().channel(index)
+    }
+
+    /// The metrics the parts record into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Rebuilds the route table from what the current parts last reported.
+    fn rebuild_table(&self) {
+        self.install(None);
+    }
+
+    /// Swaps in a snapshot of `parts` (`None`: the current ones) with a table built from their
+    /// reports. Serialised, so a slow rebuild never overwrites a newer one, and a refresh racing
+    /// with a reload never brings back the old parts.
+    fn install(&self, parts: Option<Vec<Arc<Part>>>) {
+        let Ok(_guard) = self.rebuild.lock() else {
+            return;
+        };
+        let parts = parts.unwrap_or_else(|| self.current.load().parts.clone());
+        let infos: Vec<PartInfo> = parts.iter().map(|p| p.info()).collect();
+        let reported: Vec<_> = parts.iter().map(|p| p.reported()).collect();
+        let table = RouteTable::build(&infos, &reported);
+        self.current.store(Arc::new(Snapshot { parts, table }));
+    }
+}
+
+fn new_part(
+    spec: &PartSpec,
+    dial: &DialSettings,
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Result<Arc<Part>, GatewayError> {
+    Part::new(
+        spec.clone(),
+        dial.clone(),
+        settings.max_concurrent_calls_per_part,
+        metrics.part(&spec.name),
+    )
+    .map(Arc::new)
+}
+
+async fn wait_settled(parts: &[Arc<Part>], limit: Duration) -> Vec<String> {
+    let waits = parts.iter().map(|p| {
+        let mut settled = p.settled.subscribe();
+        async move {
+            let _ = settled.wait_for(|s| *s).await;
+        }
+    });
+    let _ = tokio::time::timeout(limit, futures_util::future::join_all(waits)).await;
+    parts
+        .iter()
+        .filter(|p| !*p.settled.borrow())
+        .map(|p| p.spec.name.clone())
+        .collect()
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// The route table built from these parts.
+    pub fn table(&self) -> &RouteTable {
+        &self.table
+    }
+
+    /// The parts, in config order.
     pub fn parts(&self) -> &[Arc<Part>] {
         &self.parts
     }
 
-    /// A tower service that sends to part `index` (for the gateway's own calls).
+    /// Part `index` (a route's part), if it exists.
+    pub fn part(&self, index: usize) -> Option<&Arc<Part>> {
+        self.parts.get(index)
+    }
+
+    /// A tower service that sends to part `index`.
     pub fn channel(&self, index: usize) -> Option<PartChannel> {
         self.parts
             .get(index)
             .map(|part| PartChannel { part: part.clone() })
     }
+}
 
-    fn rebuild_table(&self) {
-        // Serialise rebuilds so a slow one never overwrites a newer one.
-        let Ok(_guard) = self.rebuild.lock() else {
-            return;
-        };
-        let infos: Vec<PartInfo> = self
-            .parts
-            .iter()
-            .map(|p| PartInfo {
-                name: p.spec.name.clone(),
-                naming: match (&p.spec.prefix, p.spec.main) {
-                    (_, true) => Naming::Main,
-                    (Some(prefix), false) => Naming::Prefix(prefix.clone()),
-                    (None, false) => Naming::PartColon,
-                },
-            })
-            .collect();
-        let reported: Vec<_> = self.parts.iter().map(|p| p.reported()).collect();
-        self.table
-            .store(Arc::new(RouteTable::build(&infos, &reported)));
+impl Deref for TableView {
+    type Target = RouteTable;
+
+    fn deref(&self) -> &RouteTable {
+        &self.0.table
+    }
+}
+
+impl Deref for PartsView {
+    type Target = [Arc<Part>];
+
+    fn deref(&self) -> &[Arc<Part>] {
+        &self.0.parts
     }
 }
 

@@ -108,6 +108,23 @@ pub mod grpc {
     }
 }
 
+/// Viam's RPC framework packages (`proto.rpc.v1`: authentication).
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub
+)]
+pub mod rpc {
+    pub mod v1 {
+        tonic::include_proto!("proto.rpc.v1");
+    }
+}
+
 /// Encoded `google.protobuf.FileDescriptorSet` of every proto above, including
 /// the bundled well-known-type imports.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -2,6 +2,7 @@
 //! standard gRPC `http::Request`, and this is the one place its phases run, in order:
 //!
 //! ```text
+//! metrics    outermost: every call is counted, rejected ones too (ends recorded at trailers)
 //! classify   path -> answered here | main part | routed by name | unimplemented
 //! route      read the first message's name (wire level), resolve it to a part, pop the prefix
 //! admit      the part's concurrency slot (shed with RESOURCE_EXHAUSTED when full)
@@ -14,29 +15,37 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use http::header::{self, HeaderName, HeaderValue};
+use http_body::Body as _;
 use tracing::{debug, info};
 
-use crate::body::{
-    ForwardBody, ResponseBody, StreamRewrite, parse_grpc_timeout, read_first_message,
+use crate::body::{ReplayWatch, 
+    ForwardBody, MeteredBody, ResponseBody, StreamRewrite, parse_grpc_timeout,
+    read_first_message,
 };
 use crate::config::Settings;
 use crate::error::{Fault, GatewayError};
+use crate::metrics::{CallGuard, MethodId, grpc_status};
 use crate::pool::{Part, Pool};
 use crate::robot::FleetRobot;
 use crate::route::frame;
 use crate::route::method::service_of;
+use crate::auth::{Auth, PeerAddr, Principal};
+use crate::route::method::LocalMethod;
 use crate::route::{MethodKind, classify};
 
 type Body = tonic::body::Body;
 
-/// Client headers never sent to a part: hop-by-hop headers of HTTP/1.1 (gRPC-Web), a length
-/// the rewrite may change, and the client's session id, which only the gateway can validate.
-const DROPPED_HEADERS: [HeaderName; 7] = [
+/// Client headers never sent to a part: the client's token (the gateway presents its own), hop-by-hop
+/// headers of HTTP/1.1 (gRPC-Web), a length the rewrite may change, and the client's session
+/// id, which only the gateway can validate.
+const DROPPED_HEADERS: [HeaderName; 8] = [
+    header::AUTHORIZATION,
     header::HOST,
     header::CONNECTION,
     header::CONTENT_LENGTH,
@@ -58,20 +67,24 @@ pub struct Shared {
     pub pool: Arc<Pool>,
     /// Fleet-wide RobotService answers.
     pub robot: FleetRobot,
-    default_timeout: Duration,
-    max_message_size: usize,
+    /// Milliseconds; reloadable.
+    default_timeout_ms: AtomicU64,
+    /// Reloadable.
+    max_message_size: AtomicUsize,
+    auth: Option<Arc<Auth>>,
 }
 
 impl CallStack {
-    /// Builds the stack over a started pool.
-    pub fn new(pool: Arc<Pool>, settings: &Settings) -> Self {
+    /// Builds the stack over a started pool; `auth` is `None` when clients need no credentials.
+    pub fn new(pool: Arc<Pool>, settings: &Settings, auth: Option<Arc<Auth>>) -> Self {
         let robot = FleetRobot::new(pool.clone());
         Self {
             inner: Arc::new(Shared {
                 pool,
                 robot,
-                default_timeout: settings.default_timeout,
-                max_message_size: settings.max_message_size,
+                default_timeout_ms: AtomicU64::new(millis(settings.default_timeout)),
+                max_message_size: AtomicUsize::new(settings.max_message_size),
+                auth,
             }),
         }
     }
@@ -79,6 +92,38 @@ impl CallStack {
     /// The pool behind the stack.
     pub fn pool(&self) -> &Arc<Pool> {
         &self.inner.pool
+    }
+
+    /// Applies the reloadable call settings (default deadline, message size limit).
+    pub fn apply(&self, settings: &Settings) {
+        let inner = &self.inner;
+        inner
+            .default_timeout_ms
+            .store(millis(settings.default_timeout), Ordering::Relaxed);
+        inner
+            .max_message_size
+            .store(settings.max_message_size, Ordering::Relaxed);
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One call as the metrics see it: what was called, since when, and (once routed) its guard.
+struct Call {
+    method: MethodId,
+    path: Arc<str>,
+    started: Instant,
+    guard: Option<CallGuard>,
+}
+
+impl Call {
+    /// The call reached a part: counted as started there and in flight until its trailers.
+    fn routed(&mut self, part: &Part) -> &CallGuard {
+        let path = self.path.clone();
+        self.guard
+            .insert(part.metrics().start(self.method, path, self.started))
     }
 }
 
@@ -99,41 +144,113 @@ impl tower::Service<http::Request<Body>> for CallStack {
 
 impl Shared {
     async fn handle(&self, req: http::Request<Body>) -> http::Response<Body> {
-        let path = req.uri().path().to_owned();
-        let result = match classify(&path) {
-            MethodKind::Local(method) => self.robot.answer(method, req).await,
-            MethodKind::MainPart => self.forward_to_main(req).await,
-            MethodKind::ByName(field) => self.forward_by_name(req, &path, field).await,
-            MethodKind::Unimplemented => Err(GatewayError::Unimplemented(format!(
-                "{path} is not served by this gateway"
-            ))),
+        let path: Arc<str> = req.uri().path().into();
+        let metrics = self.pool.metrics();
+        let mut call = Call {
+            method: metrics.methods().id(&path),
+            path: path.clone(),
+            started: Instant::now(),
+            guard: None,
         };
-        result.unwrap_or_else(|err| {
-            let (code, fault) = err.code_and_fault();
-            match fault {
-                Fault::Client => debug!(method = %path, ?code, error = %err, "call rejected"),
-                Fault::Gateway | Fault::Part => {
-                    info!(method = %path, ?code, error = %err, "call failed")
-                }
+        match self.dispatch(req, &path, &mut call).await {
+            Ok(resp) => {
+                let header_code = grpc_status(resp.headers());
+                let guard = match call.guard {
+                    Some(guard) => guard,
+                    None => metrics.no_part().start(call.method, path, call.started),
+                };
+                resp.map(|body| Body::new(MeteredBody::new(body, guard, header_code)))
             }
-            err.to_status().into_http()
-        })
+            Err(err) => self.failed(err, call),
+        }
+    }
+
+    /// Logs and counts a call the gateway ended itself, and answers it trailers-only.
+    fn failed(&self, err: GatewayError, call: Call) -> http::Response<Body> {
+        let (code, fault) = err.code_and_fault();
+        let metrics = self.pool.metrics();
+        let part = match &call.guard {
+            Some(guard) => guard.part(),
+            None => metrics.no_part().name(),
+        };
+        match fault {
+            Fault::Client => {
+                debug!(part = %part, method = %call.path, ?code, error = %err, "call rejected")
+            }
+            Fault::Gateway | Fault::Part => {
+                info!(part = %part, method = %call.path, ?code, error = %err, "call failed")
+            }
+        }
+        metrics.rejected(part, &err);
+        match call.guard {
+            Some(guard) => guard.finish(code),
+            None => metrics.no_part().record(call.method, code, call.started),
+        }
+        err.to_status().into_http()
+    }
+
+    /// auth, then classify: who is calling, then what the call is.
+    async fn dispatch(
+        &self,
+        req: http::Request<Body>,
+        path: &str,
+        call: &mut Call,
+    ) -> Result<http::Response<Body>, GatewayError> {
+        let kind = classify(path);
+        let principal = match (&self.auth, kind) {
+            (_, MethodKind::Local(LocalMethod::Authenticate)) => return self.authenticate(req).await,
+            (None, _) | (_, MethodKind::Local(LocalMethod::HealthCheck)) => Principal::anonymous(),
+            (Some(auth), _) => auth.verify(req.headers())?,
+        };
+        match kind {
+            MethodKind::Local(method) => self.robot.answer(method, req, &principal).await,
+            MethodKind::MainPart => self.forward_to_main(req, &principal, call).await,
+            MethodKind::ByName(field) => {
+                self.forward_by_name(req, path, field, &principal, call).await
+            }
+            MethodKind::Unimplemented => {
+                Err(GatewayError::Unimplemented(format!("{path} is not served by this gateway")))
+            }
+        }
+    }
+
+    /// `AuthService/Authenticate`; UNIMPLEMENTED without an `auth` block, like viam-server.
+    async fn authenticate(&self, req: http::Request<Body>) -> Result<http::Response<Body>, GatewayError> {
+        let Some(auth) = &self.auth else {
+            return Err(GatewayError::Unimplemented("authentication is not enabled on this gateway".into()));
+        };
+        let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+        let (parts, body) = req.into_parts();
+        let request = crate::robot::decode(body).await?;
+        Ok(crate::robot::reply(&auth.authenticate(&parts.headers, peer, request)?))
     }
 
     async fn forward_to_main(
         &self,
         req: http::Request<Body>,
+        principal: &Principal,
+        call: &mut Call,
     ) -> Result<http::Response<Body>, GatewayError> {
-        let table = self.pool.table();
-        let main = table.main().ok_or_else(|| {
-            GatewayError::Unimplemented(format!(
-                "{} needs a main part; none is configured",
-                req.uri().path()
-            ))
-        })?;
-        drop(table);
-        let part = self.pool.parts()[main].clone();
+        let snapshot = self.pool.snapshot();
+        let part = snapshot
+            .table()
+            .main()
+            .and_then(|main| snapshot.part(main))
+            .cloned()
+            .ok_or_else(|| {
+                GatewayError::Unimplemented(format!(
+                    "{} needs a main part; none is configured",
+                    req.uri().path()
+                ))
+            })?;
+        drop(snapshot);
+        let bytes = call.routed(&part).request_bytes();
+        check_scope(principal, &part)?;
         let permit = part.admit()?;
+        let req = req.map(|body| {
+            let counted = ForwardBody::new(Vec::new(), bytes::Bytes::new(), body, None, None);
+            Body::new(counted.count_bytes(bytes))
+        });
         self.send(&part, req, permit).await
     }
 
@@ -142,9 +259,12 @@ impl Shared {
         req: http::Request<Body>,
         path: &str,
         field: &'static [u32],
+        principal: &Principal,
+        call: &mut Call,
     ) -> Result<http::Response<Body>, GatewayError> {
         let (parts, mut body) = req.into_parts();
-        let first = read_first_message(&mut body, self.max_message_size)
+        let limit = self.max_message_size.load(Ordering::Relaxed);
+        let first = read_first_message(&mut body, limit)
             .await?
             .ok_or_else(|| GatewayError::MissingName {
                 method: path.to_owned(),
@@ -158,17 +278,71 @@ impl Shared {
             .ok_or_else(|| GatewayError::MissingName {
                 method: path.to_owned(),
             })?;
-        let route = self.pool.table().resolve(name, service_of(path))?;
-        let part = self.pool.parts()[route.part].clone();
+        // Resolve and pick the part from one snapshot: a reload may renumber the parts.
+        let snapshot = self.pool.snapshot();
+        let route = snapshot.table().resolve(name, service_of(path))?;
+        let part = snapshot.part(route.part).cloned().ok_or_else(|| {
+            GatewayError::Internal(format!("route to part #{} of a snapshot without it", route.part))
+        })?;
+        drop(snapshot);
+        let bytes = call.routed(&part).request_bytes();
+        check_scope(principal, &part)?;
         let permit = part.admit()?;
 
         let (segments, len) = frame::strip_name(&first.message, field, route.strip)
             .map_err(|e| GatewayError::MalformedFrame(frame_error_text(e)))?;
         let queued = frame::frame_segments(segments, len);
+        // A call whose whole body is in hand can be replayed if the part rejects our token.
+        // A call to a part we hold credentials for may have to be sent again (see
+        // send_replayable): keep the first message, and watch whether it is the whole request.
+        let replay = (part.has_credentials() && first.rest.is_empty())
+            .then(|| (queued.clone(), Arc::new(ReplayWatch::default())));
         let rewrite = (route.strip > 0).then(|| StreamRewrite::new(field, name, route.strip));
-        let forward = ForwardBody::new(queued, first.rest, body, first.trailers, rewrite);
+        let mut forward = ForwardBody::new(queued, first.rest, body, first.trailers, rewrite)
+            .count_bytes(bytes);
+        if let Some((_, watch)) = &replay {
+            forward = forward.watch_replay(watch.clone());
+        }
         let req = http::Request::from_parts(parts, Body::new(forward));
-        self.send(&part, req, permit).await
+        self.send_replayable(&part, req, permit, replay).await
+    }
+
+    /// [`Shared::send`], retried once after re-authenticating when a part that needs our
+    /// credentials answers UNAUTHENTICATED (it restarted and forgot our token), so the client
+    /// never sees it. Calls that cannot be replayed still refresh the token for the next one.
+    async fn send_replayable(
+        &self,
+        part: &Arc<Part>,
+        req: http::Request<Body>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        replay: Option<(Vec<bytes::Bytes>, Arc<ReplayWatch>)>,
+    ) -> Result<http::Response<Body>, GatewayError> {
+        if !part.has_credentials() {
+            return self.send(part, req, permit).await;
+        }
+        let seen = part.token_count();
+        let head = replay.map(|body| (req.method().clone(), req.uri().clone(), req.headers().clone(), body));
+        let resp = self.send(part, req, permit).await?;
+        let rejected = resp.headers().get("grpc-status").is_some_and(|s| s == "16");
+        if !rejected {
+            return Ok(resp);
+        }
+        let refreshed = part.reauthenticate(seen).await;
+        // Only a request whose stream ended with nothing beyond the first message is complete.
+        let (Some((method, uri, headers, (body, watch))), Ok(())) = (head, refreshed) else {
+            return Ok(resp);
+        };
+        if !watch.replayable() {
+            return Ok(resp);
+        }
+        tracing::debug!(part = %part.name(), "part rejected our token; re-authenticated and retrying");
+        drop(resp);
+        let permit = part.admit()?;
+        let mut again = http::Request::new(Body::new(ForwardBody::new(body, bytes::Bytes::new(), Body::empty(), None, None)));
+        *again.method_mut() = method;
+        *again.uri_mut() = uri;
+        *again.headers_mut() = headers;
+        self.send(part, again, permit).await
     }
 
     /// Sends a request to a part and wires its response back, honouring the client's deadline.
@@ -186,7 +360,8 @@ impl Shared {
         let client_deadline = headers.get("grpc-timeout").and_then(parse_grpc_timeout);
         part.target(&mut req);
 
-        let wait = client_deadline.unwrap_or(self.default_timeout);
+        let default_timeout = self.default_timeout_ms.load(Ordering::Relaxed);
+        let wait = client_deadline.unwrap_or(Duration::from_millis(default_timeout));
         let started = tokio::time::Instant::now();
         let resp = tokio::time::timeout(wait, part.send(req))
             .await
@@ -196,13 +371,20 @@ impl Shared {
         let body_deadline =
             client_deadline.map(|d| Box::pin(tokio::time::sleep_until(started + d)));
         Ok(resp.map(|incoming| {
-            Body::new(ResponseBody::new(
-                incoming,
-                permit,
-                body_deadline,
-                part.name().into(),
-            ))
+            Body::new(
+                ResponseBody::new(incoming, permit, body_deadline, part.name().into())
+                    .close_on(part.closing()),
+            )
         }))
+    }
+}
+
+/// The route stage's scope check: an API key limited to some parts reaches only those.
+fn check_scope(principal: &Principal, part: &Part) -> Result<(), GatewayError> {
+    if principal.may_reach(part.name()) {
+        Ok(())
+    } else {
+        Err(GatewayError::PermissionDenied(format!("not allowed to reach part {}", part.name())))
     }
 }
 

@@ -42,13 +42,14 @@ impl Rig {
         let config = Config {
             network: NetworkConfig {
                 bind_address: LOOPBACK.into(),
+                ..NetworkConfig::default()
             },
             remotes,
             gateway: GatewaySettings {
                 main_part: Some(main.into()),
                 ..GatewaySettings::default()
             },
-            ignored: Default::default(),
+            ..Config::default()
         };
         let gateway = Gateway::start(config.validate().expect("valid config"))
             .await

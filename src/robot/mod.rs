@@ -14,6 +14,7 @@ use http_body::Frame;
 use prost::Message;
 
 use crate::body::read_first_message;
+use crate::auth::Principal;
 use crate::error::GatewayError;
 use crate::pool::{PartState, Pool};
 use crate::proto::viam::common::v1::ResourceName;
@@ -51,31 +52,33 @@ impl FleetRobot {
         &self,
         method: LocalMethod,
         req: http::Request<Body>,
+        principal: &Principal,
     ) -> Result<http::Response<Body>, GatewayError> {
         let (head, body) = req.into_parts();
+        let scope = Scope { pool: &self.pool, principal };
         match method {
             LocalMethod::Reflection => Ok(reflection::serve(
                 self.pool.clone(),
                 http::Request::from_parts(head, body),
             )
             .await),
-            LocalMethod::ResourceNames => Ok(reply(&self.resource_names())),
+            LocalMethod::ResourceNames => Ok(reply(&self.resource_names(&scope))),
             LocalMethod::ResourceRpcSubtypes => Ok(reply(&self.subtypes())),
-            LocalMethod::StopAll => self.stop_all(decode(body).await?).await.map(|r| reply(&r)),
-            LocalMethod::GetOperations => Ok(reply(&self.operations().await)),
+            LocalMethod::StopAll => self.stop_all(decode(body).await?, &scope).await.map(|r| reply(&r)),
+            LocalMethod::GetOperations => Ok(reply(&self.operations(&scope).await)),
             LocalMethod::CancelOperation => {
                 let req: robot::CancelOperationRequest = decode(body).await?;
-                let (mut client, id) = self.operation_part(&req.id)?;
+                let (mut client, id) = self.operation_part(&req.id, &scope)?;
                 client.cancel_operation(robot::CancelOperationRequest { id }).await.map_err(part_status)?;
                 Ok(reply(&robot::CancelOperationResponse {}))
             }
             LocalMethod::BlockForOperation => {
                 let req: robot::BlockForOperationRequest = decode(body).await?;
-                let (mut client, id) = self.operation_part(&req.id)?;
+                let (mut client, id) = self.operation_part(&req.id, &scope)?;
                 client.block_for_operation(robot::BlockForOperationRequest { id }).await.map_err(part_status)?;
                 Ok(reply(&robot::BlockForOperationResponse {}))
             }
-            LocalMethod::GetMachineStatus => Ok(reply(&self.machine_status().await)),
+            LocalMethod::GetMachineStatus => Ok(reply(&self.machine_status(&scope).await)),
             LocalMethod::GetVersion => Ok(reply(&robot::GetVersionResponse {
                 platform: "partgate".into(),
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -85,17 +88,20 @@ impl FleetRobot {
             LocalMethod::Sessions => {
                 Err(GatewayError::Unimplemented("sessions are not supported by this gateway yet".into()))
             }
+            LocalMethod::Authenticate => {
+                Err(GatewayError::Internal("Authenticate is answered by the auth stage".into()))
+            }
             LocalMethod::HealthCheck => Ok(reply(&crate::proto::grpc::health::v1::HealthCheckResponse {
                 status: crate::proto::grpc::health::v1::health_check_response::ServingStatus::Serving as i32,
             })),
         }
     }
 
-    fn resource_names(&self) -> robot::ResourceNamesResponse {
+    fn resource_names(&self, scope: &Scope<'_>) -> robot::ResourceNamesResponse {
         let table = self.pool.table();
-        robot::ResourceNamesResponse {
-            resources: table.listing().iter().map(to_proto).collect(),
-        }
+        let resources =
+            table.listing().iter().filter(|(part, _)| scope.allows(*part)).map(|(_, r)| to_proto(r)).collect();
+        robot::ResourceNamesResponse { resources }
     }
 
     fn subtypes(&self) -> robot::ResourceRpcSubtypesResponse {
@@ -121,6 +127,7 @@ impl FleetRobot {
     async fn stop_all(
         &self,
         req: robot::StopAllRequest,
+        scope: &Scope<'_>,
     ) -> Result<robot::StopAllResponse, GatewayError> {
         let table = self.pool.table();
         let mut extras: Vec<Vec<robot::StopExtraParameters>> =
@@ -131,12 +138,15 @@ impl FleetRobot {
             };
             let api = api_key(&name.namespace, &name.r#type, &name.subtype);
             let route = table.resolve_api(&name.name, Some(&api))?;
+            scope.check(route.part)?;
             name.name.drain(..route.strip);
             extras[route.part].push(extra);
         }
         drop(table);
-        let calls = extras.into_iter().enumerate().map(|(i, extra)| async move {
-            let part = self.pool.parts()[i].name().to_owned();
+        // A caller limited to some parts stops only those.
+        let reachable = extras.into_iter().enumerate().filter(|(i, _)| scope.allows(*i));
+        let calls = reachable.map(|(i, extra)| async move {
+            let part = self.pool.parts().get(i).map(|p| p.name().to_owned()).unwrap_or_default();
             let mut client = self
                 .client(i)
                 .ok_or_else(|| (part.clone(), "unknown part".to_owned()))?;
@@ -164,13 +174,12 @@ impl FleetRobot {
     }
 
     /// Every connected part's operations, ids qualified as `part:id` so they route back.
-    async fn operations(&self) -> robot::GetOperationsResponse {
-        let calls = self
-            .pool
-            .parts()
+    async fn operations(&self, scope: &Scope<'_>) -> robot::GetOperationsResponse {
+        let parts = self.pool.parts();
+        let calls = parts
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.state() == PartState::Connected)
+            .filter(|(i, p)| p.state() == PartState::Connected && scope.allows(*i))
             .map(|(i, part)| async move {
                 let mut client = self.client(i)?;
                 let resp = tokio::time::timeout(
@@ -199,21 +208,24 @@ impl FleetRobot {
         robot::GetOperationsResponse { operations }
     }
 
-    fn operation_part(&self, id: &str) -> Result<(Client, String), GatewayError> {
+    fn operation_part(&self, id: &str, scope: &Scope<'_>) -> Result<(Client, String), GatewayError> {
         let not_found = || GatewayError::NotFound {
             name: id.to_owned(),
         };
         let (part, local) = id.split_once(':').ok_or_else(not_found)?;
         let index = self.pool.table().part_named(part).ok_or_else(not_found)?;
+        scope.check(index)?;
         Ok((self.client(index).ok_or_else(not_found)?, local.to_owned()))
     }
 
     /// Each part as an `rdk:remote` resource with its state, plus its resources under their
     /// gateway names (from the part's own status when reachable, else last known as READY).
-    async fn machine_status(&self) -> robot::GetMachineStatusResponse {
+    async fn machine_status(&self, scope: &Scope<'_>) -> robot::GetMachineStatusResponse {
         use robot::resource_status::State;
         let table = self.pool.table();
-        let calls = self.pool.parts().iter().enumerate().map(|(i, part)| {
+        let parts = self.pool.parts();
+        let visible = parts.iter().enumerate().filter(|(i, _)| scope.allows(*i));
+        let calls = visible.map(|(i, part)| {
             let naming = table.parts()[i].naming.clone();
             async move {
                 let mut out = Vec::new();
@@ -290,6 +302,26 @@ impl FleetRobot {
     }
 }
 
+/// What a caller may see and touch: parts its API key is limited to.
+struct Scope<'a> {
+    pool: &'a Pool,
+    principal: &'a Principal,
+}
+
+impl Scope<'_> {
+    fn allows(&self, part: usize) -> bool {
+        self.pool.parts().get(part).is_some_and(|p| self.principal.may_reach(p.name()))
+    }
+
+    fn check(&self, part: usize) -> Result<(), GatewayError> {
+        if self.allows(part) {
+            return Ok(());
+        }
+        let name = self.pool.parts().get(part).map(|p| p.name().to_owned()).unwrap_or_default();
+        Err(GatewayError::PermissionDenied(format!("not allowed to reach part {name}")))
+    }
+}
+
 fn to_proto(r: &Resource) -> ResourceName {
     ResourceName {
         namespace: r.namespace.clone(),
@@ -314,7 +346,7 @@ fn part_status(status: tonic::Status) -> GatewayError {
 }
 
 /// Decodes the single request message of a unary call.
-async fn decode<M: Message + Default>(mut body: Body) -> Result<M, GatewayError> {
+pub(crate) async fn decode<M: Message + Default>(mut body: Body) -> Result<M, GatewayError> {
     match read_first_message(&mut body, MAX_ROBOT_REQUEST).await? {
         None => Ok(M::default()),
         Some(first) if first.header.compressed => Err(GatewayError::Compressed),

@@ -202,9 +202,8 @@ impl FleetReflection {
         req: &v1::ServerReflectionRequest,
         version: Version,
     ) -> MessageResponse {
-        let asks = self
-            .pool
-            .parts()
+        let parts = self.pool.parts();
+        let asks = parts
             .iter()
             .enumerate()
             .filter(|(_, p)| p.state() == PartState::Connected)

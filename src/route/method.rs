@@ -41,6 +41,8 @@ pub enum LocalMethod {
     Sessions,
     /// `grpc.health.v1.Health/Check`.
     HealthCheck,
+    /// `proto.rpc.v1.AuthService/Authenticate`.
+    Authenticate,
     /// `grpc.reflection.{v1alpha,v1}.ServerReflection/ServerReflectionInfo` (the handler tells
     /// the versions apart by path).
     Reflection,
@@ -64,6 +66,9 @@ pub fn classify(path: &str) -> MethodKind {
             "StartSession" | "SendSessionHeartbeat" => MethodKind::Local(LocalMethod::Sessions),
             _ => MethodKind::MainPart,
         };
+    }
+    if path == crate::auth::AUTHENTICATE_PATH {
+        return MethodKind::Local(LocalMethod::Authenticate);
     }
     if path == "/grpc.health.v1.Health/Check" {
         return MethodKind::Local(LocalMethod::HealthCheck);

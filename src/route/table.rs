@@ -69,7 +69,7 @@ pub struct RouteTable {
     service_api: HashMap<String, String>,
     main: Option<usize>,
     main_loaded: bool,
-    listing: Vec<Resource>,
+    listing: Vec<(usize, Resource)>,
     subtypes: Vec<(Resource, String)>,
 }
 
@@ -124,10 +124,10 @@ impl RouteTable {
                     api,
                     strip,
                 });
-                table.listing.push(Resource {
+                table.listing.push((i, Resource {
                     name: visible,
                     ..res.clone()
-                });
+                }));
             }
             for (api, service) in &report.subtypes {
                 table.service_api.insert(
@@ -142,8 +142,8 @@ impl RouteTable {
         table
     }
 
-    /// Every resource of the fleet under its gateway name.
-    pub fn listing(&self) -> &[Resource] {
+    /// Every resource of the fleet under its gateway name, with the index of its part.
+    pub fn listing(&self) -> &[(usize, Resource)] {
         &self.listing
     }
 

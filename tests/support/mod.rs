@@ -82,13 +82,14 @@ pub async fn fleet(
     let mut config = Config {
         network: NetworkConfig {
             bind_address: LOOPBACK.into(),
+            ..NetworkConfig::default()
         },
         remotes,
         gateway: GatewaySettings {
             main_part: main.map(Into::into),
             ..GatewaySettings::default()
         },
-        ignored: Default::default(),
+        ..Config::default()
     };
     tweak(&mut config);
     start(parts, config).await
@@ -378,4 +379,202 @@ async fn pump(
             return;
         }
     }
+}
+
+/// A throwaway CA and a server certificate for `localhost` and `127.0.0.1`, as PEM files.
+pub struct TestPki {
+    pub dir: std::path::PathBuf,
+    pub ca_pem: String,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+pub fn pki(tag: &str) -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("partgate-pki-{}-{tag}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    TestPki { dir, ca_pem: ca.pem(), cert: cert_path, key: key_path }
+}
+
+/// A TLS channel to `localhost:port` trusting `ca_pem`.
+pub async fn tls_channel(port: u16, ca_pem: &str) -> Result<Channel, tonic::transport::Error> {
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("localhost");
+    Endpoint::from_shared(format!("https://localhost:{port}")).unwrap().tls_config(tls)?.connect().await
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(pub Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        Ok(req)
+    }
+}
+
+// === operations helpers (metrics, health, reload) ===
+
+/// A plain HTTP/1.1 GET: status and body text.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (http::StatusCode, String) {
+    let req = http::Request::get(format!("http://{addr}{path}"))
+        .header("host", addr.to_string())
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = raw_call(addr, false, req).await;
+    (resp.status, String::from_utf8_lossy(&resp.body).into_owned())
+}
+
+/// One sample of the exposition: name, labels, value.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed OpenMetrics/Prometheus text exposition.
+#[derive(Debug, Clone)]
+pub struct Exposition {
+    pub samples: Vec<Sample>,
+    pub text: String,
+}
+
+impl Exposition {
+    pub fn parse(text: &str) -> Self {
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|line| parse_sample(line).unwrap_or_else(|| panic!("bad sample line: {line}")))
+            .collect();
+        Self {
+            samples,
+            text: text.to_owned(),
+        }
+    }
+
+    /// The value of the one sample of `name` whose labels include all of `labels`.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let matching: Vec<_> = self.matching(name, labels).collect();
+        match matching.as_slice() {
+            [] => None,
+            [one] => Some(one.value),
+            many => panic!("{} samples of {name} match {labels:?}: {many:?}", many.len()),
+        }
+    }
+
+    /// The sum over every sample of `name` whose labels include all of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).map(|s| s.value).sum()
+    }
+
+    pub fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples.iter().filter(move |s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+
+    /// Every value of `label` across the samples of `name`.
+    pub fn label_values(&self, name: &str, label: &str) -> std::collections::BTreeSet<String> {
+        self.matching(name, &[])
+            .filter_map(|s| s.labels.get(label).cloned())
+            .collect()
+    }
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let (head, value) = match line.find('{') {
+        Some(_) => {
+            let close = line.rfind('}')?;
+            (&line[..close + 1], line[close + 1..].trim())
+        }
+        None => line.split_once(' ')?,
+    };
+    let value = value.split_whitespace().next()?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().ok()?,
+    };
+    let (name, labels) = match head.split_once('{') {
+        Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}')?)?),
+        None => (head, Default::default()),
+    };
+    Some(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
+}
+
+fn parse_labels(text: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            let (i, c) = chars.next()?;
+            match c {
+                '\\' => value.push(chars.next()?.1),
+                '"' => break i,
+                c => value.push(c),
+            }
+        };
+        out.insert(key.trim_start_matches(',').to_owned(), value);
+        rest = after[end + 1..].trim_start_matches(',');
+    }
+    Some(out)
+}
+
+/// Scrapes `GET /metrics` from `addr`.
+pub async fn scrape(addr: SocketAddr) -> Exposition {
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    Exposition::parse(&body)
+}
+
+/// A port that was free a moment ago (for a child process's listeners).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts one simulated part on loopback.
+pub async fn sim(spec: PartSpec) -> SimPart {
+    SimPart::start(spec, LOOPBACK.parse().unwrap())
+        .await
+        .expect("part starts")
+}
+
+/// The fleet's config with different remotes, validated.
+pub fn with_remotes(config: &Config, remotes: Vec<RemoteConfig>) -> partgate::config::Settings {
+    let mut config = config.clone();
+    config.remotes = remotes;
+    config.validate().expect("valid config")
 }

@@ -1,0 +1,965 @@
+//! Metrics: the Prometheus registry the gateway owns, and the cheap handles the call path uses.
+//!
+//! Receives events from every stage (a call started, routed, finished with a code; bytes moved; a
+//! part connected or dropped; a reload; an authentication result); hands the registry to
+//! `GET /metrics` as OpenMetrics text. Every name is `partgate_<noun>_<unit>` (the process
+//! metrics keep the standard `process_*` names every dashboard knows).
+//!
+//! Label values are bounded: `part` is a configured part name or `none`, `method` a method from
+//! the compiled protos or the Viam API list below, else `other`; codes, reasons and sources are
+//! fixed sets. The hot path allocates nothing: a call looks its method up once (a hash of the
+//! path), then clones an `Arc` to a handle cached per (part, method) that holds every series it
+//! touches.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Instant, SystemTime};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use tonic::Code;
+use tracing::{debug, info};
+
+use crate::error::{Fault, GatewayError};
+use crate::pool::{PartState, Pool};
+
+/// The `part` label of calls that reached no part (answered by the gateway, or rejected).
+pub const NO_PART: &str = "none";
+/// The `method` label of every method outside the known set.
+pub const OTHER_METHOD: &str = "other";
+/// Content type of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Call duration buckets, seconds: sub-millisecond proxying up to five-minute streams.
+const DURATION_BUCKETS: [f64; 17] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+];
+
+/// Canonical gRPC code names, indexed by code.
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// Viam API services and their methods beyond the protos compiled into the gateway, so calls
+/// to a real fleet's arms, cameras and services get their own `method` label.
+const VIAM_API: &[(&str, &[&str])] = &[
+    ("viam.component.arm.v1.ArmService", &["GetEndPosition", "MoveToPosition", "GetJointPositions", "MoveToJointPositions", "MoveThroughJointPositions", "MoveThroughJointPositionsStreamed", "Stop", "IsMoving", "DoCommand", "GetKinematics", "GetGeometries", "Get3DModels"]),
+    ("viam.component.audioin.v1.AudioInService", &["GetAudio", "GetProperties", "DoCommand", "GetGeometries"]),
+    ("viam.component.audioout.v1.AudioOutService", &["Play", "PlayStream", "GetProperties", "DoCommand", "GetGeometries"]),
+    ("viam.component.base.v1.BaseService", &["MoveStraight", "Spin", "SetPower", "SetVelocity", "Stop", "IsMoving", "DoCommand", "GetGeometries", "GetProperties"]),
+    ("viam.component.board.v1.BoardService", &["SetGPIO", "GetGPIO", "PWM", "SetPWM", "PWMFrequency", "SetPWMFrequency", "DoCommand", "ReadAnalogReader", "WriteAnalog", "GetDigitalInterruptValue", "StreamTicks", "SetPowerMode", "GetGeometries"]),
+    ("viam.component.button.v1.ButtonService", &["Push", "DoCommand"]),
+    ("viam.component.camera.v1.CameraService", &["GetImage", "GetImages", "RenderFrame", "GetPointCloud", "GetProperties", "DoCommand", "GetGeometries"]),
+    ("viam.component.encoder.v1.EncoderService", &["GetPosition", "ResetPosition", "GetProperties", "DoCommand", "GetGeometries"]),
+    ("viam.component.gantry.v1.GantryService", &["GetPosition", "MoveToPosition", "Home", "GetLengths", "Stop", "IsMoving", "DoCommand", "GetKinematics", "GetGeometries"]),
+    ("viam.component.generic.v1.GenericService", &["DoCommand", "GetGeometries"]),
+    ("viam.component.gripper.v1.GripperService", &["Open", "Grab", "Stop", "IsMoving", "IsHoldingSomething", "DoCommand", "GetGeometries", "GetKinematics"]),
+    ("viam.component.inputcontroller.v1.InputControllerService", &["GetControls", "GetEvents", "StreamEvents", "TriggerEvent", "DoCommand", "GetGeometries"]),
+    ("viam.component.motor.v1.MotorService", &["SetPower", "GoFor", "GoTo", "SetRPM", "ResetZeroPosition", "GetPosition", "GetProperties", "Stop", "IsPowered", "IsMoving", "DoCommand", "GetGeometries"]),
+    ("viam.component.movementsensor.v1.MovementSensorService", &["GetLinearVelocity", "GetAngularVelocity", "GetCompassHeading", "GetOrientation", "GetPosition", "GetProperties", "GetAccuracy", "GetLinearAcceleration", "GetReadings", "DoCommand", "GetGeometries"]),
+    ("viam.component.posetracker.v1.PoseTrackerService", &["GetPoses", "DoCommand", "GetGeometries"]),
+    ("viam.component.powersensor.v1.PowerSensorService", &["GetVoltage", "GetCurrent", "GetPower", "GetReadings", "DoCommand"]),
+    ("viam.component.sensor.v1.SensorService", &["GetReadings", "DoCommand", "GetGeometries"]),
+    ("viam.component.servo.v1.ServoService", &["Move", "GetPosition", "Stop", "IsMoving", "DoCommand", "GetGeometries"]),
+    ("viam.component.switch.v1.SwitchService", &["SetPosition", "GetPosition", "GetNumberOfPositions", "DoCommand"]),
+    ("viam.service.datamanager.v1.DataManagerService", &["Sync", "DoCommand", "UploadBinaryDataToDatasets"]),
+    ("viam.service.discovery.v1.DiscoveryService", &["DiscoverResources", "DoCommand"]),
+    ("viam.service.generic.v1.GenericService", &["DoCommand"]),
+    ("viam.service.mlmodel.v1.MLModelService", &["Infer", "Metadata", "DoCommand"]),
+    ("viam.service.motion.v1.MotionService", &["Move", "MoveOnMap", "MoveOnGlobe", "GetPose", "StopPlan", "ListPlanStatuses", "GetPlan", "DoCommand"]),
+    ("viam.service.navigation.v1.NavigationService", &["GetMode", "SetMode", "GetLocation", "GetWaypoints", "AddWaypoint", "RemoveWaypoint", "GetObstacles", "GetPaths", "GetProperties", "DoCommand"]),
+    ("viam.service.sensors.v1.SensorsService", &["GetSensors", "GetReadings", "DoCommand"]),
+    ("viam.service.shell.v1.ShellService", &["Shell", "CopyFilesToMachine", "CopyFilesFromMachine", "DoCommand"]),
+    ("viam.service.slam.v1.SLAMService", &["GetPosition", "GetPointCloudMap", "GetInternalState", "GetProperties", "DoCommand"]),
+    ("viam.service.video.v1.VideoService", &["GetVideo", "DoCommand"]),
+    ("viam.service.vision.v1.VisionService", &["GetDetectionsFromCamera", "GetDetections", "GetClassificationsFromCamera", "GetClassifications", "GetObjectPointClouds", "GetProperties", "CaptureAllFromCamera", "DoCommand"]),
+    ("viam.service.worldstatestore.v1.WorldStateStoreService", &["ListUUIDs", "GetTransform", "StreamTransformChanges", "DoCommand"]),
+    ("viam.robot.v1.RobotService", &["GetOperations", "GetSessions", "ResourceNames", "ResourceRPCSubtypes", "CancelOperation", "BlockForOperation", "DiscoverComponents", "FrameSystemConfig", "TransformPose", "TransformPCD", "GetStatus", "StreamStatus", "StopAll", "StartSession", "SendSessionHeartbeat", "Log", "GetCloudMetadata", "RestartModule", "Shutdown", "GetMachineStatus", "GetVersion", "Tunnel", "ListTunnels", "GetPose", "GetModelsFromModules"]),
+    ("proto.stream.v1.StreamService", &["ListStreams", "AddStream", "RemoveStream", "GetStreamOptions", "SetStreamOptions"]),
+    ("proto.rpc.webrtc.v1.SignalingService", &["Call", "CallUpdate", "Answer", "OptionalWebRTCConfig"]),
+    ("proto.rpc.v1.AuthService", &["Authenticate"]),
+    ("proto.rpc.v1.ExternalAuthService", &["AuthenticateTo"]),
+    ("grpc.health.v1.Health", &["Check", "Watch"]),
+];
+
+/// A method's index in the [`MethodTable`]; 0 is `other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MethodId(u16);
+
+/// The bounded set of `method` label values.
+#[derive(Debug)]
+pub struct MethodTable {
+    index: HashMap<Box<str>, MethodId>,
+    names: Vec<Arc<str>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    part: Arc<str>,
+    method: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FinishedLabels {
+    part: Arc<str>,
+    method: Arc<str>,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectedLabels {
+    part: Arc<str>,
+    reason: &'static str,
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartLabels {
+    part: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+    reason: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric family, shared by the per-part handles.
+#[derive(Debug)]
+struct Families {
+    started: Family<CallLabels, Counter>,
+    finished: Family<FinishedLabels, Counter>,
+    duration: HistogramFamily<CallLabels>,
+    in_flight: Family<CallLabels, Gauge>,
+    request_bytes: Family<CallLabels, Counter>,
+    response_bytes: Family<CallLabels, Counter>,
+    rejected: Family<RejectedLabels, Counter>,
+    connects: Family<PartLabels, Counter>,
+    disconnects: Family<PartLabels, Counter>,
+    reconnect_attempts: Family<PartLabels, Counter>,
+    auth: Family<ResultLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+    config_ok: Gauge,
+    config_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+/// The gateway's metrics: an explicit registry plus the handles the stages record into.
+pub struct Metrics {
+    registry: Registry,
+    methods: MethodTable,
+    families: Arc<Families>,
+    parts: Mutex<HashMap<String, Arc<PartMetrics>>>,
+    none: Arc<PartMetrics>,
+    pool: Arc<OnceLock<Weak<Pool>>>,
+}
+
+/// One part's handles: connection counters, per-method call handles (created on first use),
+/// and running totals for `/statusz`.
+#[derive(Debug)]
+pub struct PartMetrics {
+    name: Arc<str>,
+    /// False for the `none` handles.
+    forwarded: bool,
+    families: Arc<Families>,
+    method_names: Arc<[Arc<str>]>,
+    methods: Box<[OnceLock<Arc<MethodMetrics>>]>,
+    totals: Arc<CallTotals>,
+    connects: Counter,
+    disconnects: Counter,
+    reconnect_attempts: Counter,
+}
+
+/// Calls and failures of one part since start, for rates on `/statusz`.
+#[derive(Debug, Default)]
+pub struct CallTotals {
+    /// Calls started.
+    pub started: AtomicU64,
+    /// Calls finished with a code other than OK.
+    pub failed: AtomicU64,
+}
+
+/// Every series one (part, method) pair touches.
+#[derive(Debug)]
+pub struct MethodMetrics {
+    labels: CallLabels,
+    forwarded: bool,
+    families: Arc<Families>,
+    totals: Arc<CallTotals>,
+    started: Counter,
+    in_flight: Gauge,
+    duration: Histogram,
+    request_bytes: Counter,
+    response_bytes: Counter,
+    finished: [OnceLock<Counter>; 17],
+}
+
+/// One call in flight to a part: records its end (code, duration) exactly once. Dropped
+/// without [`CallGuard::finish`], the client went away: the call counts as `CANCELLED`.
+#[derive(Debug)]
+pub struct CallGuard {
+    metrics: Arc<MethodMetrics>,
+    path: Arc<str>,
+    started: Instant,
+    done: bool,
+}
+
+/// Scrape-time metrics read from the pool and `/proc/self`.
+#[derive(Debug)]
+struct ScrapeCollector {
+    pool: Arc<OnceLock<Weak<Pool>>>,
+}
+
+// === impl MethodTable ===
+
+impl MethodTable {
+    /// Every method of the compiled protos (`FILE_DESCRIPTOR_SET`) and of [`VIAM_API`].
+    pub fn known() -> Self {
+        let mut paths: Vec<String> = descriptor_methods();
+        for (service, methods) in VIAM_API {
+            paths.extend(methods.iter().map(|m| format!("/{service}/{m}")));
+        }
+        Self::from_paths(paths)
+    }
+
+    fn from_paths(paths: Vec<String>) -> Self {
+        let mut table = Self {
+            index: HashMap::with_capacity(paths.len()),
+            names: vec![Arc::from(OTHER_METHOD)],
+        };
+        for path in paths {
+            if table.index.contains_key(path.as_str()) || table.names.len() > usize::from(u16::MAX) {
+                continue;
+            }
+            let id = MethodId(table.names.len() as u16);
+            table.names.push(Arc::from(path.as_str()));
+            table.index.insert(path.into_boxed_str(), id);
+        }
+        table
+    }
+
+    /// The id of a request path (`/package.Service/Method`); unknown paths are `other`.
+    pub fn id(&self, path: &str) -> MethodId {
+        self.index.get(path).copied().unwrap_or(MethodId(0))
+    }
+
+    /// The label value of an id.
+    pub fn name(&self, id: MethodId) -> &str {
+        self.names.get(usize::from(id.0)).map_or(OTHER_METHOD, |n| n)
+    }
+
+    /// How many label values there are (including `other`).
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Always false: `other` is always there.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+fn descriptor_methods() -> Vec<String> {
+    use prost::Message;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for file in set.file {
+        let package = file.package.unwrap_or_default();
+        for service in file.service {
+            let service_name = service.name.unwrap_or_default();
+            let full = if package.is_empty() {
+                service_name
+            } else {
+                format!("{package}.{service_name}")
+            };
+            for method in service.method {
+                out.push(format!("/{full}/{}", method.name.unwrap_or_default()));
+            }
+        }
+    }
+    out
+}
+
+// === impl Families ===
+
+impl Families {
+    fn new(registry: &mut Registry) -> Self {
+        let families = Self {
+            started: Family::default(),
+            finished: Family::default(),
+            duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS)),
+            in_flight: Family::default(),
+            request_bytes: Family::default(),
+            response_bytes: Family::default(),
+            rejected: Family::default(),
+            connects: Family::default(),
+            disconnects: Family::default(),
+            reconnect_attempts: Family::default(),
+            auth: Family::default(),
+            reloads: Family::default(),
+            config_ok: Gauge::default(),
+            config_timestamp: Gauge::default(),
+        };
+        families.register(registry);
+        families
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register("partgate_calls_started", "Calls that reached the call stack, by part and method", self.started.clone());
+        r.register("partgate_calls_finished", "Calls ended, by part, method and gRPC code", self.finished.clone());
+        r.register("partgate_call_duration_seconds", "Call duration from arrival to the last trailer, by part and method", self.duration.clone());
+        r.register("partgate_calls_in_flight", "Calls and streams currently open to a part", self.in_flight.clone());
+        r.register("partgate_request_bytes", "Request body bytes sent to parts", self.request_bytes.clone());
+        r.register("partgate_response_bytes", "Response body bytes received from parts", self.response_bytes.clone());
+        r.register("partgate_calls_rejected", "Calls the gateway ended itself, by reason and whose fault (source = client|gateway|part)", self.rejected.clone());
+        r.register("partgate_part_connects", "Connections established to a part", self.connects.clone());
+        r.register("partgate_part_disconnects", "Connections to a part that were lost or dropped", self.disconnects.clone());
+        r.register("partgate_part_reconnect_attempts", "Dial attempts after the first, per part", self.reconnect_attempts.clone());
+        r.register("partgate_auth_attempts", "Client authentication results, by result and reason", self.auth.clone());
+        r.register("partgate_config_reloads", "Configuration reloads, by result and reason", self.reloads.clone());
+        r.register("partgate_config_last_reload_successful", "1 if the last configuration reload was applied, 0 if it was rejected", self.config_ok.clone());
+        r.register("partgate_config_last_reload_success_timestamp_seconds", "When the configuration was last loaded successfully (Unix time)", self.config_timestamp.clone());
+    }
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// A fresh registry with every family registered (nothing is shared between gateways).
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let families = Arc::new(Families::new(&mut registry));
+        let pool = Arc::new(OnceLock::new());
+        registry.register(
+            "partgate_build",
+            "The gateway's version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        registry.register_collector(Box::new(ScrapeCollector { pool: pool.clone() }));
+        families.config_ok.set(1);
+        families.config_timestamp.set(unix_now());
+        let methods = MethodTable::known();
+        let method_names: Arc<[Arc<str>]> = methods.names.clone().into();
+        let mut none = PartMetrics::new(NO_PART.into(), &families, &method_names);
+        none.forwarded = false;
+        let none = Arc::new(none);
+        Arc::new(Self {
+            registry,
+            methods,
+            families,
+            parts: Mutex::new(HashMap::new()),
+            none,
+            pool,
+        })
+    }
+
+    /// Lets the scrape read part state, cache ages and resource counts from the pool.
+    pub fn attach_pool(&self, pool: &Arc<Pool>) {
+        let _ = self.pool.set(Arc::downgrade(pool));
+    }
+
+    /// The OpenMetrics text exposition of everything.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            debug!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+
+    /// The method table (bounded `method` label values).
+    pub fn methods(&self) -> &MethodTable {
+        &self.methods
+    }
+
+    /// The handles of a configured part (created on first use, kept across re-dials).
+    pub fn part(&self, name: &str) -> Arc<PartMetrics> {
+        let Ok(mut parts) = self.parts.lock() else {
+            return self.none.clone();
+        };
+        parts
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(PartMetrics::new(name.into(), &self.families, &self.none.method_names))
+            })
+            .clone()
+    }
+
+    /// The handles of calls that reached no part.
+    pub fn no_part(&self) -> &Arc<PartMetrics> {
+        &self.none
+    }
+
+    /// Drops every series of a part removed from the config.
+    pub fn forget_part(&self, name: &str) {
+        let removed = self.parts.lock().ok().and_then(|mut p| p.remove(name));
+        if let Some(part) = removed {
+            part.remove_series();
+        }
+    }
+
+    /// Counts a call the gateway ended itself.
+    pub fn rejected(&self, part: &Arc<str>, err: &GatewayError) {
+        let (_, fault) = err.code_and_fault();
+        let labels = RejectedLabels {
+            part: part.clone(),
+            reason: reject_reason(err),
+            source: fault_label(fault),
+        };
+        self.families.rejected.get_or_create(&labels).inc();
+    }
+
+    /// Counts one client authentication: `reason` is a fixed word (`token`, `api_key`,
+    /// `location_secret` on success; `missing`, `invalid_token`, `expired`, `bad_secret`, ...
+    /// on failure), never anything the client sent.
+    pub fn auth_result(&self, success: bool, reason: &'static str) {
+        let result = if success { "success" } else { "failure" };
+        self.families
+            .auth
+            .get_or_create(&ResultLabels { result, reason })
+            .inc();
+    }
+
+    /// Records a reload: applied (`reason` "applied" or "unchanged") or rejected (`reason`
+    /// "invalid", "unreadable", "failed").
+    pub fn reload_result(&self, applied: bool, reason: &'static str) {
+        let result = if applied { "success" } else { "failure" };
+        self.families
+            .reloads
+            .get_or_create(&ResultLabels { result, reason })
+            .inc();
+        self.families.config_ok.set(i64::from(applied));
+        if applied {
+            self.families.config_timestamp.set(unix_now());
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The `reason` label of a call the gateway ended itself.
+pub fn reject_reason(err: &GatewayError) -> &'static str {
+    match err {
+        GatewayError::MalformedFrame(_) | GatewayError::MissingName { .. } => "invalid",
+        GatewayError::Compressed => "compressed",
+        GatewayError::MessageTooLarge { .. } => "too_large",
+        GatewayError::NotFound { .. } => "no_route",
+        GatewayError::Ambiguous { .. } => "ambiguous",
+        GatewayError::Unimplemented(_) => "unimplemented",
+        GatewayError::PartUnavailable { .. } => "unavailable",
+        GatewayError::DeadlineExceeded { .. } => "deadline",
+        GatewayError::Overloaded { .. } => "limit",
+        GatewayError::FanOut(_) => "fan_out",
+        GatewayError::ClientStream(_) => "client_stream",
+        GatewayError::Unauthenticated(_) => "unauthenticated",
+        GatewayError::PermissionDenied(_) => "permission_denied",
+        GatewayError::InvalidArgument(_) => "invalid",
+        GatewayError::RateLimited(_) => "rate_limited",
+        GatewayError::Internal(_) => "internal",
+    }
+}
+
+fn fault_label(fault: Fault) -> &'static str {
+    match fault {
+        Fault::Client => "client",
+        Fault::Gateway => "gateway",
+        Fault::Part => "part",
+    }
+}
+
+/// The canonical name of a gRPC code (`OK`, `NOT_FOUND`, ...).
+pub fn code_name(code: Code) -> &'static str {
+    CODE_NAMES.get(code as usize).copied().unwrap_or("UNKNOWN")
+}
+
+// === impl PartMetrics ===
+
+impl PartMetrics {
+    fn new(name: Arc<str>, families: &Arc<Families>, method_names: &Arc<[Arc<str>]>) -> Self {
+        let labels = PartLabels { part: name.clone() };
+        Self {
+            connects: families.connects.get_or_create_owned(&labels),
+            disconnects: families.disconnects.get_or_create_owned(&labels),
+            reconnect_attempts: families.reconnect_attempts.get_or_create_owned(&labels),
+            methods: method_names.iter().map(|_| OnceLock::new()).collect(),
+            method_names: method_names.clone(),
+            families: families.clone(),
+            totals: Arc::default(),
+            forwarded: true,
+            name,
+        }
+    }
+
+    /// The `part` label value.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Calls and failures since start.
+    pub fn totals(&self) -> &CallTotals {
+        &self.totals
+    }
+
+    /// Starts a call: counts it and puts it in flight until the guard finishes or drops.
+    pub fn start(&self, method: MethodId, path: Arc<str>, started: Instant) -> CallGuard {
+        let metrics = self.method(method);
+        metrics.started.inc();
+        metrics.in_flight.inc();
+        self.totals.started.fetch_add(1, Ordering::Relaxed);
+        CallGuard {
+            metrics,
+            path,
+            started,
+            done: false,
+        }
+    }
+
+    /// Counts a call that started and ended at once (answered or rejected by the gateway).
+    pub fn record(&self, method: MethodId, code: Code, started: Instant) {
+        let metrics = self.method(method);
+        metrics.started.inc();
+        self.totals.started.fetch_add(1, Ordering::Relaxed);
+        metrics.finish(code, started);
+    }
+
+    /// A connection to the part was established.
+    pub fn connected(&self) {
+        self.connects.inc();
+    }
+
+    /// A connection to the part was lost or dropped.
+    pub fn disconnected(&self) {
+        self.disconnects.inc();
+    }
+
+    /// The part is being dialed again.
+    pub fn reconnect_attempt(&self) {
+        self.reconnect_attempts.inc();
+    }
+
+    fn method(&self, id: MethodId) -> Arc<MethodMetrics> {
+        let index = usize::from(id.0).min(self.methods.len().saturating_sub(1));
+        match self.methods.get(index) {
+            Some(slot) => slot.get_or_init(|| Arc::new(self.new_method(index))).clone(),
+            None => Arc::new(self.new_method(0)),
+        }
+    }
+
+    fn new_method(&self, index: usize) -> MethodMetrics {
+        let method = self
+            .method_names
+            .get(index)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(OTHER_METHOD));
+        let labels = CallLabels {
+            part: self.name.clone(),
+            method,
+        };
+        let f = &self.families;
+        MethodMetrics {
+            started: f.started.get_or_create_owned(&labels),
+            in_flight: f.in_flight.get_or_create_owned(&labels),
+            duration: f.duration.get_or_create_owned(&labels),
+            request_bytes: f.request_bytes.get_or_create_owned(&labels),
+            response_bytes: f.response_bytes.get_or_create_owned(&labels),
+            finished: Default::default(),
+            families: f.clone(),
+            totals: self.totals.clone(),
+            forwarded: self.forwarded,
+            labels,
+        }
+    }
+
+    fn remove_series(&self) {
+        let f = &self.families;
+        let part = PartLabels {
+            part: self.name.clone(),
+        };
+        f.connects.remove(&part);
+        f.disconnects.remove(&part);
+        f.reconnect_attempts.remove(&part);
+        for m in self.methods.iter().filter_map(OnceLock::get) {
+            f.started.remove(&m.labels);
+            f.in_flight.remove(&m.labels);
+            f.duration.remove(&m.labels);
+            f.request_bytes.remove(&m.labels);
+            f.response_bytes.remove(&m.labels);
+            for code in CODE_NAMES {
+                f.finished.remove(&m.finished_labels(code));
+            }
+        }
+    }
+}
+
+// === impl MethodMetrics ===
+
+impl MethodMetrics {
+    fn finished_labels(&self, code: &'static str) -> FinishedLabels {
+        FinishedLabels {
+            part: self.labels.part.clone(),
+            method: self.labels.method.clone(),
+            code,
+        }
+    }
+
+    fn finish(&self, code: Code, started: Instant) {
+        let index = (code as usize).min(CODE_NAMES.len() - 1);
+        if let Some(slot) = self.finished.get(index) {
+            slot.get_or_init(|| {
+                let labels = self.finished_labels(code_name(code));
+                self.families.finished.get_or_create_owned(&labels)
+            })
+            .inc();
+        }
+        if code != Code::Ok {
+            self.totals.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.duration.observe(started.elapsed().as_secs_f64());
+    }
+}
+
+// === impl CallGuard ===
+
+impl CallGuard {
+    /// The counter of request bytes sent to the part for this call.
+    pub fn request_bytes(&self) -> Counter {
+        self.metrics.request_bytes.clone()
+    }
+
+    /// Counts response bytes received from the part.
+    pub fn response_bytes(&self, n: usize) {
+        self.metrics.response_bytes.inc_by(n as u64);
+    }
+
+    /// The part's label value.
+    pub fn part(&self) -> &Arc<str> {
+        &self.metrics.labels.part
+    }
+
+    /// Whether the call reached a part (not answered by the gateway itself).
+    pub fn forwarded(&self) -> bool {
+        self.metrics.forwarded
+    }
+
+    /// Records the call's end with `code` (no log: the caller logs gateway errors itself).
+    pub fn finish(mut self, code: Code) {
+        self.end(code);
+    }
+
+    /// Records the end of a forwarded call with the part's status, logging it once if it
+    /// failed: at info for codes that mean the part or the gateway is in trouble, at debug for
+    /// answers about the request itself (the part's NOT_FOUND, INVALID_ARGUMENT, ...).
+    pub fn finish_forwarded(mut self, code: Code, message: Option<&str>) {
+        if code != Code::Ok {
+            let part = &self.metrics.labels.part;
+            let method = &self.path;
+            let code_name = code_name(code);
+            let message = message.unwrap_or("");
+            if server_side(code) {
+                info!(part = %part, method = %method, code = code_name, message, "forwarded call failed");
+            } else {
+                debug!(part = %part, method = %method, code = code_name, message, "forwarded call failed");
+            }
+        }
+        self.end(code);
+    }
+
+    fn end(&mut self, code: Code) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        self.metrics.in_flight.dec();
+        self.metrics.finish(code, self.started);
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            debug!(part = %self.metrics.labels.part, method = %self.path, "call cancelled before the part finished it");
+            self.end(Code::Cancelled);
+        }
+    }
+}
+
+/// Codes that say the part or the path to it is in trouble, not that the request was wrong.
+fn server_side(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
+/// Reads `grpc-status` from trailers (or trailers-only headers).
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?;
+    let code = match value.as_bytes() {
+        b"0" => 0,
+        other => std::str::from_utf8(other).ok()?.parse::<i32>().ok()?,
+    };
+    Some(Code::from_i32(code))
+}
+
+// === impl ScrapeCollector ===
+
+impl Collector for ScrapeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(pool) = self.pool.get().and_then(Weak::upgrade) {
+            encode_parts(&pool, &mut encoder)?;
+        }
+        encode_process(&mut encoder)
+    }
+}
+
+fn gauge_family<'a, L: EncodeLabelSet + 'a, V: prometheus_client::encoding::EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, V)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartStateLabels {
+    part: Arc<str>,
+    state: &'static str,
+}
+
+fn encode_parts(pool: &Pool, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let parts = pool.parts();
+    let label = |p: &crate::pool::Part| PartLabels {
+        part: p.metrics().name().clone(),
+    };
+    gauge_family(
+        encoder,
+        "partgate_part_connected",
+        "1 if the gateway holds a working connection to the part",
+        parts.iter().map(|p| (label(p), i64::from(p.state() == PartState::Connected))),
+    )?;
+    gauge_family(
+        encoder,
+        "partgate_part_state",
+        "The part's connection state (1 for the current one of connecting|connected|disconnected)",
+        parts.iter().flat_map(|p| {
+            let current = p.state();
+            [PartState::Connecting, PartState::Connected, PartState::Disconnected]
+                .into_iter()
+                .map(move |s| {
+                    let labels = PartStateLabels {
+                        part: p.metrics().name().clone(),
+                        state: s.as_str(),
+                    };
+                    (labels, i64::from(s == current))
+                })
+        }),
+    )?;
+    gauge_family(
+        encoder,
+        "partgate_part_resource_names_age_seconds",
+        "Time since the part's ResourceNames cache was last refreshed",
+        parts
+            .iter()
+            .filter_map(|p| p.refresh_age().map(|age| (label(p), age.as_secs_f64()))),
+    )?;
+    gauge_family(
+        encoder,
+        "partgate_part_resources",
+        "Resources the part listed at its last refresh",
+        parts.iter().filter_map(|p| {
+            p.reported()
+                .map(|r| (label(p), i64::try_from(r.resources.len()).unwrap_or(i64::MAX)))
+        }),
+    )
+}
+
+/// CPU seconds, resident memory, open and maximum file descriptors and start time, from
+/// `/proc/self` (Linux; elsewhere these series are simply absent).
+fn encode_process(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let Some(stats) = crate::metrics::process::read() else {
+        return Ok(());
+    };
+    let counter = ConstCounter::new(stats.cpu_seconds);
+    counter.encode(encoder.encode_descriptor(
+        "process_cpu_seconds",
+        "Total user and system CPU time spent in seconds",
+        None,
+        MetricType::Counter,
+    )?)?;
+    let gauges = [
+        ("process_resident_memory_bytes", "Resident memory size in bytes", stats.resident_bytes),
+        ("process_virtual_memory_bytes", "Virtual memory size in bytes", stats.virtual_bytes),
+        ("process_open_fds", "Number of open file descriptors", stats.open_fds),
+        ("process_max_fds", "Maximum number of open file descriptors", stats.max_fds),
+        ("process_start_time_seconds", "Start time of the process since the Unix epoch in seconds", stats.start_time_seconds),
+    ];
+    for (name, help, value) in gauges {
+        if let Some(value) = value {
+            ConstGauge::new(value)
+                .encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reading process statistics from `/proc/self`.
+mod process {
+    /// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on every Linux ABI).
+    const TICKS_PER_SECOND: f64 = 100.0;
+    const PAGE_SIZE: f64 = 4096.0;
+
+    /// One reading.
+    pub(super) struct Stats {
+        pub(super) cpu_seconds: f64,
+        pub(super) resident_bytes: Option<f64>,
+        pub(super) virtual_bytes: Option<f64>,
+        pub(super) open_fds: Option<f64>,
+        pub(super) max_fds: Option<f64>,
+        pub(super) start_time_seconds: Option<f64>,
+    }
+
+    pub(super) fn read() -> Option<Stats> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        let cpu_seconds = (field(14)? + field(15)?) / TICKS_PER_SECOND;
+        let start_time_seconds = field(22)
+            .zip(boot_time())
+            .map(|(ticks, boot)| boot + ticks / TICKS_PER_SECOND);
+        Some(Stats {
+            cpu_seconds,
+            resident_bytes: field(24).map(|pages| pages * PAGE_SIZE),
+            virtual_bytes: field(23),
+            open_fds: std::fs::read_dir("/proc/self/fd")
+                .ok()
+                .map(|d| d.count() as f64),
+            max_fds: max_fds(),
+            start_time_seconds,
+        })
+    }
+
+    fn boot_time() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        stat.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    fn max_fds() -> Option<f64> {
+        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line.split_whitespace().nth(3)?.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_methods_include_compiled_and_viam_api() {
+        let table = MethodTable::known();
+        let set_power = table.id("/viam.component.motor.v1.MotorService/SetPower");
+        assert_ne!(set_power, MethodId(0));
+        assert_eq!(
+            table.name(set_power),
+            "/viam.component.motor.v1.MotorService/SetPower"
+        );
+        assert_ne!(table.id("/viam.component.arm.v1.ArmService/MoveToPosition"), MethodId(0));
+        assert_ne!(table.id("/acme.component.counter.v1.CounterService/Add"), MethodId(0));
+        assert_eq!(table.id("/viam.component.motor.v1.MotorService/Nope"), MethodId(0));
+        assert_eq!(table.name(MethodId(0)), OTHER_METHOD);
+        assert!(table.len() > 100 && table.len() < 2000, "{}", table.len());
+    }
+
+    #[test]
+    fn calls_are_counted_by_code_and_dropped_guards_count_as_cancelled() {
+        let metrics = Metrics::new();
+        let part = metrics.part("p1");
+        let id = metrics.methods().id("/viam.component.motor.v1.MotorService/SetPower");
+        let path: Arc<str> = "/viam.component.motor.v1.MotorService/SetPower".into();
+        part.start(id, path.clone(), Instant::now()).finish(Code::Ok);
+        drop(part.start(id, path, Instant::now()));
+        metrics.no_part().record(MethodId(0), Code::NotFound, Instant::now());
+        let text = metrics.encode();
+        let m = r#"method="/viam.component.motor.v1.MotorService/SetPower""#;
+        assert!(text.contains(&format!(r#"partgate_calls_started_total{{part="p1",{m}}} 2"#)), "{text}");
+        assert!(text.contains(&format!(r#"partgate_calls_finished_total{{part="p1",{m},code="OK"}} 1"#)), "{text}");
+        assert!(text.contains(&format!(r#"partgate_calls_finished_total{{part="p1",{m},code="CANCELLED"}} 1"#)), "{text}");
+        assert!(text.contains(&format!(r#"partgate_calls_in_flight{{part="p1",{m}}} 0"#)), "{text}");
+        assert!(text.contains(r#"partgate_calls_finished_total{part="none",method="other",code="NOT_FOUND"} 1"#), "{text}");
+        assert_eq!(part.totals().failed.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn forgotten_parts_leave_no_series() {
+        let metrics = Metrics::new();
+        let part = metrics.part("gone");
+        part.connected();
+        part.record(MethodId(0), Code::Ok, Instant::now());
+        assert!(metrics.encode().contains(r#"part="gone""#));
+        metrics.forget_part("gone");
+        assert!(!metrics.encode().contains(r#"part="gone""#));
+    }
+
+    #[test]
+    fn grpc_status_parses_trailers() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(grpc_status(&headers), None);
+        headers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        assert_eq!(grpc_status(&headers), Some(Code::Ok));
+        headers.insert("grpc-status", http::HeaderValue::from_static("14"));
+        assert_eq!(grpc_status(&headers), Some(Code::Unavailable));
+        assert_eq!(code_name(Code::Unavailable), "UNAVAILABLE");
+    }
+
+    #[test]
+    fn process_metrics_are_read_from_proc() {
+        let stats = process::read().expect("linux /proc");
+        assert!(stats.cpu_seconds >= 0.0);
+        assert!(stats.resident_bytes.is_some_and(|b| b > 0.0));
+        assert!(stats.open_fds.is_some_and(|n| n >= 3.0));
+    }
+}
