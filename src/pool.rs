@@ -534,7 +534,6 @@ impl Part {
                     let mut failures = 0;
                     loop {
                         let checked = self.check().await;
-                        self.settled.send_replace(true);
                         match checked {
                             Ok(report) => {
                                 failures = 0;
@@ -558,6 +557,9 @@ impl Part {
                                 }
                             }
                         }
+                        // Settled only once the report is in the route table: the gateway
+                        // waits for this before accepting its first client.
+                        self.settled.send_replace(true);
                         let pause = if failures > 0 {
                             self.spec.reconnect_interval
                         } else {

@@ -280,7 +280,9 @@ impl Shared {
             })?;
         // Resolve and pick the part from one snapshot: a reload may renumber the parts.
         let snapshot = self.pool.snapshot();
-        let route = snapshot.table().resolve(name, service_of(path))?;
+        let table = snapshot.table();
+        let allowed = |i: usize| table.parts().get(i).is_some_and(|p| principal.may_reach(&p.name));
+        let route = table.resolve_within(name, service_of(path), &allowed)?;
         let part = snapshot.part(route.part).cloned().ok_or_else(|| {
             GatewayError::Internal(format!("route to part #{} of a snapshot without it", route.part))
         })?;

@@ -243,3 +243,17 @@ async fn wrong_part_credentials_leave_the_part_down_with_a_reason() {
     let error = gateway.pool().parts()[0].last_error().unwrap_or_default();
     assert!(error.contains("Authenticate failed") && !error.contains("wrong"), "{error}");
 }
+
+#[tokio::test]
+async fn a_limited_key_resolves_bare_names_among_its_own_parts() {
+    // "lift" is on sub1 and sub2: ambiguous for a full key, sub1's for a key limited to sub1.
+    let specs = vec![(spec("main", &["motor1"]), None), (spec("sub1", &["lift"]), None), (spec("sub2", &["lift"]), None)];
+    let fleet = fleet(specs, Some("main"), |c| auth_config(c, None)).await;
+    let ch = fleet.channel().await;
+    let limited = authenticate(&ch, KEY_SUB1, "api-key", "key-sub1").await.unwrap();
+    motors(&ch, Some(&limited)).set_power(set_power("lift", 0.4)).await.expect("sub1's lift");
+    assert_eq!(fleet.part("sub1").log().motor("lift").map(|m| m.power), Some(0.4));
+    let full = authenticate(&ch, KEY_ALL, "api-key", "key-all").await.unwrap();
+    let err = motors(&ch, Some(&full)).set_power(set_power("lift", 0.4)).await.expect_err("ambiguous");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}

@@ -122,13 +122,16 @@ impl Signer {
 
     /// Verifies a token; the error text follows goutils' messages.
     pub fn verify(&self, token: &str) -> Result<Claims, String> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("unauthenticated: {e}"))?;
+        // goutils' "unauthenticated: <reason>", without echoing decoder internals to clients.
+        let invalid = || "unauthenticated: invalid token".to_owned();
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         if header.kid.as_deref() != Some(self.kid.as_str()) {
             return Err("unauthenticated: token was not signed by this gateway".to_owned());
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::InvalidAudience => "invalid audience".to_owned(),
-            _ => format!("unauthenticated: {e}"),
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => "unauthenticated: token is expired".to_owned(),
+            _ => invalid(),
         })?;
         if data.claims.sub.is_empty() {
             return Err("expected entity (sub) in claims".to_owned());

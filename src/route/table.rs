@@ -169,16 +169,22 @@ impl RouteTable {
 
     /// Decides which part serves `name` for a call to `service` (`package.Service`).
     pub fn resolve(&self, name: &str, service: &str) -> Result<Route, GatewayError> {
-        let api = self
-            .service_api
-            .get(service)
-            .cloned()
-            .or_else(|| builtin_api_of_service(service));
-        self.resolve_api(name, api.as_deref())
+        self.resolve_within(name, service, &|_| true)
+    }
+
+    /// Like [`RouteTable::resolve`], considering for bare names only the parts `allowed`
+    /// accepts (a caller limited to some parts neither reaches nor learns of the others).
+    pub fn resolve_within(&self, name: &str, service: &str, allowed: &dyn Fn(usize) -> bool) -> Result<Route, GatewayError> {
+        let api = self.service_api.get(service).cloned().or_else(|| builtin_api_of_service(service));
+        self.resolve_in(name, api.as_deref(), allowed)
     }
 
     /// Decides which part serves `name` of the given API key (`None`: any API).
     pub fn resolve_api(&self, name: &str, api: Option<&str>) -> Result<Route, GatewayError> {
+        self.resolve_in(name, api, &|_| true)
+    }
+
+    fn resolve_in(&self, name: &str, api: Option<&str>, allowed: &dyn Fn(usize) -> bool) -> Result<Route, GatewayError> {
         if let Some((first, rest)) = split_first_remote(name)
             && let Some(&part) = self.part_index.get(first)
         {
@@ -195,7 +201,7 @@ impl RouteTable {
         if let Some(found) = self.names.get(name) {
             let matching: Vec<&Candidate> = found
                 .iter()
-                .filter(|c| api.is_none_or(|api| c.api == api))
+                .filter(|c| api.is_none_or(|api| c.api == api) && allowed(c.part))
                 .collect();
             if let Some(main) = matching.iter().find(|c| Some(c.part) == self.main) {
                 return Ok(Route {

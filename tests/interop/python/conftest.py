@@ -218,13 +218,15 @@ class Gateway:
 _RUNNING_GATEWAYS: Dict[str, List[Gateway]] = {}
 
 
-def _start_gateway(args: List[str], nodeid: str) -> Gateway:
+def _start_gateway(args: List[str], nodeid: str, env: Optional[Dict[str, str]] = None) -> Gateway:
     binary = partgate_bin()
     if not binary.exists():
         pytest.fail(f"partgate binary not found at {binary} (build it with `cargo build` or set PARTGATE_BIN)", pytrace=False)
+    extra_env = env or {}
     env = dict(os.environ)
     env["NO_COLOR"] = "1"
     env.setdefault("RUST_LOG", "info")
+    env.update(extra_env)
     proc = subprocess.Popen(
         [str(binary), *args],
         stdin=subprocess.DEVNULL,
@@ -414,3 +416,216 @@ def pytest_runtest_makereport(item, call):
             rep.sections.append((f"gateway #{i} stderr (last 200 lines)", gw.log(200) or "<empty>"))
         for p in _RUNNING_PARTS.get(item.nodeid, []):
             rep.sections.append((f"part {p.name} ({p.address}) gRPC calls received", "\n".join(p.calls_seen()) or "<none>"))
+
+
+# --------------------------------------------------------------------------------------------
+# Authentication and TLS (issue 3; docs/contracts.md "Authentication and TLS")
+# --------------------------------------------------------------------------------------------
+
+# A name that resolves nowhere: tests that need the SDK to *verify* the certificate map it to 127.0.0.1
+# in-process (see test_auth_tls.py), because the SDK never verifies localhost / 127.x (see README).
+AUTH_FQDN = "gateway.partgate.test"
+SERVER_SANS = ["DNS:localhost", "IP:127.0.0.1", f"DNS:{AUTH_FQDN}"]
+
+
+@dataclass
+class TLSCerts:
+    dir: Path
+    ca: Path  # the throwaway CA that signed `cert`
+    ca_key: Path
+    cert: Path  # server cert: SAN DNS:localhost, IP:127.0.0.1, DNS:gateway.partgate.test
+    key: Path
+    other_ca: Path  # an unrelated CA (for "verification really happens" tests)
+    other_ca_key: Path
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    res = subprocess.run(["openssl", *args], cwd=str(cwd), capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args)} failed ({res.returncode}):\n{res.stderr}")
+
+
+def make_ca(directory: Path, name: str) -> "tuple[Path, Path]":
+    """A self-signed CA (EC P-256). Returns (ca.pem, ca.key)."""
+    pem, key = directory / f"{name}.pem", directory / f"{name}.key"
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(pem), "-days", "2", "-subj", f"/CN=partgate interop {name}",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=directory,
+    )  # fmt: skip
+    return pem, key
+
+
+def issue_server_cert(directory: Path, name: str, ca: Path, ca_key: Path, sans=SERVER_SANS) -> "tuple[Path, Path]":
+    """A server cert (EC P-256, PKCS#8 key) for `sans`, signed by `ca`. Returns (cert.pem, key.pem)."""
+    cert, key, csr, ext = (directory / f"{name}{s}" for s in (".pem", ".key", ".csr", ".ext"))
+    ext.write_text(
+        f"subjectAltName={','.join(sans)}\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+    )
+    _openssl(
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost",
+        cwd=directory,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-out", str(cert), "-days", "2", "-extfile", str(ext),
+        cwd=directory,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory) -> TLSCerts:
+    """Throwaway CA + server cert for localhost/127.0.0.1 (generated with the openssl CLI), plus an unrelated CA."""
+    d = tmp_path_factory.mktemp("tls")
+    ca, ca_key = make_ca(d, "ca")
+    other_ca, other_ca_key = make_ca(d, "other-ca")
+    cert, key = issue_server_cert(d, "server", ca, ca_key)
+    return TLSCerts(dir=d, ca=ca, ca_key=ca_key, cert=cert, key=key, other_ca=other_ca, other_ca_key=other_ca_key)
+
+
+@dataclass
+class AuthConfig:
+    """The credentials the auth fleet's gateway accepts."""
+
+    old_secret: str = "old-location-secret-3f9a"
+    new_secret: str = "new-location-secret-7c21"
+    key_id: str = "0b7e4a52-6a55-4c8e-9d0f-2f4d2a7c1e01"  # api-key ids must be UUIDs for the Python SDK
+    key: str = "full-access-api-key-5d3b9e"
+    scoped_key_id: str = "6f1c9d3e-2b8a-4f7d-a1e5-9c4b7d2e8a10"
+    scoped_key: str = "sub1-only-api-key-8e2a4c"
+    scoped_parts: tuple = ("sub1",)
+    fqdn: str = AUTH_FQDN
+
+
+AUTH_FLEET_PARTS = ("main", "sub1", "sub2")
+
+
+def part_names(part: str) -> set:
+    """The gateway names of one FLEET_SPEC part's resources (main part: bare; others: `part:name`)."""
+    spec = FLEET_SPEC[part]
+    local = spec["motors"] + spec["sensors"] + spec["generics"]
+    return set(local) if part == "main" else {f"{part}:{n}" for n in local}
+
+
+def auth_fleet_names() -> set:
+    return set().union(*(part_names(p) for p in AUTH_FLEET_PARTS))
+
+
+def auth_gateway_config(parts: List[Part], certs: TLSCerts, auth: AuthConfig) -> dict:
+    config = {
+        "network": {
+            "bind_address": "127.0.0.1:0",
+            "fqdn": auth.fqdn,
+            "tls_cert_file": str(certs.cert),
+            "tls_key_file": str(certs.key),
+        },
+        "auth": {
+            "handlers": [
+                {"type": "robot-location-secret", "config": {"secrets": [auth.old_secret, auth.new_secret]}},
+                {"type": "api-key", "config": {auth.key_id: auth.key, auth.scoped_key_id: auth.scoped_key}},
+            ]
+        },
+        "remotes": [{"name": p.name, "address": p.address, "insecure": True} for p in parts],
+        "gateway": {"main_part": "main", "api_key_parts": {auth.scoped_key_id: list(auth.scoped_parts)}},
+    }
+    if not set(auth.scoped_parts) <= {p.name for p in parts}:  # api_key_parts must name configured remotes
+        del config["gateway"]["api_key_parts"]
+    return config
+
+
+@pytest.fixture
+def gateway_from_config(request, tmp_path):
+    """`make(config: dict, env=None) -> Gateway`: writes the config JSON as given and runs
+    `partgate run --config` (extra `env` entries are added to the gateway's environment)."""
+    started: List[Gateway] = []
+
+    def make(config: dict, env: Optional[Dict[str, str]] = None) -> Gateway:
+        path = tmp_path / f"partgate-cfg-{len(started)}.json"
+        path.write_text(json.dumps(config, indent=2))
+        gw = _start_gateway(["run", "--config", str(path)], request.node.nodeid, env=env)
+        gw.config_path = path
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        _stop_process(gw.proc)
+    _RUNNING_GATEWAYS.pop(request.node.nodeid, None)
+
+
+@dataclass
+class AuthFleet:
+    gateway: Gateway
+    parts: Dict[str, Part]
+    certs: TLSCerts
+    auth: AuthConfig
+
+    @property
+    def address(self) -> str:
+        return self.gateway.address
+
+    @property
+    def port(self) -> int:
+        return int(self.gateway.address.rsplit(":", 1)[1])
+
+    @property
+    def localhost(self) -> str:
+        return f"localhost:{self.port}"
+
+
+async def wait_until_listed_tls(address: str, secret: str, expected: set, deadline_s: float = 15.0) -> float:
+    """Like wait_until_listed, over TLS with a location secret (SDK dial: Authenticate, then bearer token)."""
+    import asyncio
+
+    from viam.proto.robot import ResourceNamesRequest, RobotServiceStub
+    from viam.rpc.dial import Credentials, dial
+
+    t0 = time.monotonic()
+    last: object = None
+    chan = None
+    try:
+        while time.monotonic() - t0 < deadline_s:
+            try:
+                if chan is None:
+                    opts = DialOptions(
+                        credentials=Credentials(type="robot-location-secret", payload=secret),
+                        disable_webrtc=True,
+                        timeout=3,
+                        initial_connection_attempts=1,
+                    )
+                    chan = await asyncio.wait_for(dial(address, opts), timeout=5)
+                resp = await RobotServiceStub(chan.channel).ResourceNames(ResourceNamesRequest(), timeout=2)
+                last = sorted(rn.name for rn in resp.resources)
+                if expected <= set(last):
+                    return time.monotonic() - t0
+            except Exception as e:  # noqa: BLE001
+                last = e
+                if chan is not None:
+                    chan.close()
+                    chan = None
+            await asyncio.sleep(0.2)
+    finally:
+        if chan is not None:
+            chan.close()
+    pytest.fail(
+        f"TLS+auth gateway {address} never listed {sorted(expected)} within {deadline_s}s "
+        f"(dialing with the location secret); last: {last!r}",
+        pytrace=False,
+    )
+
+
+@pytest_asyncio.fixture
+async def auth_fleet(part_factory, gateway_from_config, tls_certs) -> AuthFleet:
+    """Python SDK parts main, sub1, sub2 behind a gateway that speaks TLS only and requires auth:
+    robot-location-secret (two secrets: rotation), api-key (a full key and a key scoped to sub1).
+    Yielded once the gateway lists every part's resources to a location-secret client."""
+    auth = AuthConfig()
+    parts = {name: part_factory(name, **FLEET_SPEC[name]) for name in AUTH_FLEET_PARTS}
+    gw = gateway_from_config(auth_gateway_config(list(parts.values()), tls_certs, auth))
+    fleet = AuthFleet(gateway=gw, parts=parts, certs=tls_certs, auth=auth)
+    await wait_until_listed_tls(fleet.localhost, auth.new_secret, auth_fleet_names())
+    return fleet
