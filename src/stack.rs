@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use http::header::{self, HeaderName, HeaderValue};
-use http_body::Body as _;
 use tracing::{debug, info};
 
 use crate::body::{ReplayWatch, 

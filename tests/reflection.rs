@@ -3,7 +3,6 @@
 //! stall discovery.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[allow(unused_imports)]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -1,0 +1,1211 @@
+//! Gateway overhead benchmark: the same calls, in one run, sent directly to a part and through
+//! the gateway, reported as ratios (see `bench/README.md`).
+//!
+//! Three processes on one machine, all traffic on 127.0.0.1:
+//!
+//! ```text
+//! this bench (load generator, tonic clients)
+//!   ├── direct ───────────────────────────────► backend part (this binary re-executed with
+//!   └── via ──► gateway (`partgate run`) ──────►   PARTGATE_BENCH_ROLE=backend: a SimPart)
+//! ```
+//!
+//! Gateway and backend are separate processes so their CPU time can be read from
+//! `/proc/<pid>/stat` before and after each measured window.
+//!
+//! Environment: `PARTGATE_BENCH_SECS` (measured seconds per case and side, default 3),
+//! `PARTGATE_BENCH_ROUNDS` (default 1; medians over rounds), `PARTGATE_BENCH_QUICK=1` or the
+//! `--quick` argument (0.5 s per case; exits non-zero only on gross regressions or errors).
+
+use std::future::Future;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use partgate::demo::{PartSpec, SimPart};
+use partgate::proto::acme::component::counter::v1 as counter;
+use partgate::proto::viam::component::motor::v1 as motor;
+use partgate::proto::viam::component::testecho::v1 as echo;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Res<T> = Result<T, BoxError>;
+
+/// Set in the re-executed bench binary that plays the part.
+const ROLE_ENV: &str = "PARTGATE_BENCH_ROLE";
+/// The backend part's name in the gateway config: clients say `bench:motor1` through the gateway.
+const PART: &str = "bench";
+const MOTOR: &str = "motor1";
+const ECHO: &str = "echo1";
+const COUNTER: &str = "c1";
+
+/// Client connections per side (tasks are spread over them round-robin).
+const CONNECTIONS: usize = 4;
+/// Payload of the large unary case.
+const ECHO_BYTES: usize = 1 << 20;
+/// Messages per server-streaming call.
+const WATCH_COUNT: i32 = 100;
+/// Any single call or message wait longer than this is an error (and ends that task).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per-task bounds, so that no loop can run away whatever the clock does.
+const MAX_OPS_PER_TASK: u64 = 20_000_000;
+const MAX_SAMPLES_PER_TASK: usize = 1 << 20;
+const MAX_ERRORS_PER_TASK: u64 = 50;
+/// How long after its window a side's tasks may take to finish before they are aborted.
+const JOIN_GRACE: Duration = Duration::from_secs(CALL_TIMEOUT.as_secs() + 10);
+/// Quick-mode failure threshold for unary c=64 (via / direct calls per second).
+const QUICK_MIN_RATIO: f64 = 0.4;
+
+// ================================================================================================
+// Options
+// ================================================================================================
+
+#[derive(Debug, Clone)]
+struct Options {
+    quick: bool,
+    secs: f64,
+    warmup: f64,
+    rounds: usize,
+    /// Cases to run (`PARTGATE_BENCH_CASES=c1,c64,echo,watch,chat`; default all).
+    cases: Vec<Case>,
+}
+
+impl Options {
+    fn from_env() -> Self {
+        let quick = std::env::args().any(|a| a == "--quick")
+            || std::env::var("PARTGATE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let env_f64 = |key: &str| {
+            std::env::var(key)
+                .ok()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v > 0.0)
+        };
+        let secs = if quick {
+            0.5
+        } else {
+            env_f64("PARTGATE_BENCH_SECS").unwrap_or(3.0)
+        };
+        // Keep a single case bounded even if someone asks for hours.
+        let secs = secs.clamp(0.1, 600.0);
+        let rounds = if quick {
+            1
+        } else {
+            std::env::var("PARTGATE_BENCH_ROUNDS")
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(1)
+                .clamp(1, 25)
+        };
+        let warmup = if quick { 0.2 } else { 0.5 };
+        let cases = match std::env::var("PARTGATE_BENCH_CASES") {
+            Ok(list) if !quick && !list.trim().is_empty() => {
+                let wanted: Vec<&str> = list.split(',').map(str::trim).collect();
+                Case::ALL
+                    .into_iter()
+                    .filter(|c| wanted.contains(&c.key()))
+                    .collect()
+            }
+            _ => Case::ALL.to_vec(),
+        };
+        Self {
+            quick,
+            secs,
+            warmup,
+            rounds,
+            cases,
+        }
+    }
+
+    /// Generous upper bound on the whole run; the watchdog kills everything past it.
+    fn hard_limit(&self) -> Duration {
+        // Warm-up, window, and the longest a side may take to wind down (see `measure`).
+        let per_side = self.warmup + self.secs + JOIN_GRACE.as_secs_f64() + 1.0;
+        let planned = self.rounds as f64 * self.cases.len() as f64 * 2.0 * per_side;
+        Duration::from_secs_f64(planned + 120.0)
+    }
+}
+
+// ================================================================================================
+// Entry point
+// ================================================================================================
+
+fn main() -> ExitCode {
+    if std::env::var(ROLE_ENV).as_deref() == Ok("backend") {
+        return match backend() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench backend: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let opts = Options::from_env();
+    let procs = Procs::default();
+    start_watchdog(procs.clone(), opts.hard_limit());
+    let outcome = orchestrate(&opts, &procs);
+    procs.kill_all();
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+// ================================================================================================
+// The backend part (re-executed bench binary)
+// ================================================================================================
+
+/// Runs a simulated part until the parent closes our stdin (or dies).
+fn backend() -> Res<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let spec = PartSpec {
+            name: PART.into(),
+            motors: vec![MOTOR.into()],
+            echoes: vec![ECHO.into()],
+            counters: vec![COUNTER.into()],
+            ..Default::default()
+        };
+        let part = SimPart::start(spec, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "backend listening on {}", part.addr())?;
+            out.flush()?;
+        }
+        let (eof_tx, mut eof) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            let _ = eof_tx.send(());
+        });
+        // SimPart records every call in an unbounded Vec (for tests); empty it regularly so
+        // memory stays flat and no reallocation of a huge Vec lands inside a measurement.
+        let log = part.log().clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = &mut eof => break,
+                _ = tick.tick() => {
+                    if let Ok(mut calls) = log.calls.lock() {
+                        calls.clear();
+                    }
+                }
+            }
+        }
+        Ok::<(), BoxError>(())
+    })
+}
+
+// ================================================================================================
+// Child processes
+// ================================================================================================
+
+/// The processes this bench started; killed by PID at the end, on error, or by the watchdog.
+#[derive(Clone, Default)]
+struct Procs(Arc<Mutex<Vec<Child>>>);
+
+impl Procs {
+    fn add(&self, child: Child) -> u32 {
+        let pid = child.id();
+        if let Ok(mut list) = self.0.lock() {
+            list.push(child);
+        }
+        pid
+    }
+
+    fn kill_all(&self) {
+        if let Ok(mut list) = self.0.lock() {
+            // Newest first: the gateway goes before the part it is connected to.
+            for child in list.iter_mut().rev() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            list.clear();
+        }
+    }
+}
+
+fn start_watchdog(procs: Procs, limit: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!("bench: still running after {limit:?}; killing children and giving up");
+        procs.kill_all();
+        std::process::exit(3);
+    });
+}
+
+/// Spawns a thread that reads `reader` line by line, reports the first address after `marker`,
+/// and keeps draining (optionally echoing lines to stderr with `echo_prefix`).
+fn watch_lines(
+    reader: impl std::io::Read + Send + 'static,
+    marker: &'static str,
+    echo_prefix: Option<&'static str>,
+    echoed: Arc<AtomicU64>,
+) -> std::sync::mpsc::Receiver<SocketAddr> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut found = false;
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if !found
+                && let Some(addr) = line
+                    .split_once(marker)
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .and_then(|token| token.parse::<SocketAddr>().ok())
+            {
+                found = true;
+                let _ = tx.send(addr);
+                continue;
+            }
+            if let Some(prefix) = echo_prefix {
+                echoed.fetch_add(1, Ordering::Relaxed);
+                eprintln!("{prefix}{line}");
+            }
+        }
+    });
+    rx
+}
+
+fn spawn_backend(procs: &Procs) -> Res<(u32, SocketAddr)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .env(ROLE_ENV, "backend")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("backend has no stdout")?;
+    let pid = procs.add(child);
+    let addr = watch_lines(
+        stdout,
+        "backend listening on ",
+        None,
+        Arc::new(AtomicU64::new(0)),
+    )
+    .recv_timeout(Duration::from_secs(30))
+    .map_err(|_| "backend part did not report its address within 30 s")?;
+    Ok((pid, addr))
+}
+
+fn spawn_gateway(
+    procs: &Procs,
+    config: &PathBuf,
+    log_lines: Arc<AtomicU64>,
+) -> Res<(u32, SocketAddr)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_partgate"))
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        // warn everywhere; info only for the module that prints the one `listening on` line.
+        .env("PARTGATE_LOG", "warn,partgate::gateway=info")
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .envs(
+            // Experiments: the gateway's runtime size (tokio reads TOKIO_WORKER_THREADS).
+            std::env::var("PARTGATE_BENCH_GATEWAY_WORKERS")
+                .ok()
+                .map(|n| ("TOKIO_WORKER_THREADS", n)),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().ok_or("gateway has no stderr")?;
+    let pid = procs.add(child);
+    let addr = watch_lines(stderr, "listening on ", Some("[gateway] "), log_lines)
+        .recv_timeout(Duration::from_secs(30))
+        .map_err(|_| "gateway did not log `listening on ADDR` within 30 s")?;
+    Ok((pid, addr))
+}
+
+fn write_config(backend: SocketAddr) -> Res<PathBuf> {
+    let path = std::env::temp_dir().join(format!("partgate-bench-{}.json", std::process::id()));
+    let config = serde_json::json!({
+        "network": { "bind_address": "127.0.0.1:0" },
+        "remotes": [{
+            "name": PART,
+            "address": backend.to_string(),
+            "insecure": true,
+            "connection_check_interval": "10s",
+        }],
+        "gateway": {},
+    });
+    std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+    Ok(path)
+}
+
+// ================================================================================================
+// CPU accounting
+// ================================================================================================
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of a process (all threads, live and exited), in seconds.
+fn cpu_seconds(stat_path: &str, ticks: f64) -> Option<f64> {
+    let text = std::fs::read_to_string(stat_path).ok()?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let after = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks)
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    gateway: f64,
+    backend: f64,
+    loadgen: f64,
+    /// Whole machine: busy (user, nice, system, irq, softirq) and stolen by the hypervisor.
+    machine_busy: f64,
+    machine_steal: f64,
+}
+
+impl Cpu {
+    fn since(&self, before: &Cpu) -> Cpu {
+        Cpu {
+            gateway: self.gateway - before.gateway,
+            backend: self.backend - before.backend,
+            loadgen: self.loadgen - before.loadgen,
+            machine_busy: self.machine_busy - before.machine_busy,
+            machine_steal: self.machine_steal - before.machine_steal,
+        }
+    }
+
+    /// CPU seconds used by processes other than the three of the benchmark.
+    fn others(&self) -> f64 {
+        // Tick-based accounting makes small negative residues; they mean "nothing else ran".
+        (self.machine_busy - self.gateway - self.backend - self.loadgen).max(0.0)
+    }
+}
+
+/// (busy, steal) seconds of the whole machine from the first line of /proc/stat.
+fn machine_seconds(ticks: f64) -> Option<(f64, f64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().next()?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let at = |i: usize| v.get(i).copied().unwrap_or(0.0);
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6);
+    Some((busy / ticks, at(7) / ticks))
+}
+
+#[derive(Clone)]
+struct CpuProbe {
+    gateway: String,
+    backend: String,
+    ticks: f64,
+}
+
+impl CpuProbe {
+    fn read(&self) -> Cpu {
+        let machine = machine_seconds(self.ticks);
+        Cpu {
+            gateway: cpu_seconds(&self.gateway, self.ticks).unwrap_or(f64::NAN),
+            backend: cpu_seconds(&self.backend, self.ticks).unwrap_or(f64::NAN),
+            loadgen: cpu_seconds("/proc/self/stat", self.ticks).unwrap_or(f64::NAN),
+            machine_busy: machine.map_or(f64::NAN, |m| m.0),
+            machine_steal: machine.map_or(f64::NAN, |m| m.1),
+        }
+    }
+}
+
+// ================================================================================================
+// Cases
+// ================================================================================================
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Case {
+    UnaryC1,
+    UnaryC64,
+    Echo1M,
+    Watch,
+    Chat,
+}
+
+impl Case {
+    const ALL: [Case; 5] = [
+        Case::UnaryC1,
+        Case::UnaryC64,
+        Case::Echo1M,
+        Case::Watch,
+        Case::Chat,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Case::UnaryC1 => "unary small (Motor.IsPowered), c=1",
+            Case::UnaryC64 => "unary small (Motor.IsPowered), c=64 / 4 conns",
+            Case::Echo1M => "unary 1 MiB (TestEcho.Echo), c=4 / 4 conns",
+            Case::Watch => "server stream (Counter.Watch x100), c=16 / 4 conns",
+            Case::Chat => "bidi ping-pong (Counter.Chat), 64 streams / 4 conns",
+        }
+    }
+
+    /// Name in `PARTGATE_BENCH_CASES`.
+    fn key(self) -> &'static str {
+        match self {
+            Case::UnaryC1 => "c1",
+            Case::UnaryC64 => "c64",
+            Case::Echo1M => "echo",
+            Case::Watch => "watch",
+            Case::Chat => "chat",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Case::UnaryC1 => "unary c=1",
+            Case::UnaryC64 => "unary c=64",
+            Case::Echo1M => "echo 1 MiB c=4",
+            Case::Watch => "watch c=16",
+            Case::Chat => "chat 64",
+        }
+    }
+
+    /// Unit of the rate: calls or messages per second.
+    fn unit(self) -> &'static str {
+        match self {
+            Case::UnaryC1 | Case::UnaryC64 | Case::Echo1M => "calls/s",
+            Case::Watch | Case::Chat => "msgs/s",
+        }
+    }
+
+    fn tasks(self) -> usize {
+        match self {
+            Case::UnaryC1 => 1,
+            Case::UnaryC64 | Case::Chat => 64,
+            Case::Echo1M => 4,
+            Case::Watch => 16,
+        }
+    }
+}
+
+/// One side of the comparison: where the clients connect and how they name resources.
+struct Side {
+    via: bool,
+    channels: Vec<Channel>,
+    prefix: &'static str,
+}
+
+impl Side {
+    fn name(&self, resource: &str) -> String {
+        format!("{}{resource}", self.prefix)
+    }
+
+    fn label(&self) -> &'static str {
+        if self.via { "via gateway" } else { "direct" }
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Res<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .initial_stream_window_size(2 * 1024 * 1024)
+        .initial_connection_window_size(8 * 1024 * 1024)
+        .connect()
+        .await?)
+}
+
+async fn side(addr: SocketAddr, via: bool) -> Res<Side> {
+    let mut channels = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        channels.push(connect(addr).await?);
+    }
+    Ok(Side {
+        via,
+        channels,
+        prefix: if via { "bench:" } else { "" },
+    })
+}
+
+/// The measured part of a run: load starts before `start` (warm-up) and stops at `end`; only
+/// completions inside the window count.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Instant,
+    end: Instant,
+}
+
+impl Window {
+    fn contains(&self, t: Instant) -> bool {
+        t >= self.start && t <= self.end
+    }
+}
+
+#[derive(Debug, Default)]
+struct TaskStats {
+    ops: u64,
+    errors: u64,
+    first_error: Option<String>,
+    latencies_ns: Vec<u64>,
+}
+
+impl TaskStats {
+    fn done(&mut self, w: &Window, started: Option<Instant>, finished: Instant) {
+        if !w.contains(finished) {
+            return;
+        }
+        self.ops += 1;
+        if let Some(started) = started
+            && self.latencies_ns.len() < MAX_SAMPLES_PER_TASK
+        {
+            let ns = finished.saturating_duration_since(started).as_nanos();
+            self.latencies_ns
+                .push(u64::try_from(ns).unwrap_or(u64::MAX));
+        }
+    }
+
+    fn error(&mut self, what: impl Into<String>) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(what.into());
+        }
+    }
+
+    fn give_up(&self) -> bool {
+        self.errors >= MAX_ERRORS_PER_TASK
+    }
+
+    fn merge(&mut self, other: TaskStats) {
+        self.ops += other.ops;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.latencies_ns.extend(other.latencies_ns);
+    }
+}
+
+fn status_text(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+async fn unary_task(ch: Channel, name: String, w: Window) -> TaskStats {
+    let mut client = motor::motor_service_client::MotorServiceClient::new(ch);
+    let mut st = TaskStats::default();
+    for _ in 0..MAX_OPS_PER_TASK {
+        let started = Instant::now();
+        if started >= w.end || st.give_up() {
+            break;
+        }
+        let req = motor::IsPoweredRequest {
+            name: name.clone(),
+            extra: None,
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, client.is_powered(req)).await {
+            Ok(Ok(_)) => st.done(&w, Some(started), Instant::now()),
+            Ok(Err(status)) => st.error(status_text(&status)),
+            Err(_) => st.error("IsPowered timed out"),
+        }
+    }
+    st
+}
+
+async fn echo_task(ch: Channel, name: String, payload: Arc<String>, w: Window) -> TaskStats {
+    let mut client = echo::test_echo_service_client::TestEchoServiceClient::new(ch)
+        .max_decoding_message_size(4 * ECHO_BYTES)
+        .max_encoding_message_size(4 * ECHO_BYTES);
+    let mut st = TaskStats::default();
+    for _ in 0..MAX_OPS_PER_TASK {
+        let started = Instant::now();
+        if started >= w.end || st.give_up() {
+            break;
+        }
+        let req = echo::EchoRequest {
+            name: name.clone(),
+            message: String::clone(&payload),
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, client.echo(req)).await {
+            Ok(Ok(resp)) if resp.get_ref().message.len() == payload.len() => {
+                st.done(&w, Some(started), Instant::now());
+            }
+            Ok(Ok(resp)) => st.error(format!(
+                "echo returned {} bytes, sent {}",
+                resp.get_ref().message.len(),
+                payload.len()
+            )),
+            Ok(Err(status)) => st.error(status_text(&status)),
+            Err(_) => st.error("Echo timed out"),
+        }
+    }
+    st
+}
+
+async fn watch_task(ch: Channel, name: String, w: Window) -> TaskStats {
+    let mut client = counter::counter_service_client::CounterServiceClient::new(ch);
+    let mut st = TaskStats::default();
+    for _ in 0..MAX_OPS_PER_TASK {
+        if Instant::now() >= w.end || st.give_up() {
+            break;
+        }
+        let req = counter::WatchRequest {
+            name: name.clone(),
+            count: WATCH_COUNT,
+        };
+        let mut stream = match tokio::time::timeout(CALL_TIMEOUT, client.watch(req)).await {
+            Ok(Ok(resp)) => resp.into_inner(),
+            Ok(Err(status)) => {
+                st.error(status_text(&status));
+                continue;
+            }
+            Err(_) => {
+                st.error("Watch timed out");
+                continue;
+            }
+        };
+        let mut received = 0;
+        // At most WATCH_COUNT messages and the end of stream; anything beyond is an error.
+        for _ in 0..=WATCH_COUNT {
+            match tokio::time::timeout(CALL_TIMEOUT, stream.message()).await {
+                Ok(Ok(Some(_))) => {
+                    received += 1;
+                    st.done(&w, None, Instant::now());
+                }
+                Ok(Ok(None)) => break,
+                Ok(Err(status)) => {
+                    st.error(status_text(&status));
+                    break;
+                }
+                Err(_) => {
+                    st.error("Watch message timed out");
+                    break;
+                }
+            }
+        }
+        if received != WATCH_COUNT && st.first_error.is_none() {
+            st.error(format!(
+                "Watch returned {received} of {WATCH_COUNT} messages"
+            ));
+        }
+    }
+    st
+}
+
+async fn chat_task(ch: Channel, name: String, w: Window) -> TaskStats {
+    let mut client = counter::counter_service_client::CounterServiceClient::new(ch);
+    let mut st = TaskStats::default();
+    let message = || counter::ChatRequest {
+        name: name.clone(),
+        text: "ping".into(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    // The gateway routes a stream on its first message and tonic waits for response headers
+    // before handing back the stream: queue the first message before making the call.
+    if tx.send(message()).await.is_err() {
+        st.error("request stream closed");
+        return st;
+    }
+    let mut sent_at = Instant::now();
+    let call = client.chat(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut inbound = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(resp)) => resp.into_inner(),
+        Ok(Err(status)) => {
+            st.error(status_text(&status));
+            return st;
+        }
+        Err(_) => {
+            st.error("Chat did not start");
+            return st;
+        }
+    };
+    for _ in 0..MAX_OPS_PER_TASK {
+        match tokio::time::timeout(CALL_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(_))) => st.done(&w, Some(sent_at), Instant::now()),
+            Ok(Ok(None)) => {
+                st.error("Chat ended before the client half-closed");
+                break;
+            }
+            Ok(Err(status)) => {
+                st.error(status_text(&status));
+                break;
+            }
+            Err(_) => {
+                st.error("Chat reply timed out");
+                break;
+            }
+        }
+        sent_at = Instant::now();
+        if sent_at >= w.end {
+            break;
+        }
+        if tx.send(message()).await.is_err() {
+            st.error("request stream closed");
+            break;
+        }
+    }
+    // Half-close and let the stream end cleanly (bounded in time and count).
+    drop(tx);
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        for _ in 0..16 {
+            match inbound.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(()),
+                Err(status) => return Err(status_text(&status)),
+            }
+        }
+        Err("Chat kept sending after half-close".to_owned())
+    })
+    .await;
+    match drained {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => st.error(e),
+        Err(_) => st.error("Chat did not end after half-close"),
+    }
+    st
+}
+
+fn spawn_tasks<F, Fut>(n: usize, mut make: F) -> Vec<JoinHandle<TaskStats>>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = TaskStats> + Send + 'static,
+{
+    (0..n).map(|i| tokio::spawn(make(i))).collect()
+}
+
+/// Result of one case on one side in one round.
+#[derive(Debug, Clone)]
+struct Sample {
+    rate: f64,
+    ops: u64,
+    errors: u64,
+    first_error: Option<String>,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    cpu: Cpu,
+    /// Length of the measured window.
+    seconds: f64,
+}
+
+impl Sample {
+    /// CPU microseconds per operation.
+    fn per_op(&self, seconds: f64) -> f64 {
+        if self.ops == 0 {
+            f64::NAN
+        } else {
+            seconds * 1e6 / self.ops as f64
+        }
+    }
+}
+
+fn percentile_us(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 * q) as usize).min(sorted.len() - 1);
+    sorted[idx] as f64 / 1000.0
+}
+
+async fn measure(
+    case: Case,
+    side: &Side,
+    opts: &Options,
+    probe: &CpuProbe,
+    payload: &Arc<String>,
+) -> Sample {
+    let now = Instant::now();
+    let start = now + Duration::from_secs_f64(opts.warmup);
+    let w = Window {
+        start,
+        end: start + Duration::from_secs_f64(opts.secs),
+    };
+    let ch = |i: usize| side.channels[i % side.channels.len()].clone();
+    let handles = match case {
+        Case::UnaryC1 | Case::UnaryC64 => {
+            spawn_tasks(case.tasks(), |i| unary_task(ch(i), side.name(MOTOR), w))
+        }
+        Case::Echo1M => spawn_tasks(case.tasks(), |i| {
+            echo_task(ch(i), side.name(ECHO), payload.clone(), w)
+        }),
+        Case::Watch => spawn_tasks(case.tasks(), |i| watch_task(ch(i), side.name(COUNTER), w)),
+        Case::Chat => spawn_tasks(case.tasks(), |i| chat_task(ch(i), side.name(COUNTER), w)),
+    };
+    tokio::time::sleep_until(w.start).await;
+    let before = probe.read();
+    tokio::time::sleep_until(w.end).await;
+    let after = probe.read();
+
+    let mut total = TaskStats::default();
+    let join_limit = Instant::now() + JOIN_GRACE;
+    for handle in handles {
+        let abort = handle.abort_handle();
+        match tokio::time::timeout_at(join_limit, handle).await {
+            Ok(Ok(stats)) => total.merge(stats),
+            Ok(Err(e)) => total.error(format!("load task failed: {e}")),
+            Err(_) => {
+                abort.abort();
+                total.error("load task did not stop in time");
+            }
+        }
+    }
+    total.latencies_ns.sort_unstable();
+    let seconds = (w.end - w.start).as_secs_f64();
+    Sample {
+        rate: total.ops as f64 / seconds,
+        ops: total.ops,
+        errors: total.errors,
+        first_error: total.first_error,
+        p50_us: percentile_us(&total.latencies_ns, 0.50),
+        p99_us: percentile_us(&total.latencies_ns, 0.99),
+        p999_us: percentile_us(&total.latencies_ns, 0.999),
+        cpu: after.since(&before),
+        seconds,
+    }
+}
+
+/// Calls IsPowered until it answers (bounded), so that both paths are known to work.
+async fn wait_ready(side: &Side) -> Res<()> {
+    let mut client = motor::motor_service_client::MotorServiceClient::new(side.channels[0].clone());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = String::new();
+    for _ in 0..1000 {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let req = motor::IsPoweredRequest {
+            name: side.name(MOTOR),
+            extra: None,
+        };
+        match tokio::time::timeout(Duration::from_secs(2), client.is_powered(req)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(status)) => last = status_text(&status),
+            Err(_) => last = "timed out".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("{} path never answered IsPowered: {last}", side.label()).into())
+}
+
+// ================================================================================================
+// Orchestration and report
+// ================================================================================================
+
+fn orchestrate(opts: &Options, procs: &Procs) -> Res<bool> {
+    if opts.cases.is_empty() {
+        return Err("PARTGATE_BENCH_CASES names no known case (c1,c64,echo,watch,chat)".into());
+    }
+    let (backend_pid, backend_addr) = spawn_backend(procs)?;
+    let config = write_config(backend_addr)?;
+    let gateway_log_lines = Arc::new(AtomicU64::new(0));
+    let started = spawn_gateway(procs, &config, gateway_log_lines.clone());
+    let _ = std::fs::remove_file(&config);
+    let (gateway_pid, gateway_addr) = started?;
+    eprintln!(
+        "bench: backend part pid {backend_pid} on {backend_addr}, gateway pid {gateway_pid} on \
+         {gateway_addr}; {} s per case and side after {} s warm-up, {} round(s){}",
+        opts.secs,
+        opts.warmup,
+        opts.rounds,
+        if opts.quick { " (quick)" } else { "" }
+    );
+    let probe = CpuProbe {
+        gateway: format!("/proc/{gateway_pid}/stat"),
+        backend: format!("/proc/{backend_pid}/stat"),
+        ticks: clock_ticks(),
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let results = runtime.block_on(async {
+        let direct = side(backend_addr, false).await?;
+        let via = side(gateway_addr, true).await?;
+        wait_ready(&direct).await?;
+        wait_ready(&via).await?;
+        let payload = Arc::new("x".repeat(ECHO_BYTES));
+        // results[case][round] = (direct, via), cases in `opts.cases` order
+        let mut results: Vec<Vec<(Sample, Sample)>> = vec![Vec::new(); opts.cases.len()];
+        for round in 0..opts.rounds {
+            for (ci, case) in opts.cases.iter().copied().enumerate() {
+                let order: [&Side; 2] = if round % 2 == 0 {
+                    [&direct, &via]
+                } else {
+                    [&via, &direct]
+                };
+                let mut pair = Vec::with_capacity(2);
+                for s in order {
+                    let sample = measure(case, s, opts, &probe, &payload).await;
+                    eprintln!(
+                        "bench: round {} {:<16} {:<12} {:>10.0} {}  p50 {:>9}  p99 {:>9}  errors {}  other load {:.2} cores",
+                        round + 1,
+                        case.short(),
+                        s.label(),
+                        sample.rate,
+                        case.unit(),
+                        us(sample.p50_us),
+                        us(sample.p99_us),
+                        sample.errors,
+                        sample.cpu.others() / sample.seconds
+                    );
+                    pair.push((s.via, sample));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let mut d = None;
+                let mut v = None;
+                for (is_via, sample) in pair {
+                    if is_via {
+                        v = Some(sample);
+                    } else {
+                        d = Some(sample);
+                    }
+                }
+                if let (Some(d), Some(v)) = (d, v) {
+                    results[ci].push((d, v));
+                }
+            }
+        }
+        Ok::<_, BoxError>(results)
+    })?;
+    // Client connections close with the runtime before the children are killed.
+    drop(runtime);
+
+    let gateway_lines = gateway_log_lines.load(Ordering::Relaxed);
+    Ok(report(opts, &results, gateway_lines))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| !v.is_nan());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// Medians over rounds of one side's numbers.
+struct Summary {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    gw_cpu: f64,
+    be_cpu: f64,
+    lg_cpu: f64,
+    /// Worst CPU (in cores) used by other processes, and stolen, during any round's window.
+    other_cores: f64,
+    steal_cores: f64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+fn summarize<'a>(samples: impl Iterator<Item = &'a Sample> + Clone) -> Summary {
+    let pick = |f: fn(&Sample) -> f64| median(samples.clone().map(f).collect());
+    Summary {
+        rate: pick(|s| s.rate),
+        p50: pick(|s| s.p50_us),
+        p99: pick(|s| s.p99_us),
+        p999: pick(|s| s.p999_us),
+        gw_cpu: pick(|s| s.per_op(s.cpu.gateway)),
+        be_cpu: pick(|s| s.per_op(s.cpu.backend)),
+        lg_cpu: pick(|s| s.per_op(s.cpu.loadgen)),
+        other_cores: samples
+            .clone()
+            .map(|s| s.cpu.others() / s.seconds)
+            .fold(f64::NAN, f64::max),
+        steal_cores: samples
+            .clone()
+            .map(|s| s.cpu.machine_steal / s.seconds)
+            .fold(f64::NAN, f64::max),
+        errors: samples.clone().map(|s| s.errors).sum(),
+        first_error: samples.clone().find_map(|s| s.first_error.clone()),
+    }
+}
+
+fn thousands(v: f64) -> String {
+    if !v.is_finite() {
+        return "n/a".into();
+    }
+    let n = v.round() as u64;
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn us(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.0} µs")
+    } else {
+        "n/a".into()
+    }
+}
+
+fn signed_us(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:+.0} µs")
+    } else {
+        "n/a".into()
+    }
+}
+
+fn cpu_us(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.1}")
+    } else {
+        "n/a".into()
+    }
+}
+
+/// Prints the tables; returns false only for quick-mode gross regressions or any error.
+fn report(opts: &Options, results: &[Vec<(Sample, Sample)>], gateway_log_lines: u64) -> bool {
+    let mut out = String::new();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    out.push_str(&format!(
+        "\npartgate gateway benchmark: {} s per case and side, {} round(s), {} cores shared by \
+         load generator, gateway and part{}\n\n",
+        opts.secs,
+        opts.rounds,
+        cores,
+        if opts.quick { ", quick mode" } else { "" }
+    ));
+    out.push_str(
+        "| case | direct | via gateway | ratio | added p50 | added p99 | gateway CPU µs/call |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|---|\n");
+    let mut details = String::new();
+    details.push_str(
+        "| case | path | rate | p50 | p99 | p99.9 | errors | gateway CPU µs/op | part CPU µs/op \
+         | load-gen CPU µs/op | other load (cores) |\n",
+    );
+    details.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut busiest_other: f64 = 0.0;
+    let mut busiest_steal: f64 = 0.0;
+
+    let mut errors = 0;
+    let mut failures: Vec<String> = Vec::new();
+    for (case, rounds) in opts.cases.iter().copied().zip(results) {
+        let d = summarize(rounds.iter().map(|(d, _)| d));
+        let v = summarize(rounds.iter().map(|(_, v)| v));
+        let ratio = median(rounds.iter().map(|(d, v)| v.rate / d.rate).collect());
+        let rate = |s: &Summary| {
+            if case == Case::UnaryC1 {
+                format!(
+                    "{} {} (p50 {}, p99 {}, p99.9 {})",
+                    thousands(s.rate),
+                    case.unit(),
+                    us(s.p50),
+                    us(s.p99),
+                    us(s.p999)
+                )
+            } else {
+                format!("{} {}", thousands(s.rate), case.unit())
+            }
+        };
+        let (added50, added99) = if case == Case::UnaryC1 {
+            (signed_us(v.p50 - d.p50), signed_us(v.p99 - d.p99))
+        } else {
+            ("–".to_owned(), "–".to_owned())
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.2}x | {} | {} | {} |\n",
+            case.label(),
+            rate(&d),
+            rate(&v),
+            ratio,
+            added50,
+            added99,
+            cpu_us(v.gw_cpu)
+        ));
+        for (path, s) in [("direct", &d), ("via gateway", &v)] {
+            details.push_str(&format!(
+                "| {} | {} | {} {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |\n",
+                case.short(),
+                path,
+                thousands(s.rate),
+                case.unit(),
+                us(s.p50),
+                us(s.p99),
+                us(s.p999),
+                s.errors,
+                cpu_us(s.gw_cpu),
+                cpu_us(s.be_cpu),
+                cpu_us(s.lg_cpu),
+                s.other_cores
+            ));
+            busiest_other = busiest_other.max(s.other_cores);
+            busiest_steal = busiest_steal.max(s.steal_cores);
+            if s.errors > 0 {
+                errors += s.errors;
+                failures.push(format!(
+                    "{} {}: {} error(s), first: {}",
+                    case.short(),
+                    path,
+                    s.errors,
+                    s.first_error.as_deref().unwrap_or("?")
+                ));
+            }
+        }
+        if case == Case::UnaryC64 && (ratio.is_nan() || ratio < QUICK_MIN_RATIO) {
+            failures.push(format!(
+                "unary c=64 through the gateway is {ratio:.2}x direct (gross regression below \
+                 {QUICK_MIN_RATIO}x)"
+            ));
+        }
+    }
+    out.push_str(
+        "\nPer path (medians over rounds; CPU from /proc/<pid>/stat during the window):\n\n",
+    );
+    out.push_str(&details);
+    if busiest_other > 0.2 || busiest_steal > 0.1 {
+        out.push_str(&format!(
+            "\nWARNING: other processes used up to {busiest_other:.2} cores (hypervisor steal up to \
+             {busiest_steal:.2}) during a measured window; the numbers above are distorted. Re-run on \
+             an idle machine.\n"
+        ));
+    }
+    if gateway_log_lines > 0 {
+        out.push_str(&format!(
+            "\nThe gateway logged {gateway_log_lines} line(s) at warn or above (echoed to stderr).\n"
+        ));
+    }
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+
+    for f in &failures {
+        eprintln!("bench: {f}");
+    }
+    if opts.quick {
+        if failures.is_empty() {
+            eprintln!("bench: quick check passed");
+        } else {
+            eprintln!("bench: quick check FAILED");
+        }
+        failures.is_empty()
+    } else {
+        // A full run reports; it fails only if calls failed, never on speed.
+        errors == 0
+    }
+}
