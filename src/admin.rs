@@ -54,6 +54,8 @@ pub struct Admin {
     pool: Arc<Pool>,
     phase: AtomicU8,
     all_parts_required: AtomicBool,
+    /// With client auth on, `/statusz` (part addresses, errors) stays off the main port.
+    status_on_main_port: bool,
     started: Instant,
     last_reload: Mutex<Option<ReloadStatus>>,
     samples: Mutex<VecDeque<Sample>>,
@@ -88,6 +90,7 @@ impl Admin {
             pool,
             phase: AtomicU8::new(Phase::Starting as u8),
             all_parts_required: AtomicBool::new(settings.ready_requires_all_parts),
+            status_on_main_port: settings.auth.is_none(),
             started: Instant::now(),
             last_reload: Mutex::new(None),
             samples: Mutex::new(VecDeque::new()),
@@ -121,10 +124,27 @@ impl Admin {
         }
     }
 
-    /// Serves one plain HTTP request (anything that is not gRPC or gRPC-Web).
+    /// Serves one plain HTTP request that arrived on the main port (anything that is not gRPC
+    /// or gRPC-Web): as [`Admin::serve`], except that with client authentication on, `/statusz`
+    /// (which shows part addresses) is only served on `gateway.admin_address`.
+    pub fn serve_main<B>(&self, req: &http::Request<B>) -> http::Response<Body> {
+        if req.uri().path() == "/statusz" && !self.status_on_main_port {
+            return text(
+                StatusCode::NOT_FOUND,
+                "/statusz is served on gateway.admin_address when client authentication is on\n"
+                    .into(),
+            );
+        }
+        self.serve(req)
+    }
+
+    /// Serves one plain HTTP request on the operations port.
     pub fn serve<B>(&self, req: &http::Request<B>) -> http::Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n".into());
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET is served here\n".into(),
+            );
         }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
@@ -160,7 +180,10 @@ impl Admin {
                 .any(|kv| matches!(kv, "all_parts=1" | "all_parts=true" | "all_parts"));
         match self.unready_reason(all_parts) {
             None => text(StatusCode::OK, "ready\n".into()),
-            Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+            Some(reason) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {reason}\n"),
+            ),
         }
     }
 
@@ -178,10 +201,11 @@ impl Admin {
             .pool
             .parts()
             .iter()
-            .filter(|p| p.state() != PartState::Connected)
+            .filter(|p| !healthy(p))
             .map(|p| p.name().to_owned())
             .collect();
-        (!down.is_empty()).then(|| format!("parts not connected: {}", down.join(", ")))
+        (!down.is_empty())
+            .then(|| format!("parts not connected or not answering: {}", down.join(", ")))
     }
 
     /// Takes one sample of every part's call totals (every [`SAMPLE_INTERVAL`]).
@@ -213,8 +237,13 @@ impl Admin {
             .lock()
             .ok()
             .and_then(|s| {
-                let oldest = s.iter().find(|s| s.at.elapsed() <= RATE_WINDOW + SAMPLE_INTERVAL)?;
-                Some((oldest.at, oldest.totals.get(part.name()).copied().unwrap_or((0, 0))))
+                let oldest = s
+                    .iter()
+                    .find(|s| s.at.elapsed() <= RATE_WINDOW + SAMPLE_INTERVAL)?;
+                Some((
+                    oldest.at,
+                    oldest.totals.get(part.name()).copied().unwrap_or((0, 0)),
+                ))
             })
             .unwrap_or((self.started, (0, 0)));
         let seconds = since.elapsed().as_secs_f64().max(1.0);
@@ -224,7 +253,11 @@ impl Admin {
 
     fn statusz(&self) -> http::Response<Body> {
         let snapshot = self.pool.snapshot();
-        let parts: Vec<Value> = snapshot.parts().iter().map(|p| self.part_status(p)).collect();
+        let parts: Vec<Value> = snapshot
+            .parts()
+            .iter()
+            .map(|p| self.part_status(p))
+            .collect();
         let reload = self.last_reload.lock().ok().and_then(|r| r.clone());
         let body = json!({
             "version": env!("CARGO_PKG_VERSION"),
@@ -263,6 +296,7 @@ impl Admin {
             "main": part.spec.main,
             "prefix": part.spec.prefix,
             "state": part.state().as_str(),
+            "healthy": healthy(part),
             "last_error": part.last_error(),
             "resources": reported.as_ref().map(|r| r.resources.len()),
             "refresh_age_seconds": part.refresh_age().map(|a| a.as_secs_f64()),
@@ -273,6 +307,11 @@ impl Admin {
             "errors_per_second": round3(error_rate),
         })
     }
+}
+
+/// Connected, and its last check answered (a part that accepts connections but hangs is not).
+fn healthy(part: &Part) -> bool {
+    part.state() == PartState::Connected && part.last_error().is_none()
 }
 
 fn totals(part: &Part) -> (u64, u64) {

@@ -14,7 +14,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::Sleep;
@@ -76,7 +75,22 @@ pub async fn read_first_message(
                     // Common case: one read holds the whole first message; no copy.
                     return split_whole(data).map(Some);
                 }
-                Ok(data) => buf.extend_from_slice(&data),
+                Ok(data) => {
+                    // Size the buffer for the whole message as soon as its length is known,
+                    // so a large message is copied once instead of regrown read by read.
+                    if buf.is_empty()
+                        && let Some(header) = FrameHeader::parse(&data)
+                        && header.len <= limit
+                    {
+                        buf.reserve(HEADER_LEN + header.len);
+                    }
+                    buf.extend_from_slice(&data);
+                    if let Some(header) = FrameHeader::parse(&buf)
+                        && header.len <= limit
+                    {
+                        buf.reserve((HEADER_LEN + header.len).saturating_sub(buf.len()));
+                    }
+                }
                 Err(frame) => trailers = frame.into_trailers().ok(),
             },
             Some(Err(status)) => {
@@ -305,7 +319,7 @@ impl http_body::Body for ForwardBody {
 /// call ends, ends the call with DEADLINE_EXCEEDED when the client's deadline passes, and turns
 /// a connection lost mid-call into an UNAVAILABLE status instead of a bare stream reset.
 pub struct ResponseBody {
-    inner: Incoming,
+    inner: PartBody,
     deadline: Option<Pin<Box<Sleep>>>,
     part: Arc<str>,
     done: bool,
@@ -325,7 +339,7 @@ pub struct MeteredBody {
 impl ResponseBody {
     /// Wraps a part's response body.
     pub fn new(
-        inner: Incoming,
+        inner: PartBody,
         permit: OwnedSemaphorePermit,
         deadline: Option<Pin<Box<Sleep>>>,
         part: Arc<str>,
@@ -365,7 +379,7 @@ impl ResponseBody {
         &mut self,
         code: tonic::Code,
         message: &str,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         self.done = true;
         let mut trailers = HeaderMap::with_capacity(2);
         trailers.insert("grpc-status", HeaderValue::from(code as i32));
@@ -378,7 +392,7 @@ impl ResponseBody {
 
 impl http_body::Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = h2::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -429,6 +443,68 @@ impl http_body::Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A part's response body straight off its h2 stream: data as it arrives, then trailers.
+/// Flow-control capacity is released as each chunk is handed on, so the part is held back
+/// exactly as fast as the client reads (the client side only polls when it can write).
+pub struct PartBody {
+    recv: h2::RecvStream,
+    data_done: bool,
+    done: bool,
+}
+
+impl PartBody {
+    /// Wraps the receiving half of a part's stream.
+    pub fn new(recv: h2::RecvStream) -> Self {
+        Self {
+            recv,
+            data_done: false,
+            done: false,
+        }
+    }
+}
+
+impl http_body::Body for PartBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                // RST_STREAM(NO_ERROR) after a complete response ends the body without failing
+                // it (RFC 9113 section 8.1), as hyper treats it.
+                Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => this.data_done = true,
+            }
+        }
+        let trailers = ready!(this.recv.poll_trailers(cx));
+        this.done = true;
+        match trailers {
+            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
+            Err(e) if e.reason() == Some(h2::Reason::NO_ERROR) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.recv.is_end_stream()
     }
 }
 

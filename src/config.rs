@@ -179,6 +179,11 @@ pub struct GatewaySettings {
     /// PEM CA bundle for verifying TLS parts, instead of the system roots.
     #[serde(default)]
     pub parts_ca_file: Option<String>,
+    /// Async runtime worker threads (read at start, not reloaded); absent: tokio's default
+    /// (one per core, or `TOKIO_WORKER_THREADS`). Fewer workers mean fewer cross-thread
+    /// wake-ups per call, which matters most when the gateway shares a small machine.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
 }
 
 /// A validated part, with durations parsed. Equal specs mean a reload keeps the connection.
@@ -255,6 +260,8 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     /// PEM CA bundle for TLS parts; `None`: system roots.
     pub parts_ca_pem: Option<Vec<u8>>,
+    /// Runtime worker threads; `None`: tokio's default. Only read at start.
+    pub worker_threads: Option<usize>,
 }
 
 fn default_bind() -> String {
@@ -311,6 +318,7 @@ impl Default for GatewaySettings {
             token_lifetime: None,
             signing_key_file: None,
             parts_ca_file: None,
+            worker_threads: None,
         }
     }
 }
@@ -468,6 +476,12 @@ impl Config {
                 "must be greater than zero".into(),
             );
         }
+        if g.worker_threads == Some(0) {
+            problem(
+                "gateway.worker_threads".into(),
+                "must be at least 1 (or absent for one per core)".into(),
+            );
+        }
         if g.max_message_size < 1024 {
             problem(
                 "gateway.max_message_size".into(),
@@ -492,6 +506,7 @@ impl Config {
                 auth,
                 tls,
                 parts_ca_pem,
+                worker_threads: g.worker_threads,
             }),
             _ => Err(ConfigError::Invalid(problems)),
         }

@@ -56,6 +56,18 @@ pub struct PartSpec {
     /// When set, the part requires a token obtained with this location secret, like a
     /// viam-server with an `auth` block.
     pub secret: Option<String>,
+    /// Answer `StartSession` with UNIMPLEMENTED, like a part without session support.
+    pub no_sessions: bool,
+    /// The heartbeat window the part grants (default 2 s, viam-server's).
+    pub session_window: Option<Duration>,
+}
+
+/// A session a simulated part granted: the motors driven under it are stopped when it expires.
+#[derive(Debug, Clone)]
+pub struct SimSession {
+    deadline: tokio::time::Instant,
+    /// Motors moved by safety-monitored calls carrying this session's id.
+    pub motors: std::collections::BTreeSet<String>,
 }
 
 /// A simulated motor's state.
@@ -82,6 +94,9 @@ pub struct PartLog {
     pub tokens: Mutex<Vec<String>>,
     /// Calls rejected for a missing or unknown token.
     pub rejected: std::sync::atomic::AtomicUsize,
+    /// Live sessions by id. An expired session's motors are stopped and logged in `calls` as
+    /// ("SessionStop", motor), set apart from ("Stop", motor) calls received over gRPC.
+    pub sessions: Mutex<HashMap<String, SimSession>>,
 }
 
 impl PartLog {
@@ -109,6 +124,34 @@ impl PartLog {
     pub fn motor(&self, name: &str) -> Option<MotorState> {
         self.motors.lock().ok().and_then(|m| m.get(name).copied())
     }
+
+    /// The ids of the sessions this part holds.
+    pub fn session_ids(&self) -> Vec<String> {
+        self.sessions.lock().map(|s| s.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    fn session_deadline(&self, id: &str) -> Option<tokio::time::Instant> {
+        self.sessions.lock().ok()?.get(id).map(|s| s.deadline)
+    }
+
+    /// Expires the session if its deadline has passed: stops its motors like viam-server does.
+    fn expire_if_due(&self, id: &str) -> bool {
+        let Ok(mut sessions) = self.sessions.lock() else { return true };
+        if sessions.get(id).is_some_and(|s| s.deadline > tokio::time::Instant::now()) {
+            return false;
+        }
+        let Some(session) = sessions.remove(id) else { return true };
+        drop(sessions);
+        for motor in session.motors {
+            if let Ok(mut motors) = self.motors.lock() {
+                motors.entry(motor.clone()).or_default().power = 0.0;
+            }
+            if let Ok(mut calls) = self.calls.lock() {
+                calls.push(("SessionStop".into(), motor));
+            }
+        }
+        true
+    }
 }
 
 /// The service implementation shared by every API of one part.
@@ -116,6 +159,8 @@ impl PartLog {
 struct Sim {
     spec: Arc<PartSpec>,
     log: Arc<PartLog>,
+    /// Turns true when the part is killed (its session watchdogs end with it).
+    stopped: watch::Receiver<bool>,
 }
 
 /// A running simulated part.
@@ -149,13 +194,18 @@ impl SimPart {
                 motors.entry(m.clone()).or_default();
             }
         }
+        // A (re)started part remembers no sessions, like a restarted viam-server.
+        if let Ok(mut sessions) = log.sessions.lock() {
+            sessions.clear();
+        }
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let (stop, mut stopped) = watch::channel(false);
         let sim = Sim {
             spec: Arc::new(spec.clone()),
             log: log.clone(),
+            stopped: stopped.clone(),
         };
-        let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let builder = crate::listener::http_builder();
             let mut conns = JoinSet::new();
@@ -303,6 +353,37 @@ impl Sim {
         }
     }
 
+    /// Honours `viam-sid` on a safety-monitored motor call like viam-server: absent is fine, an
+    /// unknown or expired id is SESSION_EXPIRED, a live one now monitors the motor.
+    fn monitor<T>(&self, req: &Request<T>, motor: &str) -> Result<bool, Status> {
+        let Some(value) = req.metadata().get(crate::session::SESSION_HEADER) else { return Ok(false) };
+        let expired = || Status::invalid_argument("SESSION_EXPIRED");
+        let id = value.to_str().map_err(|_| expired())?;
+        let mut sessions = self.log.sessions.lock().map_err(|_| Status::internal("poisoned"))?;
+        let session = sessions.get_mut(id).filter(|s| s.deadline > tokio::time::Instant::now()).ok_or_else(expired)?;
+        if self.spec.motors.iter().any(|m| m == motor) {
+            session.motors.insert(motor.to_owned());
+        }
+        Ok(true)
+    }
+
+    /// Expires a session once its heartbeats stop (ends with the part).
+    fn watch_session(&self, id: String) {
+        let log = self.log.clone();
+        let mut stopped = self.stopped.clone();
+        tokio::spawn(async move {
+            while let Some(deadline) = log.session_deadline(&id) {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+                if log.expire_if_due(&id) {
+                    return;
+                }
+            }
+        });
+    }
+
     fn has(list: &[String], name: &str, kind: &str) -> Result<(), Status> {
         if list.iter().any(|n| n == name) {
             Ok(())
@@ -357,6 +438,16 @@ impl Sim {
             })
             .collect()
     }
+}
+
+/// A monitored call's answer; names the motor in `viam-smrn` when a session monitors it.
+fn monitored_reply<T>(msg: T, motor: &str, monitored: bool) -> Response<T> {
+    let mut resp = Response::new(msg);
+    let value = format!("rdk:component:motor/{motor}");
+    if let (true, Ok(value)) = (monitored, tonic::metadata::MetadataValue::try_from(value)) {
+        resp.metadata_mut().insert(crate::session::MONITORED_HEADER, value);
+    }
+    resp
 }
 
 fn string_value(s: &str) -> Value {
@@ -492,6 +583,50 @@ impl robot::robot_service_server::RobotService for Sim {
         }))
     }
 
+    async fn start_session(
+        &self,
+        req: Request<robot::StartSessionRequest>,
+    ) -> Result<Response<robot::StartSessionResponse>, Status> {
+        if self.spec.no_sessions {
+            return Err(Status::unimplemented("this part has no sessions"));
+        }
+        let window = self.spec.session_window.unwrap_or(Duration::from_secs(2));
+        let deadline = tokio::time::Instant::now() + window;
+        let resume = req.into_inner().resume;
+        let mut sessions = self.log.sessions.lock().map_err(|_| Status::internal("poisoned"))?;
+        let id = match sessions.get_mut(&resume) {
+            Some(session) if session.deadline > tokio::time::Instant::now() => {
+                session.deadline = deadline;
+                resume
+            }
+            _ => {
+                let id = uuid::Uuid::new_v4().to_string();
+                let session = SimSession { deadline, motors: Default::default() };
+                sessions.insert(id.clone(), session);
+                self.watch_session(id.clone());
+                id
+            }
+        };
+        Ok(Response::new(robot::StartSessionResponse {
+            id,
+            heartbeat_window: prost_types::Duration::try_from(window).ok(),
+        }))
+    }
+
+    async fn send_session_heartbeat(
+        &self,
+        req: Request<robot::SendSessionHeartbeatRequest>,
+    ) -> Result<Response<robot::SendSessionHeartbeatResponse>, Status> {
+        let window = self.spec.session_window.unwrap_or(Duration::from_secs(2));
+        let now = tokio::time::Instant::now();
+        let mut sessions = self.log.sessions.lock().map_err(|_| Status::internal("poisoned"))?;
+        match sessions.get_mut(&req.get_ref().id) {
+            Some(session) if session.deadline > now => session.deadline = now + window,
+            _ => return Err(Status::invalid_argument("SESSION_EXPIRED")),
+        }
+        Ok(Response::new(robot::SendSessionHeartbeatResponse {}))
+    }
+
     async fn frame_system_config(
         &self,
         req: Request<robot::FrameSystemConfigRequest>,
@@ -508,9 +643,10 @@ impl motor::motor_service_server::MotorService for Sim {
         req: Request<motor::SetPowerRequest>,
     ) -> Result<Response<motor::SetPowerResponse>, Status> {
         self.record("SetPower", &req.get_ref().name, &req).await;
+        let monitored = self.monitor(&req, &req.get_ref().name)?;
         let r = req.into_inner();
         self.with_motor(&r.name, |m| m.power = r.power_pct)?;
-        Ok(Response::new(motor::SetPowerResponse {}))
+        Ok(monitored_reply(motor::SetPowerResponse {}, &r.name, monitored))
     }
 
     async fn go_for(
@@ -518,9 +654,10 @@ impl motor::motor_service_server::MotorService for Sim {
         req: Request<motor::GoForRequest>,
     ) -> Result<Response<motor::GoForResponse>, Status> {
         self.record("GoFor", &req.get_ref().name, &req).await;
+        let monitored = self.monitor(&req, &req.get_ref().name)?;
         let r = req.into_inner();
         self.with_motor(&r.name, |m| m.position += r.revolutions * r.rpm.signum())?;
-        Ok(Response::new(motor::GoForResponse {}))
+        Ok(monitored_reply(motor::GoForResponse {}, &r.name, monitored))
     }
 
     async fn go_to(
@@ -528,9 +665,10 @@ impl motor::motor_service_server::MotorService for Sim {
         req: Request<motor::GoToRequest>,
     ) -> Result<Response<motor::GoToResponse>, Status> {
         self.record("GoTo", &req.get_ref().name, &req).await;
+        let monitored = self.monitor(&req, &req.get_ref().name)?;
         let r = req.into_inner();
         self.with_motor(&r.name, |m| m.position = r.position_revolutions)?;
-        Ok(Response::new(motor::GoToResponse {}))
+        Ok(monitored_reply(motor::GoToResponse {}, &r.name, monitored))
     }
 
     async fn set_rpm(
@@ -538,9 +676,10 @@ impl motor::motor_service_server::MotorService for Sim {
         req: Request<motor::SetRpmRequest>,
     ) -> Result<Response<motor::SetRpmResponse>, Status> {
         self.record("SetRPM", &req.get_ref().name, &req).await;
+        let monitored = self.monitor(&req, &req.get_ref().name)?;
         let r = req.into_inner();
         self.with_motor(&r.name, |m| m.power = r.rpm.signum())?;
-        Ok(Response::new(motor::SetRpmResponse {}))
+        Ok(monitored_reply(motor::SetRpmResponse {}, &r.name, monitored))
     }
 
     async fn reset_zero_position(

@@ -92,6 +92,13 @@ pub enum GatewayError {
     /// Too many failed authentication attempts from one peer.
     #[error("{0}")]
     RateLimited(String),
+    /// A safety-monitored call's `viam-sid`, or a heartbeat's id, is malformed, unknown,
+    /// expired or another entity's (the exact message SDKs look for to reset their session).
+    #[error("SESSION_EXPIRED")]
+    SessionExpired,
+    /// `StartSession` beyond the session limit.
+    #[error("too many sessions (at most {0})")]
+    TooManySessions(usize),
     /// The client's request body failed while we were reading it.
     #[error("client request stream failed: {0}")]
     ClientStream(String),
@@ -164,7 +171,8 @@ impl GatewayError {
             Self::MessageTooLarge { .. } | Self::RateLimited(_) => (Code::ResourceExhausted, Fault::Client),
             Self::Unauthenticated(_) => (Code::Unauthenticated, Fault::Client),
             Self::PermissionDenied(_) => (Code::PermissionDenied, Fault::Client),
-            Self::InvalidArgument(_) => (Code::InvalidArgument, Fault::Client),
+            Self::InvalidArgument(_) | Self::SessionExpired => (Code::InvalidArgument, Fault::Client),
+            Self::TooManySessions(_) => (Code::ResourceExhausted, Fault::Client),
             Self::NotFound { .. } => (Code::NotFound, Fault::Client),
             Self::Ambiguous { .. } => (Code::FailedPrecondition, Fault::Client),
             Self::Unimplemented(_) => (Code::Unimplemented, Fault::Client),
@@ -231,6 +239,8 @@ mod tests {
                 GatewayError::Internal("secret detail".into()),
                 Code::Internal,
             ),
+            (GatewayError::SessionExpired, Code::InvalidArgument),
+            (GatewayError::TooManySessions(1024), Code::ResourceExhausted),
         ];
         for (err, code) in cases {
             assert_eq!(err.to_status().code(), code, "{err}");

@@ -17,6 +17,7 @@ pub mod proto;
 pub mod reload;
 pub mod robot;
 pub mod route;
+pub mod session;
 pub mod stack;
 pub mod tls;
 

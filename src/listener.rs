@@ -88,7 +88,7 @@ impl Frontend {
             return self.grpc.clone().call(req.map(Body::new)).await;
         }
         match &self.admin {
-            Some(admin) => Ok(admin.serve(&req)),
+            Some(admin) => Ok(admin.serve_main(&req)),
             None => Ok(plain_http(&req)),
         }
     }

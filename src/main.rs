@@ -56,6 +56,16 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run one simulated part of the demo fleet on its own: a stand-in robot for trying a
+    /// deployment (deploy/docker-compose.yml) without real hardware.
+    SimPart {
+        /// Which demo part: main, sub1, sub2 or cell.
+        #[arg(long, default_value = "main")]
+        name: String,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        bind: std::net::SocketAddr,
+    },
     /// Probe a gateway's HTTP endpoint (the container HEALTHCHECK; no curl needed): exit 0 on a
     /// 2xx answer, 1 otherwise.
     Healthcheck {
@@ -93,6 +103,7 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     match cli.command {
         Command::Healthcheck { url, timeout } => healthcheck(&url, timeout),
+        Command::SimPart { name, bind } => sim_part(&name, bind),
         Command::Keygen => match partgate::auth::token::generate_pem() {
             Ok(pem) => {
                 print!("{pem}");
@@ -127,6 +138,7 @@ fn main() -> ExitCode {
             });
             match loaded {
                 Ok(settings) => run(
+                    settings.worker_threads,
                     async move {
                         Gateway::start(settings)
                             .await
@@ -141,6 +153,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo { bind } => run(
+            None,
             async move {
             let (parts, config) = partgate::demo::start_demo(&bind).await.map_err(|source| {
                 partgate::error::StartError::Bind {
@@ -158,6 +171,38 @@ fn main() -> ExitCode {
             None,
         ),
     }
+}
+
+/// `partgate sim-part`: serves one demo part until SIGINT/SIGTERM.
+fn sim_part(name: &str, bind: std::net::SocketAddr) -> ExitCode {
+    let Some((_, spec)) = partgate::demo::demo_fleet()
+        .into_iter()
+        .find(|(_, spec)| spec.name == name)
+    else {
+        eprintln!("no demo part named {name:?}: choose main, sub1, sub2 or cell");
+        return ExitCode::FAILURE;
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let mut signals = Signals::install();
+        match partgate::demo::SimPart::start(spec, bind).await {
+            Ok(part) => {
+                info!(part = name, "simulated part listening on {}", part.addr());
+                while signals.next_is_reload().await {}
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!("cannot listen on {bind}: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 /// `partgate healthcheck`: GET `url`, exit 0 on 2xx.
@@ -178,14 +223,16 @@ fn healthcheck(url: &str, timeout: f64) -> ExitCode {
 
 /// Runs the gateway until SIGINT/SIGTERM, then drains. With a config file, SIGHUP and changes
 /// of the file reload it.
-fn run<F, T>(start: F, config: Option<PathBuf>) -> ExitCode
+fn run<F, T>(workers: Option<usize>, start: F, config: Option<PathBuf>) -> ExitCode
 where
     F: std::future::Future<Output = Result<(Gateway, T), partgate::error::StartError>>,
 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // `gateway.worker_threads`; without it tokio picks one per core (or TOKIO_WORKER_THREADS).
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             error!("cannot start the async runtime: {e}");

@@ -67,6 +67,7 @@ const CODE_NAMES: [&str; 17] = [
 
 /// Viam API services and their methods beyond the protos compiled into the gateway, so calls
 /// to a real fleet's arms, cameras and services get their own `method` label.
+#[rustfmt::skip]
 const VIAM_API: &[(&str, &[&str])] = &[
     ("viam.component.arm.v1.ArmService", &["GetEndPosition", "MoveToPosition", "GetJointPositions", "MoveToJointPositions", "MoveThroughJointPositions", "MoveThroughJointPositionsStreamed", "Stop", "IsMoving", "DoCommand", "GetKinematics", "GetGeometries", "Get3DModels"]),
     ("viam.component.audioin.v1.AudioInService", &["GetAudio", "GetProperties", "DoCommand", "GetGeometries"]),
@@ -178,6 +179,7 @@ pub struct Metrics {
     parts: Mutex<HashMap<String, Arc<PartMetrics>>>,
     none: Arc<PartMetrics>,
     pool: Arc<OnceLock<Weak<Pool>>>,
+    sessions: crate::session::SessionMetrics,
 }
 
 /// One part's handles: connection counters, per-method call handles (created on first use),
@@ -254,7 +256,8 @@ impl MethodTable {
             names: vec![Arc::from(OTHER_METHOD)],
         };
         for path in paths {
-            if table.index.contains_key(path.as_str()) || table.names.len() > usize::from(u16::MAX) {
+            if table.index.contains_key(path.as_str()) || table.names.len() > usize::from(u16::MAX)
+            {
                 continue;
             }
             let id = MethodId(table.names.len() as u16);
@@ -271,7 +274,9 @@ impl MethodTable {
 
     /// The label value of an id.
     pub fn name(&self, id: MethodId) -> &str {
-        self.names.get(usize::from(id.0)).map_or(OTHER_METHOD, |n| n)
+        self.names
+            .get(usize::from(id.0))
+            .map_or(OTHER_METHOD, |n| n)
     }
 
     /// How many label values there are (including `other`).
@@ -333,20 +338,72 @@ impl Families {
     }
 
     fn register(&self, r: &mut Registry) {
-        r.register("partgate_calls_started", "Calls that reached the call stack, by part and method", self.started.clone());
-        r.register("partgate_calls_finished", "Calls ended, by part, method and gRPC code", self.finished.clone());
-        r.register("partgate_call_duration_seconds", "Call duration from arrival to the last trailer, by part and method", self.duration.clone());
-        r.register("partgate_calls_in_flight", "Calls and streams currently open to a part", self.in_flight.clone());
-        r.register("partgate_request_bytes", "Request body bytes sent to parts", self.request_bytes.clone());
-        r.register("partgate_response_bytes", "Response body bytes received from parts", self.response_bytes.clone());
+        r.register(
+            "partgate_calls_started",
+            "Calls that reached the call stack, by part and method",
+            self.started.clone(),
+        );
+        r.register(
+            "partgate_calls_finished",
+            "Calls ended, by part, method and gRPC code",
+            self.finished.clone(),
+        );
+        r.register(
+            "partgate_call_duration_seconds",
+            "Call duration from arrival to the last trailer, by part and method",
+            self.duration.clone(),
+        );
+        r.register(
+            "partgate_calls_in_flight",
+            "Calls and streams currently open to a part",
+            self.in_flight.clone(),
+        );
+        r.register(
+            "partgate_request_bytes",
+            "Request body bytes sent to parts",
+            self.request_bytes.clone(),
+        );
+        r.register(
+            "partgate_response_bytes",
+            "Response body bytes received from parts",
+            self.response_bytes.clone(),
+        );
         r.register("partgate_calls_rejected", "Calls the gateway ended itself, by reason and whose fault (source = client|gateway|part)", self.rejected.clone());
-        r.register("partgate_part_connects", "Connections established to a part", self.connects.clone());
-        r.register("partgate_part_disconnects", "Connections to a part that were lost or dropped", self.disconnects.clone());
-        r.register("partgate_part_reconnect_attempts", "Dial attempts after the first, per part", self.reconnect_attempts.clone());
-        r.register("partgate_auth_attempts", "Client authentication results, by result and reason", self.auth.clone());
-        r.register("partgate_config_reloads", "Configuration reloads, by result and reason", self.reloads.clone());
-        r.register("partgate_config_last_reload_successful", "1 if the last configuration reload was applied, 0 if it was rejected", self.config_ok.clone());
-        r.register("partgate_config_last_reload_success_timestamp_seconds", "When the configuration was last loaded successfully (Unix time)", self.config_timestamp.clone());
+        r.register(
+            "partgate_part_connects",
+            "Connections established to a part",
+            self.connects.clone(),
+        );
+        r.register(
+            "partgate_part_disconnects",
+            "Connections to a part that were lost or dropped",
+            self.disconnects.clone(),
+        );
+        r.register(
+            "partgate_part_reconnect_attempts",
+            "Dial attempts after the first, per part",
+            self.reconnect_attempts.clone(),
+        );
+        r.register(
+            "partgate_auth_attempts",
+            "Client authentication results, by result and reason",
+            self.auth.clone(),
+        );
+        r.register(
+            "partgate_config_reloads",
+            "Configuration reloads, by result and reason",
+            self.reloads.clone(),
+        );
+        r.register(
+            "partgate_config_last_reload_successful",
+            "1 if the last configuration reload was applied, 0 if it was rejected",
+            self.config_ok.clone(),
+        );
+        r.register(
+            "partgate_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully (Unix time)",
+            self.config_timestamp.clone(),
+        );
     }
 }
 
@@ -366,6 +423,7 @@ impl Metrics {
         registry.register_collector(Box::new(ScrapeCollector { pool: pool.clone() }));
         families.config_ok.set(1);
         families.config_timestamp.set(unix_now());
+        let sessions = crate::session::SessionMetrics::register(&mut registry);
         let methods = MethodTable::known();
         let method_names: Arc<[Arc<str>]> = methods.names.clone().into();
         let mut none = PartMetrics::new(NO_PART.into(), &families, &method_names);
@@ -378,6 +436,7 @@ impl Metrics {
             parts: Mutex::new(HashMap::new()),
             none,
             pool,
+            sessions,
         })
     }
 
@@ -395,6 +454,11 @@ impl Metrics {
         out
     }
 
+    /// The session families (`partgate_sessions`, `partgate_session_stops`, ...).
+    pub fn sessions(&self) -> &crate::session::SessionMetrics {
+        &self.sessions
+    }
+
     /// The method table (bounded `method` label values).
     pub fn methods(&self) -> &MethodTable {
         &self.methods
@@ -408,7 +472,11 @@ impl Metrics {
         parts
             .entry(name.to_owned())
             .or_insert_with(|| {
-                Arc::new(PartMetrics::new(name.into(), &self.families, &self.none.method_names))
+                Arc::new(PartMetrics::new(
+                    name.into(),
+                    &self.families,
+                    &self.none.method_names,
+                ))
             })
             .clone()
     }
@@ -469,6 +537,27 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Every value [`reject_reason`] returns (to drop a removed part's series).
+const REJECT_REASONS: [&str; 17] = [
+    "invalid",
+    "compressed",
+    "too_large",
+    "no_route",
+    "ambiguous",
+    "unimplemented",
+    "unavailable",
+    "deadline",
+    "limit",
+    "fan_out",
+    "client_stream",
+    "unauthenticated",
+    "permission_denied",
+    "rate_limited",
+    "session_expired",
+    "too_many_sessions",
+    "internal",
+];
+
 /// The `reason` label of a call the gateway ended itself.
 pub fn reject_reason(err: &GatewayError) -> &'static str {
     match err {
@@ -487,6 +576,8 @@ pub fn reject_reason(err: &GatewayError) -> &'static str {
         GatewayError::PermissionDenied(_) => "permission_denied",
         GatewayError::InvalidArgument(_) => "invalid",
         GatewayError::RateLimited(_) => "rate_limited",
+        GatewayError::SessionExpired => "session_expired",
+        GatewayError::TooManySessions(_) => "too_many_sessions",
         GatewayError::Internal(_) => "internal",
     }
 }
@@ -572,7 +663,9 @@ impl PartMetrics {
     fn method(&self, id: MethodId) -> Arc<MethodMetrics> {
         let index = usize::from(id.0).min(self.methods.len().saturating_sub(1));
         match self.methods.get(index) {
-            Some(slot) => slot.get_or_init(|| Arc::new(self.new_method(index))).clone(),
+            Some(slot) => slot
+                .get_or_init(|| Arc::new(self.new_method(index)))
+                .clone(),
             None => Arc::new(self.new_method(0)),
         }
     }
@@ -618,6 +711,15 @@ impl PartMetrics {
             f.response_bytes.remove(&m.labels);
             for code in CODE_NAMES {
                 f.finished.remove(&m.finished_labels(code));
+            }
+        }
+        for reason in REJECT_REASONS {
+            for source in ["client", "gateway", "part"] {
+                f.rejected.remove(&RejectedLabels {
+                    part: self.name.clone(),
+                    reason,
+                    source,
+                });
             }
         }
     }
@@ -776,7 +878,9 @@ fn encode_parts(pool: &Pool, encoder: &mut DescriptorEncoder) -> Result<(), std:
         encoder,
         "partgate_part_connected",
         "1 if the gateway holds a working connection to the part",
-        parts.iter().map(|p| (label(p), i64::from(p.state() == PartState::Connected))),
+        parts
+            .iter()
+            .map(|p| (label(p), i64::from(p.state() == PartState::Connected))),
     )?;
     gauge_family(
         encoder,
@@ -784,15 +888,19 @@ fn encode_parts(pool: &Pool, encoder: &mut DescriptorEncoder) -> Result<(), std:
         "The part's connection state (1 for the current one of connecting|connected|disconnected)",
         parts.iter().flat_map(|p| {
             let current = p.state();
-            [PartState::Connecting, PartState::Connected, PartState::Disconnected]
-                .into_iter()
-                .map(move |s| {
-                    let labels = PartStateLabels {
-                        part: p.metrics().name().clone(),
-                        state: s.as_str(),
-                    };
-                    (labels, i64::from(s == current))
-                })
+            [
+                PartState::Connecting,
+                PartState::Connected,
+                PartState::Disconnected,
+            ]
+            .into_iter()
+            .map(move |s| {
+                let labels = PartStateLabels {
+                    part: p.metrics().name().clone(),
+                    state: s.as_str(),
+                };
+                (labels, i64::from(s == current))
+            })
         }),
     )?;
     gauge_family(
@@ -808,8 +916,12 @@ fn encode_parts(pool: &Pool, encoder: &mut DescriptorEncoder) -> Result<(), std:
         "partgate_part_resources",
         "Resources the part listed at its last refresh",
         parts.iter().filter_map(|p| {
-            p.reported()
-                .map(|r| (label(p), i64::try_from(r.resources.len()).unwrap_or(i64::MAX)))
+            p.reported().map(|r| {
+                (
+                    label(p),
+                    i64::try_from(r.resources.len()).unwrap_or(i64::MAX),
+                )
+            })
         }),
     )
 }
@@ -828,16 +940,40 @@ fn encode_process(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error
         MetricType::Counter,
     )?)?;
     let gauges = [
-        ("process_resident_memory_bytes", "Resident memory size in bytes", stats.resident_bytes),
-        ("process_virtual_memory_bytes", "Virtual memory size in bytes", stats.virtual_bytes),
-        ("process_open_fds", "Number of open file descriptors", stats.open_fds),
-        ("process_max_fds", "Maximum number of open file descriptors", stats.max_fds),
-        ("process_start_time_seconds", "Start time of the process since the Unix epoch in seconds", stats.start_time_seconds),
+        (
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            stats.resident_bytes,
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes",
+            stats.virtual_bytes,
+        ),
+        (
+            "process_open_fds",
+            "Number of open file descriptors",
+            stats.open_fds,
+        ),
+        (
+            "process_max_fds",
+            "Maximum number of open file descriptors",
+            stats.max_fds,
+        ),
+        (
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds",
+            stats.start_time_seconds,
+        ),
     ];
     for (name, help, value) in gauges {
         if let Some(value) = value {
-            ConstGauge::new(value)
-                .encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+            ConstGauge::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
         }
     }
     Ok(())
@@ -907,9 +1043,18 @@ mod tests {
             table.name(set_power),
             "/viam.component.motor.v1.MotorService/SetPower"
         );
-        assert_ne!(table.id("/viam.component.arm.v1.ArmService/MoveToPosition"), MethodId(0));
-        assert_ne!(table.id("/acme.component.counter.v1.CounterService/Add"), MethodId(0));
-        assert_eq!(table.id("/viam.component.motor.v1.MotorService/Nope"), MethodId(0));
+        assert_ne!(
+            table.id("/viam.component.arm.v1.ArmService/MoveToPosition"),
+            MethodId(0)
+        );
+        assert_ne!(
+            table.id("/acme.component.counter.v1.CounterService/Add"),
+            MethodId(0)
+        );
+        assert_eq!(
+            table.id("/viam.component.motor.v1.MotorService/Nope"),
+            MethodId(0)
+        );
         assert_eq!(table.name(MethodId(0)), OTHER_METHOD);
         assert!(table.len() > 100 && table.len() < 2000, "{}", table.len());
     }
@@ -918,25 +1063,74 @@ mod tests {
     fn calls_are_counted_by_code_and_dropped_guards_count_as_cancelled() {
         let metrics = Metrics::new();
         let part = metrics.part("p1");
-        let id = metrics.methods().id("/viam.component.motor.v1.MotorService/SetPower");
+        let id = metrics
+            .methods()
+            .id("/viam.component.motor.v1.MotorService/SetPower");
         let path: Arc<str> = "/viam.component.motor.v1.MotorService/SetPower".into();
-        part.start(id, path.clone(), Instant::now()).finish(Code::Ok);
+        part.start(id, path.clone(), Instant::now())
+            .finish(Code::Ok);
         drop(part.start(id, path, Instant::now()));
-        metrics.no_part().record(MethodId(0), Code::NotFound, Instant::now());
+        metrics
+            .no_part()
+            .record(MethodId(0), Code::NotFound, Instant::now());
         let text = metrics.encode();
         let m = r#"method="/viam.component.motor.v1.MotorService/SetPower""#;
-        assert!(text.contains(&format!(r#"partgate_calls_started_total{{part="p1",{m}}} 2"#)), "{text}");
-        assert!(text.contains(&format!(r#"partgate_calls_finished_total{{part="p1",{m},code="OK"}} 1"#)), "{text}");
-        assert!(text.contains(&format!(r#"partgate_calls_finished_total{{part="p1",{m},code="CANCELLED"}} 1"#)), "{text}");
-        assert!(text.contains(&format!(r#"partgate_calls_in_flight{{part="p1",{m}}} 0"#)), "{text}");
-        assert!(text.contains(r#"partgate_calls_finished_total{part="none",method="other",code="NOT_FOUND"} 1"#), "{text}");
+        assert!(
+            text.contains(&format!(
+                r#"partgate_calls_started_total{{part="p1",{m}}} 2"#
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                r#"partgate_calls_finished_total{{part="p1",{m},code="OK"}} 1"#
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                r#"partgate_calls_finished_total{{part="p1",{m},code="CANCELLED"}} 1"#
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(r#"partgate_calls_in_flight{{part="p1",{m}}} 0"#)),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"partgate_calls_finished_total{part="none",method="other",code="NOT_FOUND"} 1"#
+            ),
+            "{text}"
+        );
         assert_eq!(part.totals().failed.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn reject_reasons_are_listed() {
+        let errors = [
+            GatewayError::MalformedFrame("x"),
+            GatewayError::Compressed,
+            GatewayError::NotFound { name: "n".into() },
+            GatewayError::Overloaded { part: "p".into() },
+            GatewayError::Internal("i".into()),
+            GatewayError::SessionExpired,
+        ];
+        for err in &errors {
+            assert!(REJECT_REASONS.contains(&reject_reason(err)), "{err}");
+        }
     }
 
     #[test]
     fn forgotten_parts_leave_no_series() {
         let metrics = Metrics::new();
         let part = metrics.part("gone");
+        metrics.rejected(
+            part.name(),
+            &GatewayError::Overloaded {
+                part: "gone".into(),
+            },
+        );
         part.connected();
         part.record(MethodId(0), Code::Ok, Instant::now());
         assert!(metrics.encode().contains(r#"part="gone""#));

@@ -5,22 +5,24 @@
 //! Receives a routed request for part N; hands back the part's response (headers now, body and
 //! trailers streaming), or fails fast with UNAVAILABLE when the part is not connected.
 
+use std::future::Future;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::HeaderValue;
-use hyper::body::Incoming;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http::{HeaderMap, HeaderValue};
+use http_body::Body as _;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info, warn};
 
+use crate::body::PartBody;
 use crate::config::{PartSpec, Settings};
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, PartMetrics};
@@ -30,7 +32,33 @@ use crate::route::table::{PartInfo, Resource};
 use crate::route::{PartResources, RouteTable};
 
 type Body = tonic::body::Body;
-type Sender = http2::SendRequest<Body>;
+type Sender = Arc<Conn>;
+
+/// One HTTP/2 connection to a part, driven with `h2` directly rather than through hyper's
+/// client: a call then writes its HEADERS and first message together and awaits the response
+/// in its own task, with no dispatch task or per-call body task in between (bench/README.md).
+pub struct Conn {
+    send: h2::client::SendRequest<Bytes>,
+    /// Set when the connection task ended, or when the connection refused a new stream
+    /// (GOAWAY): no new calls go on it.
+    closed: Arc<AtomicBool>,
+}
+
+impl Conn {
+    /// Whether new calls must wait for another connection.
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// Marks a connection closed when its connection task ends, however it ends (abort included).
+struct ClosedOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClosedOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
 
 /// How long one health check (`ResourceNames` + `ResourceRPCSubtypes`) may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,7 +104,7 @@ pub struct Part {
     pub spec: PartSpec,
     scheme_authority: (http::uri::Scheme, http::uri::Authority),
     dial: DialSettings,
-    conn: ArcSwapOption<Sender>,
+    conn: ArcSwapOption<Conn>,
     generation: watch::Sender<u64>,
     settled: watch::Sender<bool>,
     state: AtomicU8,
@@ -311,7 +339,7 @@ impl Part {
     pub async fn send(
         &self,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, GatewayError> {
+    ) -> Result<http::Response<PartBody>, GatewayError> {
         let unavailable = || GatewayError::PartUnavailable {
             part: self.spec.name.clone(),
         };
@@ -319,25 +347,28 @@ impl Part {
         if let Some(token) = self.token.load().as_deref() {
             req.headers_mut().insert(http::header::AUTHORIZATION, token.clone());
         }
-        let mut sender = self.sender().ok_or_else(unavailable)?;
+        let sender = self.sender().ok_or_else(unavailable)?;
         let mut generation = self.generation.subscribe();
-        let err = match sender.try_send_request(req).await {
+        let req = match send_on(&sender, req).await {
             Ok(resp) => return Ok(resp),
-            Err(err) => err,
-        };
-        let mut err = err;
-        let Some(req) = err.take_message() else {
-            debug!(part = %self.spec.name, error = %err.error(), "request failed on the part's connection");
-            return Err(unavailable());
+            Err(SendError::Failed(e)) => {
+                debug!(part = %self.spec.name, error = %e, "request failed on the part's connection");
+                return Err(unavailable());
+            }
+            Err(SendError::Refused(req, e)) => {
+                debug!(part = %self.spec.name, error = %e, "connection refused a new stream; retrying on a new one");
+                *req
+            }
         };
         // Not sent: the connection is going away. Wait briefly for the redial, then retry once.
+        sender.closed.store(true, Ordering::Release);
         self.drop_connection(&sender);
         let wait = tokio::time::timeout(self.dial.connect_timeout, generation.changed()).await;
         if !matches!(wait, Ok(Ok(()))) {
             return Err(unavailable());
         }
-        sender = self.sender().ok_or_else(unavailable)?;
-        sender.send_request(req).await.map_err(|e| {
+        let sender = self.sender().ok_or_else(unavailable)?;
+        send_on(&sender, req).await.map_err(|e| {
             debug!(part = %self.spec.name, error = %e, "retry failed");
             unavailable()
         })
@@ -353,7 +384,7 @@ impl Part {
         Some(Sender::clone(sender))
     }
 
-    fn drop_connection(&self, stale: &Sender) {
+    fn drop_connection(&self, stale: &Conn) {
         let current = self.conn.load();
         if current
             .as_ref()
@@ -392,30 +423,40 @@ impl Part {
         }
     }
 
-    /// HTTP/2 over an established (plain or TLS) stream, with keepalive pings.
+    /// HTTP/2 over an established (plain or TLS) stream, with keepalive pings: a part that
+    /// stops answering them within `keepalive_timeout` loses the connection, and calls in
+    /// flight on it end with UNAVAILABLE.
     async fn handshake<I>(&self, io: I) -> Result<(Sender, tokio::task::JoinHandle<()>), String>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let address = &self.spec.address;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(self.dial.keepalive_interval)
-            .keep_alive_timeout(self.dial.keepalive_timeout)
-            .keep_alive_while_idle(true)
-            .initial_stream_window_size(2 * 1024 * 1024)
+        let (send, mut conn) = h2::client::Builder::new()
+            .initial_window_size(2 * 1024 * 1024)
             .initial_connection_window_size(8 * 1024 * 1024)
             .max_frame_size(64 * 1024)
-            .handshake(TokioIo::new(io))
+            .max_header_list_size(16 * 1024 * 1024)
+            .enable_push(false)
+            .handshake::<_, Bytes>(io)
             .await
             .map_err(|e| format!("HTTP/2 handshake with {address} failed: {e}"))?;
+        let pings = conn.ping_pong();
+        let closed = Arc::new(AtomicBool::new(false));
+        let on_end = ClosedOnDrop(closed.clone());
         let part = self.spec.name.clone();
+        let (interval, timeout) = (self.dial.keepalive_interval, self.dial.keepalive_timeout);
         let driver = tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(part = %part, error = %e, "part connection ended");
+            let _on_end = on_end;
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    debug!(part = %part, error = %e, "part connection ended");
+                },
+                () = keepalive(pings, interval, timeout) => {
+                    debug!(part = %part, "keepalive ping unanswered; dropping the part connection");
+                }
             }
         });
-        Ok((sender, driver))
+        Ok((Arc::new(Conn { send, closed }), driver))
     }
 
     /// Authenticates on a fresh connection with the part's configured credentials and keeps
@@ -426,8 +467,14 @@ impl Part {
         let sender = sender.clone();
         let service = tower::service_fn(move |mut req: http::Request<Body>| {
             part.target(&mut req);
-            let mut sender = sender.clone();
-            async move { sender.send_request(req).await }
+            let sender = sender.clone();
+            let part = part.spec.name.clone();
+            async move {
+                send_on(&sender, req).await.map_err(|e| {
+                    debug!(part = %part, error = %e, "Authenticate could not be sent");
+                    GatewayError::PartUnavailable { part }
+                })
+            }
         });
         let mut client = crate::proto::rpc::v1::auth_service_client::AuthServiceClient::new(service);
         let request = crate::proto::rpc::v1::AuthenticateRequest {
@@ -523,7 +570,7 @@ impl Part {
                         tokio::time::sleep(self.spec.reconnect_interval).await;
                         continue;
                     }
-                    self.conn.store(Some(Arc::new(sender)));
+                    self.conn.store(Some(sender));
                     self.state
                         .store(PartState::Connected as u8, Ordering::Relaxed);
                     self.connects.fetch_add(1, Ordering::Relaxed);
@@ -865,7 +912,7 @@ impl PartChannel {
 }
 
 impl tower::Service<http::Request<Body>> for PartChannel {
-    type Response = http::Response<Incoming>;
+    type Response = http::Response<PartBody>;
     type Error = GatewayError;
     type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
@@ -879,5 +926,195 @@ impl tower::Service<http::Request<Body>> for PartChannel {
             part.target(&mut req);
             part.send(req).await
         })
+    }
+}
+
+// === accessors for the session module (issue 7) ===
+
+impl Part {
+    /// Changes every time a new connection to the part is established, so per-connection state
+    /// (the gateway's own session with the part) restarts with it.
+    pub fn connections(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+}
+
+impl PartChannel {
+    /// A channel to one part instance, for calls made outside a snapshot (sessions, stops).
+    pub fn for_part(part: Arc<Part>) -> Self {
+        Self { part }
+    }
+}
+
+// === h2 plumbing ===
+
+/// Why a request did not get a response.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    /// The connection would not open a stream (GOAWAY, closed): the request was not sent and
+    /// comes back for a retry on another connection.
+    #[error("connection refused the stream: {1}")]
+    Refused(Box<http::Request<Body>>, h2::Error),
+    /// The request was sent (in part) and failed, or its body failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Sends `req` (already targeted) on one connection and awaits the response headers. Whatever
+/// of the body is ready now (the buffered first message, for forwarded calls) goes out with
+/// the headers, so h2 writes them together; a body still streaming is pumped by its own task.
+async fn send_on(
+    conn: &Conn,
+    req: http::Request<Body>,
+) -> Result<http::Response<PartBody>, SendError> {
+    let send = match conn.send.clone().ready().await {
+        Ok(send) => send,
+        Err(e) => return Err(SendError::Refused(Box::new(req), e)),
+    };
+    let (head, mut body) = req.into_parts();
+    let (data, end) = take_ready(&mut body).map_err(|s| SendError::Failed(format!("request body failed: {}", s.message())))?;
+    let finished = matches!(end, Some(None));
+    let head = http::Request::from_parts(head, ());
+    let mut send = send;
+    let (response, mut tx) = send
+        .send_request(head, finished && data.is_empty())
+        .map_err(|e| SendError::Failed(e.to_string()))?;
+    let failed = |e: h2::Error| SendError::Failed(e.to_string());
+    let count = data.len();
+    for (i, chunk) in data.into_iter().enumerate() {
+        // h2 buffers data beyond the stream's send window, so the first message never waits.
+        tx.send_data(chunk, finished && i + 1 == count).map_err(failed)?;
+    }
+    match end {
+        Some(Some(trailers)) => tx.send_trailers(trailers).map_err(failed)?,
+        Some(None) => {}
+        None => {
+            tokio::spawn(Pump {
+                body,
+                tx,
+                pending: None,
+            });
+        }
+    }
+    let resp = response.await.map_err(failed)?;
+    Ok(resp.map(PartBody::new))
+}
+
+/// Takes every frame of `body` that is ready without waiting: its data (empty chunks dropped,
+/// see body.rs) and, when it has ended, `Some(trailers)`; `None` while it is still open.
+fn take_ready(body: &mut Body) -> Result<(Vec<Bytes>, Option<Option<HeaderMap>>), tonic::Status> {
+    // A no-op waker: a pending body is polled again, with a real waker, by its pump task.
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut data = Vec::with_capacity(2);
+    loop {
+        if body.is_end_stream() {
+            return Ok((data, Some(None)));
+        }
+        match Pin::new(&mut *body).poll_frame(&mut cx) {
+            Poll::Pending => return Ok((data, None)),
+            Poll::Ready(None) => return Ok((data, Some(None))),
+            Poll::Ready(Some(Err(status))) => return Err(status),
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(chunk) if chunk.is_empty() => {}
+                Ok(chunk) => data.push(chunk),
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        return Ok((data, Some(Some(trailers))));
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Streams the rest of a request body to the part, one chunk at a time as the stream gets send
+/// capacity (the part's flow control is the client's backpressure), until the body ends, the
+/// part resets the stream, or the body fails (the stream is then reset).
+struct Pump {
+    body: Body,
+    tx: h2::SendStream<Bytes>,
+    /// A chunk waiting for send capacity, and whether it ends the stream.
+    pending: Option<(Bytes, bool)>,
+}
+
+impl Future for Pump {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            // Registered for RST_STREAM while waiting for the body or for capacity.
+            if let Poll::Ready(reason) = this.tx.poll_reset(cx) {
+                debug!(?reason, "part reset a request stream");
+                return Poll::Ready(());
+            }
+            if let Some((chunk, eos)) = this.pending.take() {
+                while this.tx.capacity() == 0 {
+                    match this.tx.poll_capacity(cx) {
+                        Poll::Ready(Some(Ok(0))) => {}
+                        Poll::Ready(Some(Ok(_))) => break,
+                        Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+                        Poll::Pending => {
+                            this.pending = Some((chunk, eos));
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                if this.tx.send_data(chunk, eos).is_err() || eos {
+                    return Poll::Ready(());
+                }
+                continue;
+            }
+            match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    // Never an empty DATA frame without END_STREAM (see body.rs).
+                    Ok(chunk) if chunk.is_empty() => {}
+                    Ok(chunk) => {
+                        // Claim a little capacity, not the whole chunk: h2 raises the claim to
+                        // what is buffered, and a large claim per waiting stream could starve
+                        // the others on the connection window (as hyper does, hyper#4003).
+                        this.tx.reserve_capacity(1);
+                        this.pending = Some((chunk, this.body.is_end_stream()));
+                    }
+                    Err(frame) => {
+                        this.tx.reserve_capacity(0);
+                        if let Ok(trailers) = frame.into_trailers() {
+                            let _ = this.tx.send_trailers(trailers);
+                            return Poll::Ready(());
+                        }
+                    }
+                },
+                Some(Err(status)) => {
+                    debug!(error = %status.message(), "client request stream failed; resetting the part's stream");
+                    this.tx.send_reset(h2::Reason::CANCEL);
+                    return Poll::Ready(());
+                }
+                None => {
+                    // Ended without trailers: END_STREAM on an empty DATA frame (allowed; only
+                    // empty frames *without* END_STREAM count against a flood limit).
+                    let _ = this.tx.send_data(Bytes::new(), true);
+                    return Poll::Ready(());
+                }
+            }
+        }
+    }
+}
+
+/// Pings the part every `interval`; returns when a ping goes unanswered for `timeout` (or the
+/// connection fails), which ends the connection task and so the connection.
+async fn keepalive(pings: Option<h2::PingPong>, interval: Duration, timeout: Duration) {
+    let Some(mut pings) = pings else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                debug!(error = %e, "keepalive ping failed");
+                return;
+            }
+            Err(_) => return,
+        }
     }
 }

@@ -82,7 +82,10 @@ impl Reloader {
         let mut current = self.current.lock().await;
         let needs_restart = restart_only_changes(&current, &new);
         for setting in &needs_restart {
-            warn!(setting, "setting changed in the config; it takes effect only after a restart");
+            warn!(
+                setting,
+                "setting changed in the config; it takes effect only after a restart"
+            );
         }
         keep_restart_only(&current, &mut new);
         let redial_all = current.connect_timeout != new.connect_timeout
@@ -95,9 +98,21 @@ impl Reloader {
             .map_err(|e| self.rejected(ReloadError::Apply(e.to_string())))?;
         self.stack.apply(&new);
         self.admin.apply(&new);
-        let unchanged = changes.added.is_empty()
-            && changes.removed.is_empty()
-            && changes.redialed.is_empty();
+        let settle = new.connect_timeout + SETTLE_GRACE;
+        *current = new;
+        drop(current);
+        self.applied(&changes);
+        self.settle(&changes, settle).await;
+        Ok(ReloadOutcome {
+            changes,
+            needs_restart,
+        })
+    }
+
+    /// Logs and records an applied reload.
+    fn applied(&self, changes: &PoolChanges) {
+        let unchanged =
+            changes.added.is_empty() && changes.removed.is_empty() && changes.redialed.is_empty();
         info!(
             added = ?changes.added,
             removed = ?changes.removed,
@@ -105,10 +120,6 @@ impl Reloader {
             kept = changes.kept.len(),
             "configuration reloaded"
         );
-        let dialed: Vec<String> = changes.added.iter().chain(&changes.redialed).cloned().collect();
-        let limit = new.connect_timeout + SETTLE_GRACE;
-        *current = new;
-        drop(current);
         self.metrics
             .reload_result(true, if unchanged { "unchanged" } else { "applied" });
         self.admin.record_reload(ReloadStatus {
@@ -116,16 +127,24 @@ impl Reloader {
             error: None,
             changes: changes.clone(),
         });
-        if !dialed.is_empty() {
-            let pending = self.pool.wait_settled_named(&dialed, limit).await;
-            if !pending.is_empty() {
-                warn!(parts = ?pending, "reloaded parts still connecting");
-            }
+    }
+
+    /// Waits (at most `limit`) for the parts a reload dialed to answer their first check, so
+    /// their resources are listed when the reload returns.
+    async fn settle(&self, changes: &PoolChanges, limit: Duration) {
+        let dialed: Vec<String> = changes
+            .added
+            .iter()
+            .chain(&changes.redialed)
+            .cloned()
+            .collect();
+        if dialed.is_empty() {
+            return;
         }
-        Ok(ReloadOutcome {
-            changes,
-            needs_restart,
-        })
+        let pending = self.pool.wait_settled_named(&dialed, limit).await;
+        if !pending.is_empty() {
+            warn!(parts = ?pending, "reloaded parts still connecting");
+        }
     }
 
     /// Loads, validates and applies a config file; a bad one is logged and counted, and the
@@ -158,8 +177,9 @@ impl Reloader {
     /// Polls `path` every `every` and applies it whenever its contents change.
     pub fn watch(self: &Arc<Self>, path: PathBuf, every: Duration) -> JoinHandle<()> {
         let reloader = self.clone();
+        // The baseline is taken now, so a change right after this call is not missed.
+        let mut file = FileWatch::new(path);
         tokio::spawn(async move {
-            let mut file = FileWatch::new(path);
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -185,6 +205,9 @@ fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str> {
     if old.drain_timeout != new.drain_timeout {
         changed.push("gateway.drain_timeout");
     }
+    if old.worker_threads != new.worker_threads {
+        changed.push("gateway.worker_threads");
+    }
     if old.tls != new.tls {
         changed.push("network.tls_cert_file/tls_key_file");
     }
@@ -202,6 +225,7 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) {
     new.bind_text.clone_from(&old.bind_text);
     new.admin = old.admin;
     new.drain_timeout = old.drain_timeout;
+    new.worker_threads = old.worker_threads;
     new.tls.clone_from(&old.tls);
     new.auth.clone_from(&old.auth);
 }

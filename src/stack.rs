@@ -37,13 +37,15 @@ use crate::route::method::service_of;
 use crate::auth::{Auth, PeerAddr, Principal};
 use crate::route::method::LocalMethod;
 use crate::route::{MethodKind, classify};
+use crate::session::{SESSION_HEADER, Sessions};
 
 type Body = tonic::body::Body;
 
 /// Client headers never sent to a part: the client's token (the gateway presents its own), hop-by-hop
-/// headers of HTTP/1.1 (gRPC-Web), a length the rewrite may change, and the client's session
-/// id, which only the gateway can validate.
-const DROPPED_HEADERS: [HeaderName; 8] = [
+/// headers of HTTP/1.1 (gRPC-Web), and a length the rewrite may change. The client's session id
+/// (`viam-sid`) is not in this list on purpose: the forward paths remove it themselves and put
+/// the gateway's own session with the part in its place on monitored calls (`session`).
+const DROPPED_HEADERS: [HeaderName; 7] = [
     header::AUTHORIZATION,
     header::HOST,
     header::CONNECTION,
@@ -51,7 +53,6 @@ const DROPPED_HEADERS: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("viam-sid"),
 ];
 
 /// The shared call stack, cheap to clone (one per connection).
@@ -66,6 +67,8 @@ pub struct Shared {
     pub pool: Arc<Pool>,
     /// Fleet-wide RobotService answers.
     pub robot: FleetRobot,
+    /// Client sessions and the gateway's own sessions with the parts.
+    pub sessions: Arc<Sessions>,
     /// Milliseconds; reloadable.
     default_timeout_ms: AtomicU64,
     /// Reloadable.
@@ -76,11 +79,13 @@ pub struct Shared {
 impl CallStack {
     /// Builds the stack over a started pool; `auth` is `None` when clients need no credentials.
     pub fn new(pool: Arc<Pool>, settings: &Settings, auth: Option<Arc<Auth>>) -> Self {
-        let robot = FleetRobot::new(pool.clone());
+        let sessions = Sessions::start(pool.clone());
+        let robot = FleetRobot::new(pool.clone(), sessions.clone());
         Self {
             inner: Arc::new(Shared {
                 pool,
                 robot,
+                sessions,
                 default_timeout_ms: AtomicU64::new(millis(settings.default_timeout)),
                 max_message_size: AtomicUsize::new(settings.max_message_size),
                 auth,
@@ -226,7 +231,7 @@ impl Shared {
 
     async fn forward_to_main(
         &self,
-        req: http::Request<Body>,
+        mut req: http::Request<Body>,
         principal: &Principal,
         call: &mut Call,
     ) -> Result<http::Response<Body>, GatewayError> {
@@ -245,6 +250,7 @@ impl Shared {
         drop(snapshot);
         let bytes = call.routed(&part).request_bytes();
         check_scope(principal, &part)?;
+        req.headers_mut().remove(SESSION_HEADER);
         let permit = part.admit()?;
         let req = req.map(|body| {
             let counted = ForwardBody::new(Vec::new(), bytes::Bytes::new(), body, None, None);
@@ -261,7 +267,7 @@ impl Shared {
         principal: &Principal,
         call: &mut Call,
     ) -> Result<http::Response<Body>, GatewayError> {
-        let (parts, mut body) = req.into_parts();
+        let (mut parts, mut body) = req.into_parts();
         let limit = self.max_message_size.load(Ordering::Relaxed);
         let first = read_first_message(&mut body, limit)
             .await?
@@ -288,6 +294,9 @@ impl Shared {
         drop(snapshot);
         let bytes = call.routed(&part).request_bytes();
         check_scope(principal, &part)?;
+        // Validate the client's session, record what it drives, send ours instead (session.rs).
+        let local = name.get(route.strip..).unwrap_or(name);
+        self.sessions.on_call(path, &mut parts.headers, principal, &part, local)?;
         let permit = part.admit()?;
 
         let (segments, len) = frame::strip_name(&first.message, field, route.strip)
@@ -305,7 +314,9 @@ impl Shared {
             forward = forward.watch_replay(watch.clone());
         }
         let req = http::Request::from_parts(parts, Body::new(forward));
-        self.send_replayable(&part, req, permit, replay).await
+        let mut resp = self.send_replayable(&part, req, permit, replay).await?;
+        self.sessions.on_response(&part, resp.headers_mut());
+        Ok(resp)
     }
 
     /// [`Shared::send`], retried once after re-authenticating when a part that needs our
@@ -361,16 +372,31 @@ impl Shared {
         let client_deadline = headers.get("grpc-timeout").and_then(parse_grpc_timeout);
         part.target(&mut req);
 
-        let default_timeout = self.default_timeout_ms.load(Ordering::Relaxed);
-        let wait = client_deadline.unwrap_or(Duration::from_millis(default_timeout));
-        let started = tokio::time::Instant::now();
-        let resp = tokio::time::timeout(wait, part.send(req))
-            .await
-            .map_err(|_| GatewayError::DeadlineExceeded {
-                part: part.name().to_owned(),
-            })??;
-        let body_deadline =
-            client_deadline.map(|d| Box::pin(tokio::time::sleep_until(started + d)));
+        let expired = || GatewayError::DeadlineExceeded {
+            part: part.name().to_owned(),
+        };
+        // A client deadline is one timer for the whole call: it bounds the wait for the
+        // response headers, then moves into the response body. Without one, the default
+        // bounds only the headers.
+        let (resp, body_deadline) = match client_deadline {
+            Some(limit) => {
+                let mut deadline = Box::pin(tokio::time::sleep(limit));
+                let resp = tokio::select! {
+                    biased;
+                    resp = part.send(req) => resp?,
+                    () = deadline.as_mut() => return Err(expired()),
+                };
+                (resp, Some(deadline))
+            }
+            None => {
+                let default_timeout = self.default_timeout_ms.load(Ordering::Relaxed);
+                let wait = Duration::from_millis(default_timeout);
+                let resp = tokio::time::timeout(wait, part.send(req))
+                    .await
+                    .map_err(|_| expired())??;
+                (resp, None)
+            }
+        };
         Ok(resp.map(|incoming| {
             Body::new(
                 ResponseBody::new(incoming, permit, body_deadline, part.name().into())

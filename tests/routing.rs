@@ -245,12 +245,18 @@ async fn without_a_main_part_single_computer_methods_are_unimplemented() {
 }
 
 #[tokio::test]
-async fn sessions_are_unimplemented_so_sdks_run_without_them() {
+async fn sessions_are_answered_by_the_gateway() {
     let fleet = demo().await;
     let ch = fleet.channel().await;
-    let err = robot_client(&ch)
+    // The gateway owns client sessions (tests/sessions.rs has the behaviour).
+    let started = robot_client(&ch)
         .start_session(robot::StartSessionRequest::default())
         .await
-        .expect_err("unimplemented");
-    assert_eq!(err.code(), Code::Unimplemented);
+        .expect("StartSession")
+        .into_inner();
+    assert_eq!(started.heartbeat_window.map(|w| w.seconds), Some(2));
+    robot_client(&ch)
+        .send_session_heartbeat(robot::SendSessionHeartbeatRequest { id: started.id })
+        .await
+        .expect("heartbeat");
 }

@@ -1,5 +1,5 @@
 //! The fleet-wide `viam.robot.v1.RobotService`: what the gateway answers itself so that the
-//! fleet looks like one machine (listing, stop-all, operations, status, version).
+//! fleet looks like one machine (listing, stop-all, operations, status, version, sessions).
 //!
 //! Receives a decoded-by-us request for a [`LocalMethod`]; hands back a complete gRPC response.
 //! Fan-outs run concurrently, with a time bound, and report each part's failure by name.
@@ -14,15 +14,16 @@ use http_body::Frame;
 use prost::Message;
 
 use crate::body::read_first_message;
-use crate::auth::Principal;
+use crate::auth::{PeerAddr, Principal};
 use crate::error::GatewayError;
-use crate::pool::{PartState, Pool};
+use crate::pool::{PartState, Pool, Snapshot};
 use crate::proto::viam::common::v1::ResourceName;
 use crate::proto::viam::robot::v1 as robot;
 use crate::route::frame::FrameHeader;
 use crate::route::method::LocalMethod;
 use crate::route::resource_name::{api_key, gateway_name};
 use crate::route::table::Resource;
+use crate::session::Sessions;
 
 pub mod reflection;
 
@@ -39,12 +40,13 @@ const MAX_ROBOT_REQUEST: usize = 4 * 1024 * 1024;
 /// Answers the fleet-wide robot methods.
 pub struct FleetRobot {
     pool: Arc<Pool>,
+    sessions: Arc<Sessions>,
 }
 
 impl FleetRobot {
-    /// Serves the robot API over a pool.
-    pub fn new(pool: Arc<Pool>) -> Self {
-        Self { pool }
+    /// Serves the robot API over a pool, with the gateway's client sessions.
+    pub fn new(pool: Arc<Pool>, sessions: Arc<Sessions>) -> Self {
+        Self { pool, sessions }
     }
 
     /// Answers one locally handled method.
@@ -55,7 +57,8 @@ impl FleetRobot {
         principal: &Principal,
     ) -> Result<http::Response<Body>, GatewayError> {
         let (head, body) = req.into_parts();
-        let scope = Scope { pool: &self.pool, principal };
+        // One snapshot for the whole answer: part indices from its table index its parts.
+        let scope = Scope { snapshot: self.pool.snapshot(), principal };
         match method {
             LocalMethod::Reflection => Ok(reflection::serve(
                 self.pool.clone(),
@@ -84,9 +87,16 @@ impl FleetRobot {
                 version: env!("CARGO_PKG_VERSION").into(),
                 api_version: String::new(),
             })),
-            LocalMethod::GetSessions => Ok(reply(&robot::GetSessionsResponse { sessions: vec![] })),
-            LocalMethod::Sessions => {
-                Err(GatewayError::Unimplemented("sessions are not supported by this gateway yet".into()))
+            LocalMethod::GetSessions => Ok(reply(&self.sessions.list(principal))),
+            LocalMethod::StartSession => {
+                let peer = head.extensions.get::<PeerAddr>().map(|p| p.0);
+                let req: robot::StartSessionRequest = decode(body).await?;
+                Ok(reply(&self.sessions.start_session(&req, principal, peer)?))
+            }
+            LocalMethod::SendSessionHeartbeat => {
+                let req: robot::SendSessionHeartbeatRequest = decode(body).await?;
+                self.sessions.heartbeat(&req.id, principal)?;
+                Ok(reply(&robot::SendSessionHeartbeatResponse {}))
             }
             LocalMethod::Authenticate => {
                 Err(GatewayError::Internal("Authenticate is answered by the auth stage".into()))
@@ -98,7 +108,7 @@ impl FleetRobot {
     }
 
     fn resource_names(&self, scope: &Scope<'_>) -> robot::ResourceNamesResponse {
-        let table = self.pool.table();
+        let table = scope.snapshot.table();
         let resources =
             table.listing().iter().filter(|(part, _)| scope.allows(*part)).map(|(_, r)| to_proto(r)).collect();
         robot::ResourceNamesResponse { resources }
@@ -119,9 +129,6 @@ impl FleetRobot {
         }
     }
 
-    fn client(&self, index: usize) -> Option<Client> {
-        self.pool.channel(index).map(Client::new)
-    }
 
     /// Stops every part concurrently; `extra` parameters go to the part that owns each name.
     async fn stop_all(
@@ -129,7 +136,7 @@ impl FleetRobot {
         req: robot::StopAllRequest,
         scope: &Scope<'_>,
     ) -> Result<robot::StopAllResponse, GatewayError> {
-        let table = self.pool.table();
+        let table = scope.snapshot.table();
         let mut extras: Vec<Vec<robot::StopExtraParameters>> =
             vec![Vec::new(); table.parts().len()];
         for mut extra in req.extra {
@@ -142,12 +149,11 @@ impl FleetRobot {
             name.name.drain(..route.strip);
             extras[route.part].push(extra);
         }
-        drop(table);
         // A caller limited to some parts stops only those.
         let reachable = extras.into_iter().enumerate().filter(|(i, _)| scope.allows(*i));
         let calls = reachable.map(|(i, extra)| async move {
-            let part = self.pool.parts().get(i).map(|p| p.name().to_owned()).unwrap_or_default();
-            let mut client = self
+            let part = scope.snapshot.part(i).map(|p| p.name().to_owned()).unwrap_or_default();
+            let mut client = scope
                 .client(i)
                 .ok_or_else(|| (part.clone(), "unknown part".to_owned()))?;
             match tokio::time::timeout(
@@ -175,13 +181,13 @@ impl FleetRobot {
 
     /// Every connected part's operations, ids qualified as `part:id` so they route back.
     async fn operations(&self, scope: &Scope<'_>) -> robot::GetOperationsResponse {
-        let parts = self.pool.parts();
+        let parts = scope.snapshot.parts();
         let calls = parts
             .iter()
             .enumerate()
             .filter(|(i, p)| p.state() == PartState::Connected && scope.allows(*i))
             .map(|(i, part)| async move {
-                let mut client = self.client(i)?;
+                let mut client = scope.client(i)?;
                 let resp = tokio::time::timeout(
                     OPERATIONS_TIMEOUT,
                     client.get_operations(robot::GetOperationsRequest {}),
@@ -213,17 +219,17 @@ impl FleetRobot {
             name: id.to_owned(),
         };
         let (part, local) = id.split_once(':').ok_or_else(not_found)?;
-        let index = self.pool.table().part_named(part).ok_or_else(not_found)?;
+        let index = scope.snapshot.table().part_named(part).ok_or_else(not_found)?;
         scope.check(index)?;
-        Ok((self.client(index).ok_or_else(not_found)?, local.to_owned()))
+        Ok((scope.client(index).ok_or_else(not_found)?, local.to_owned()))
     }
 
     /// Each part as an `rdk:remote` resource with its state, plus its resources under their
     /// gateway names (from the part's own status when reachable, else last known as READY).
     async fn machine_status(&self, scope: &Scope<'_>) -> robot::GetMachineStatusResponse {
         use robot::resource_status::State;
-        let table = self.pool.table();
-        let parts = self.pool.parts();
+        let table = scope.snapshot.table();
+        let parts = scope.snapshot.parts();
         let visible = parts.iter().enumerate().filter(|(i, _)| scope.allows(*i));
         let calls = visible.map(|(i, part)| {
             let naming = table.parts()[i].naming.clone();
@@ -250,7 +256,7 @@ impl FleetRobot {
                     },
                     ..Default::default()
                 });
-                let fetched = match (connected, self.client(i)) {
+                let fetched = match (connected, scope.client(i)) {
                     (true, Some(mut client)) => tokio::time::timeout(
                         OPERATIONS_TIMEOUT,
                         client.get_machine_status(robot::GetMachineStatusRequest {}),
@@ -304,20 +310,25 @@ impl FleetRobot {
 
 /// What a caller may see and touch: parts its API key is limited to.
 struct Scope<'a> {
-    pool: &'a Pool,
+    snapshot: Arc<Snapshot>,
     principal: &'a Principal,
 }
 
 impl Scope<'_> {
     fn allows(&self, part: usize) -> bool {
-        self.pool.parts().get(part).is_some_and(|p| self.principal.may_reach(p.name()))
+        self.snapshot.part(part).is_some_and(|p| self.principal.may_reach(p.name()))
+    }
+
+    /// A robot client for part `index` of the snapshot.
+    fn client(&self, index: usize) -> Option<Client> {
+        self.snapshot.channel(index).map(Client::new)
     }
 
     fn check(&self, part: usize) -> Result<(), GatewayError> {
         if self.allows(part) {
             return Ok(());
         }
-        let name = self.pool.parts().get(part).map(|p| p.name().to_owned()).unwrap_or_default();
+        let name = self.snapshot.part(part).map(|p| p.name().to_owned()).unwrap_or_default();
         Err(GatewayError::PermissionDenied(format!("not allowed to reach part {name}")))
     }
 }

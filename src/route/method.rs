@@ -37,8 +37,10 @@ pub enum LocalMethod {
     GetVersion,
     /// `RobotService/GetSessions`.
     GetSessions,
-    /// `RobotService/StartSession` and `SendSessionHeartbeat` (UNIMPLEMENTED until sessions land).
-    Sessions,
+    /// `RobotService/StartSession` (sessions are owned by the gateway, see `session`).
+    StartSession,
+    /// `RobotService/SendSessionHeartbeat`.
+    SendSessionHeartbeat,
     /// `grpc.health.v1.Health/Check`.
     HealthCheck,
     /// `proto.rpc.v1.AuthService/Authenticate`.
@@ -63,7 +65,8 @@ pub fn classify(path: &str) -> MethodKind {
             "GetMachineStatus" => MethodKind::Local(LocalMethod::GetMachineStatus),
             "GetVersion" => MethodKind::Local(LocalMethod::GetVersion),
             "GetSessions" => MethodKind::Local(LocalMethod::GetSessions),
-            "StartSession" | "SendSessionHeartbeat" => MethodKind::Local(LocalMethod::Sessions),
+            "StartSession" => MethodKind::Local(LocalMethod::StartSession),
+            "SendSessionHeartbeat" => MethodKind::Local(LocalMethod::SendSessionHeartbeat),
             _ => MethodKind::MainPart,
         };
     }
@@ -120,7 +123,11 @@ mod tests {
         );
         assert_eq!(
             classify("/viam.robot.v1.RobotService/StartSession"),
-            MethodKind::Local(LocalMethod::Sessions)
+            MethodKind::Local(LocalMethod::StartSession)
+        );
+        assert_eq!(
+            classify("/viam.robot.v1.RobotService/SendSessionHeartbeat"),
+            MethodKind::Local(LocalMethod::SendSessionHeartbeat)
         );
     }
 

@@ -1,6 +1,12 @@
 //! Shared helpers for integration tests: simulated parts and the gateway in-process on
 //! `127.0.0.1:0`, and clients that talk real gRPC to them over loopback.
-#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -334,7 +340,9 @@ impl Relay {
         let flag = frozen.clone();
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
-                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { continue };
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
                 let (ri, wi) = inbound.into_split();
                 let (ro, wo) = outbound.into_split();
                 tokio::spawn(pump(ri, wo, flag.clone()));
@@ -399,19 +407,31 @@ pub fn pki(tag: &str) -> TestPki {
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
     let cert = params.signed_by(&key, &ca).unwrap();
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    TestPki { dir, ca_pem: ca.pem(), cert: cert_path, key: key_path }
+    TestPki {
+        dir,
+        ca_pem: ca.pem(),
+        cert: cert_path,
+        key: key_path,
+    }
 }
 
 /// A TLS channel to `localhost:port` trusting `ca_pem`.
 pub async fn tls_channel(port: u16, ca_pem: &str) -> Result<Channel, tonic::transport::Error> {
     use tonic::transport::{Certificate, ClientTlsConfig};
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("localhost");
-    Endpoint::from_shared(format!("https://localhost:{port}")).unwrap().tls_config(tls)?.connect().await
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    Endpoint::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -421,7 +441,8 @@ pub struct Bearer(pub Option<String>);
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(token) = &self.0 {
-            req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
         }
         Ok(req)
     }
@@ -436,7 +457,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (http::StatusCode, String
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     let resp = raw_call(addr, false, req).await;
-    (resp.status, String::from_utf8_lossy(&resp.body).into_owned())
+    (
+        resp.status,
+        String::from_utf8_lossy(&resp.body).into_owned(),
+    )
 }
 
 /// One sample of the exposition: name, labels, value.
@@ -473,7 +497,10 @@ impl Exposition {
         match matching.as_slice() {
             [] => None,
             [one] => Some(one.value),
-            many => panic!("{} samples of {name} match {labels:?}: {many:?}", many.len()),
+            many => panic!(
+                "{} samples of {name} match {labels:?}: {many:?}",
+                many.len()
+            ),
         }
     }
 

@@ -629,3 +629,70 @@ async def auth_fleet(part_factory, gateway_from_config, tls_certs) -> AuthFleet:
     fleet = AuthFleet(gateway=gw, parts=parts, certs=tls_certs, auth=auth)
     await wait_until_listed_tls(fleet.localhost, auth.new_secret, auth_fleet_names())
     return fleet
+
+
+# --------------------------------------------------------------------------------------------
+# Sessions and safety (issue 7)
+# --------------------------------------------------------------------------------------------
+
+# A client process: the official SDK connects to the gateway, drives motors with set_power (which
+# starts a session and its heartbeat thread), prints `POWERED <session id>`, then idles until killed.
+SESSION_CLIENT = r"""
+import asyncio, sys
+from viam.components.motor import Motor
+from viam.robot.client import RobotClient
+from viam.rpc.dial import DialOptions
+
+async def main(address, names):
+    opts = RobotClient.Options(
+        dial_options=DialOptions(insecure=True, disable_webrtc=True, timeout=5, initial_connection_attempts=1),
+        check_connection_interval=0,
+        attempt_reconnect_interval=0,
+    )
+    robot = await asyncio.wait_for(RobotClient.at_address(address, opts), timeout=15)
+    for name in names:
+        await Motor.from_robot(robot, name).set_power(0.7, timeout=5)
+    print("POWERED", robot._sessions_client._current_id, flush=True)
+    while True:
+        await asyncio.sleep(3600)
+
+asyncio.run(main(sys.argv[1], sys.argv[2].split(",")))
+"""
+
+POWERED_RE = re.compile(r"^POWERED (\S*)$")
+
+
+@dataclass
+class ClientProcess:
+    proc: subprocess.Popen
+    stdout: _Drainer
+    stderr: _Drainer
+    session_id: str
+
+
+@pytest.fixture
+def sdk_client_process():
+    """`start(address, names) -> ClientProcess`: a separate Python process whose SDK client
+    set_power()s the named motors through the gateway and then idles (heartbeating) until the
+    test kills it by its PID. Processes still running at teardown are killed."""
+    started: List[ClientProcess] = []
+
+    def start(address: str, names: List[str]) -> ClientProcess:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SESSION_CLIENT, address, ",".join(names)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+        )  # fmt: skip
+        out, err = _Drainer(proc.stdout, "client-out"), _Drainer(proc.stderr, "client-err")
+        m = out.wait_for(POWERED_RE, 30.0, proc)
+        if not m:
+            _stop_process(proc)
+            raise RuntimeError(f"client process never powered its motors.\nstdout:\n{out.text()}\nstderr:\n{err.text()}")
+        client = ClientProcess(proc=proc, stdout=out, stderr=err, session_id=m.group(1))
+        started.append(client)
+        return client
+
+    yield start
+    for client in started:
+        if client.proc.poll() is None:
+            client.proc.kill()
+            client.proc.wait(timeout=5)

@@ -1,0 +1,53 @@
+# syntax=docker/dockerfile:1
+#
+# partgate: a gRPC gateway that presents a fleet of Viam robot parts as one machine.
+#
+#   docker build -t partgate .
+#   docker run --rm -p 8080:8080 -p 9090:9090 \
+#       -v "$PWD/fleet.json:/etc/partgate/partgate.json:ro" partgate
+#
+# The project's machines run no Docker engine: scripts/check-dockerfile checks this file without
+# one (the builder's cargo command in a copy of exactly the COPYed files, then the runtime
+# stage's binary, user, ports, config path and HEALTHCHECK against a running gateway).
+
+ARG RUST_VERSION=1
+
+# --- builder: the release binary (protos compile with protox in build.rs: no protoc) ---------
+FROM rust:${RUST_VERSION}-bookworm AS builder
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto ./proto
+COPY src ./src
+COPY benches ./benches
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --locked --release --bin partgate \
+    && install -D -m 0755 target/release/partgate /out/partgate
+
+# --- runtime: small, non-root, the binary and a default config ---------------------------
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 partgate \
+    && useradd --system --uid 10001 --gid partgate --no-create-home \
+       --home-dir /nonexistent --shell /usr/sbin/nologin partgate
+COPY --from=builder /out/partgate /usr/local/bin/partgate
+COPY deploy/config/default.json /etc/partgate/partgate.json
+ENV PARTGATE_CONFIG=/etc/partgate/partgate.json \
+    PARTGATE_LOG_FORMAT=json \
+    PARTGATE_HEALTHCHECK_URL=http://127.0.0.1:8080/healthz
+USER 10001:10001
+# gRPC, gRPC-Web, /healthz /readyz /statusz /metrics
+EXPOSE 8080/tcp
+# gateway.admin_address of the default config: /metrics /healthz /readyz /statusz only
+EXPOSE 9090/tcp
+# Placeholder for WebRTC (ICE over UDP) once it lands: publish the same range with -p.
+EXPOSE 40000-40099/udp
+# SIGTERM drains in-flight calls for up to gateway.drain_timeout (30 s by default): give
+# `docker stop` more than that (-t 40, or stop_grace_period in compose).
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["/usr/local/bin/partgate", "healthcheck"]
+ENTRYPOINT ["/usr/local/bin/partgate"]
+CMD ["run"]

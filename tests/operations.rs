@@ -1,0 +1,898 @@
+//! Operations: metrics as calls happen, bounded labels, health and readiness, live reload, and
+//! the binary's graceful shutdown, JSON logs and container healthcheck.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use http::StatusCode;
+use support::*;
+use tonic::Code;
+
+const BIN: &str = env!("CARGO_BIN_EXE_partgate");
+const SET_POWER: &str = "/viam.component.motor.v1.MotorService/SetPower";
+
+fn two_parts() -> Vec<(PartSpec, Option<&'static str>)> {
+    let mut a = spec("a", &["m1"]);
+    a.counters = vec!["c1".into()];
+    vec![(a, None), (spec("b", &["m2"]), None)]
+}
+
+// === metrics ===
+
+#[tokio::test]
+async fn metrics_count_calls_by_part_method_and_code() {
+    let fleet = fleet(two_parts(), None, |_| {}).await;
+    let ch = fleet.channel().await;
+    let mut motors = motor_client(&ch);
+    for _ in 0..3 {
+        motors.set_power(set_power("a:m1", 0.5)).await.expect("ok");
+    }
+    let missing = motors.set_power(set_power("nope:m1", 0.5)).await;
+    assert_eq!(missing.unwrap_err().code(), Code::NotFound);
+    listed_names(&ch).await;
+
+    let m = scrape(fleet.addr()).await;
+    let a = [("part", "a"), ("method", SET_POWER)];
+    assert_eq!(
+        m.get("partgate_calls_started_total", &a),
+        Some(3.0),
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.get(
+            "partgate_calls_finished_total",
+            &[a[0], a[1], ("code", "OK")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(m.get("partgate_call_duration_seconds_count", &a), Some(3.0));
+    assert!(m.get("partgate_call_duration_seconds_sum", &a).unwrap() > 0.0);
+    assert_eq!(m.get("partgate_calls_in_flight", &a), Some(0.0));
+    assert!(m.get("partgate_request_bytes_total", &a).unwrap() >= 3.0 * 10.0);
+    assert!(m.get("partgate_response_bytes_total", &a).unwrap() >= 3.0 * 5.0);
+    // The unroutable call: no part, counted as a client-side rejection.
+    let none = [
+        ("part", "none"),
+        ("method", SET_POWER),
+        ("code", "NOT_FOUND"),
+    ];
+    assert_eq!(m.get("partgate_calls_finished_total", &none), Some(1.0));
+    let rejected = [
+        ("reason", "no_route"),
+        ("source", "client"),
+        ("part", "none"),
+    ];
+    assert_eq!(m.get("partgate_calls_rejected_total", &rejected), Some(1.0));
+    // Answered by the gateway itself.
+    let listed = [
+        ("part", "none"),
+        ("method", "/viam.robot.v1.RobotService/ResourceNames"),
+    ];
+    assert!(
+        m.get(
+            "partgate_calls_finished_total",
+            &[listed[0], listed[1], ("code", "OK")]
+        ) >= Some(1.0)
+    );
+    // Parts, process and build.
+    for part in ["a", "b"] {
+        assert_eq!(
+            m.get("partgate_part_connected", &[("part", part)]),
+            Some(1.0)
+        );
+        assert_eq!(
+            m.get(
+                "partgate_part_state",
+                &[("part", part), ("state", "connected")]
+            ),
+            Some(1.0)
+        );
+        assert!(m.get("partgate_part_connects_total", &[("part", part)]) >= Some(1.0));
+        assert_eq!(
+            m.get("partgate_part_resources", &[("part", part)]),
+            Some(1.0 + f64::from(part == "a"))
+        );
+        assert!(
+            m.get(
+                "partgate_part_resource_names_age_seconds",
+                &[("part", part)]
+            )
+            .unwrap()
+                < 60.0
+        );
+    }
+    assert!(m.get("process_cpu_seconds_total", &[]).unwrap() > 0.0);
+    assert!(m.get("process_open_fds", &[]).unwrap() > 3.0);
+    assert!(m.get("process_resident_memory_bytes", &[]).unwrap() > 1e6);
+    assert_eq!(
+        m.get(
+            "partgate_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    assert!(m.text.ends_with("# EOF\n"));
+
+    // More calls move the counters.
+    motors.set_power(set_power("a:m1", 0.1)).await.expect("ok");
+    let m2 = scrape(fleet.addr()).await;
+    assert_eq!(m2.get("partgate_calls_started_total", &a), Some(4.0));
+}
+
+#[tokio::test]
+async fn streams_are_in_flight_until_they_end_and_cancellation_is_counted() {
+    let fleet = fleet(two_parts(), None, |_| {}).await;
+    let ch = fleet.channel().await;
+    let chat = "/acme.component.counter.v1.CounterService/Chat";
+    let labels = [("part", "a"), ("method", chat)];
+    let (tx, mut responses) = open_chat(&ch, "a:c1").await;
+    chat_once(&tx, &mut responses, "a:c1", "hello")
+        .await
+        .unwrap();
+    let m = scrape(fleet.addr()).await;
+    assert_eq!(
+        m.get("partgate_calls_in_flight", &labels),
+        Some(1.0),
+        "{}",
+        m.text
+    );
+    // The client goes away mid-stream: the call ends as CANCELLED.
+    drop(responses);
+    drop(tx);
+    wait_for_metric(
+        fleet.addr(),
+        "partgate_calls_finished_total",
+        &[labels[0], labels[1], ("code", "CANCELLED")],
+        1.0,
+    )
+    .await;
+    let m = scrape(fleet.addr()).await;
+    assert_eq!(m.get("partgate_calls_in_flight", &labels), Some(0.0));
+}
+
+#[tokio::test]
+async fn cardinality_stays_bounded_under_random_method_names() {
+    let fleet = fleet(two_parts(), None, |_| {}).await;
+    let addr = fleet.addr();
+    let before = scrape(addr).await.samples.len();
+    let mut seed = 0x2545_f491_u64;
+    for i in 0..200 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let path = match i % 4 {
+            0 => format!("/viam.component.motor.v1.MotorService/Rnd{seed:x}"),
+            1 => format!("/x{seed:x}.Svc/M{i}"),
+            2 => format!("/viam.robot.v1.RobotService/Nope{seed:x}"),
+            _ => SET_POWER.to_owned(),
+        };
+        // Random resource names too: unknown parts must not become label values.
+        let body = grpc_frame(false, &encode(&set_power(&format!("p{seed:x}:m{i}"), 0.0)));
+        raw_call(addr, true, grpc_request(addr, &path, body)).await;
+    }
+    let m = scrape(addr).await;
+    for name in [
+        "partgate_calls_started_total",
+        "partgate_calls_finished_total",
+    ] {
+        let methods = m.label_values(name, "method");
+        assert!(
+            methods
+                .iter()
+                .all(|v| !v.contains("Rnd") && !v.contains("Nope") && !v.contains(".Svc")),
+            "{methods:?}"
+        );
+        assert!(methods.contains("other"), "{methods:?}");
+        let parts = m.label_values(name, "part");
+        assert!(
+            parts
+                .iter()
+                .all(|p| ["a", "b", "none"].contains(&p.as_str())),
+            "{parts:?}"
+        );
+    }
+    let after = m.samples.len();
+    assert!(
+        after - before < 60,
+        "{before} -> {after} samples after 200 random methods"
+    );
+}
+
+// === health, readiness, status ===
+
+#[tokio::test]
+async fn health_readiness_and_status_endpoints() {
+    let mut fleet = fleet(two_parts(), None, |c| {
+        c.gateway.admin_address = Some("127.0.0.1:0".into());
+    })
+    .await;
+    let admin = fleet.gateway.admin_addr().expect("admin listener");
+    for addr in [fleet.addr(), admin] {
+        assert_eq!(
+            http_get(addr, "/healthz").await,
+            (StatusCode::OK, "ok\n".into())
+        );
+        assert_eq!(http_get(addr, "/readyz").await.0, StatusCode::OK);
+        assert_eq!(
+            http_get(addr, "/readyz?all_parts=1").await.0,
+            StatusCode::OK
+        );
+        assert!(
+            scrape(addr)
+                .await
+                .get("partgate_part_connected", &[("part", "a")])
+                == Some(1.0)
+        );
+    }
+    // Only operations on the admin port.
+    assert_eq!(http_get(admin, "/nothing").await.0, StatusCode::NOT_FOUND);
+
+    let (status, body) = http_get(admin, "/statusz").await;
+    assert_eq!(status, StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(json["phase"], "serving");
+    let parts = json["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0]["name"], "a");
+    assert_eq!(parts[0]["state"], "connected");
+    assert_eq!(parts[0]["resources"], 2);
+    assert!(
+        parts[0]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert!(parts[0]["refresh_age_seconds"].as_f64().unwrap() < 60.0);
+
+    // A part down: ready, but not with every part connected.
+    let killed = fleet.kill("b").await;
+    assert_eq!(http_get(admin, "/readyz").await.0, StatusCode::OK);
+    let (status, body) = http_get(admin, "/readyz?all_parts=1").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("b"), "{body}");
+    let json: serde_json::Value =
+        serde_json::from_str(&http_get(admin, "/statusz").await.1).unwrap();
+    assert_eq!(json["parts"][1]["state"], "disconnected");
+    assert!(json["parts"][1]["last_error"].is_string());
+    fleet.restart("b", killed).await;
+    fleet.wait_connected().await;
+    assert_eq!(
+        http_get(admin, "/readyz?all_parts=1").await.0,
+        StatusCode::OK
+    );
+
+    // Draining: not ready while in-flight calls finish.
+    fleet
+        .gateway
+        .admin()
+        .set_phase(partgate::admin::Phase::Draining);
+    let (status, body) = http_get(admin, "/readyz").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: draining: shutting down\n"
+        )
+    );
+}
+
+#[tokio::test]
+async fn statusz_reports_call_rates() {
+    let fleet = fleet(two_parts(), None, |_| {}).await;
+    let ch = fleet.channel().await;
+    let mut motors = motor_client(&ch);
+    for _ in 0..5 {
+        motors.set_power(set_power("a:m1", 0.5)).await.expect("ok");
+    }
+    let _ = motors.set_power(set_power("a:nope", 0.5)).await;
+    let json: serde_json::Value =
+        serde_json::from_str(&http_get(fleet.addr(), "/statusz").await.1).unwrap();
+    let a = &json["parts"][0];
+    assert_eq!(a["calls_total"], 6);
+    assert_eq!(a["calls_failed_total"], 1);
+    assert!(a["calls_per_second"].as_f64().unwrap() > 0.0, "{a}");
+}
+
+// === reload ===
+
+/// Opens a bidi Chat stream to `name` (the first message goes out before the headers wait).
+async fn open_chat(
+    ch: &tonic::transport::Channel,
+    name: &str,
+) -> (
+    tokio::sync::mpsc::Sender<counter::ChatRequest>,
+    tonic::Streaming<counter::ChatResponse>,
+) {
+    let mut client = counter::counter_service_client::CounterServiceClient::new(ch.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(counter::ChatRequest {
+        name: name.into(),
+        text: "open".into(),
+    })
+    .await
+    .unwrap();
+    let mut responses = client
+        .chat(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("chat opens")
+        .into_inner();
+    responses.next().await.expect("first answer").expect("ok");
+    (tx, responses)
+}
+
+async fn chat_once(
+    tx: &tokio::sync::mpsc::Sender<counter::ChatRequest>,
+    responses: &mut tonic::Streaming<counter::ChatResponse>,
+    name: &str,
+    text: &str,
+) -> Result<String, tonic::Status> {
+    tx.send(counter::ChatRequest {
+        name: name.into(),
+        text: text.into(),
+    })
+    .await
+    .map_err(|_| tonic::Status::unavailable("stream closed"))?;
+    match tokio::time::timeout(Duration::from_secs(5), responses.next()).await {
+        Ok(Some(Ok(resp))) => {
+            assert_eq!(resp.text, text);
+            Ok(resp.name)
+        }
+        Ok(Some(Err(status))) => Err(status),
+        Ok(None) => Err(tonic::Status::unknown("stream ended")),
+        Err(_) => panic!("no answer within 5 s"),
+    }
+}
+
+async fn wait_for_metric(addr: SocketAddr, name: &str, labels: &[(&str, &str)], value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = scrape(addr).await;
+        if m.get(name, labels) == Some(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}{labels:?} never reached {value}:\n{}",
+            m.text
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn reload_adds_and_removes_parts_while_a_stream_to_a_kept_part_flows() {
+    let fleet = fleet(two_parts(), None, |c| c.gateway.drain_timeout = "1s".into()).await;
+    let ch = fleet.channel().await;
+    let (tx, mut chat) = open_chat(&ch, "a:c1").await;
+    let a_connects = fleet.gateway.pool().parts()[0].connects();
+
+    let c = sim(spec("c", &["m3"])).await;
+    let remotes = vec![fleet.config.remotes[0].clone(), remote("c", c.addr(), None)];
+    let outcome = fleet
+        .gateway
+        .reload(with_remotes(&fleet.config, remotes))
+        .await
+        .expect("reload applies");
+    assert_eq!(outcome.changes.added, ["c"]);
+    assert_eq!(outcome.changes.removed, ["b"]);
+    assert_eq!(outcome.changes.kept, ["a"]);
+    assert!(outcome.changes.redialed.is_empty());
+    assert!(outcome.needs_restart.is_empty());
+
+    // The stream to the kept part goes on, on the same connection.
+    for i in 0..3 {
+        assert_eq!(
+            chat_once(&tx, &mut chat, "a:c1", &format!("after {i}"))
+                .await
+                .unwrap(),
+            "c1"
+        );
+    }
+    assert_eq!(fleet.gateway.pool().parts()[0].connects(), a_connects);
+
+    // The new part serves, the removed one is gone from routing, listing and metrics.
+    wait_for("c listed", Duration::from_secs(5), || {
+        fleet
+            .gateway
+            .pool()
+            .table()
+            .listing()
+            .iter()
+            .any(|(_, r)| r.name == "c:m3")
+    })
+    .await;
+    let names = listed_names(&ch).await;
+    assert!(
+        names.contains(&"c:m3".to_owned()) && !names.contains(&"b:m2".to_owned()),
+        "{names:?}"
+    );
+    let mut motors = motor_client(&ch);
+    motors
+        .set_power(set_power("c:m3", 0.2))
+        .await
+        .expect("new part serves");
+    let gone = motors.set_power(set_power("b:m2", 0.2)).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    let m = scrape(fleet.addr()).await;
+    assert!(
+        m.label_values("partgate_part_connected", "part")
+            .iter()
+            .eq(["a", "c"].iter()),
+        "{}",
+        m.text
+    );
+    assert!(!m.text.contains("part=\"b\""), "{}", m.text);
+    assert_eq!(
+        m.get("partgate_config_reloads_total", &[("result", "success")]),
+        Some(1.0)
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&http_get(fleet.addr(), "/statusz").await.1).unwrap();
+    assert_eq!(json["last_reload"]["ok"], true);
+    assert_eq!(json["last_reload"]["added"][0], "c");
+    assert_eq!(json["last_reload"]["removed"][0], "b");
+}
+
+#[tokio::test]
+async fn a_changed_part_is_redialed_and_its_open_stream_drains_then_closes() {
+    let fleet = fleet(two_parts(), None, |c| c.gateway.drain_timeout = "1s".into()).await;
+    let ch = fleet.channel().await;
+    let (tx, mut chat) = open_chat(&ch, "a:c1").await;
+    let old = fleet.gateway.pool().parts()[0].clone();
+
+    // Part a gets a prefix: a new connection; the open stream stays on the old one.
+    let mut remotes = fleet.config.remotes.clone();
+    remotes[0].prefix = Some("a-".into());
+    let outcome = fleet
+        .gateway
+        .reload(with_remotes(&fleet.config, remotes))
+        .await
+        .unwrap();
+    assert_eq!(outcome.changes.redialed, ["a"]);
+    assert_eq!(outcome.changes.kept, ["b"]);
+    assert!(!std::sync::Arc::ptr_eq(
+        &old,
+        &fleet.gateway.pool().parts()[0]
+    ));
+    assert_eq!(
+        chat_once(&tx, &mut chat, "a:c1", "still here")
+            .await
+            .unwrap(),
+        "c1"
+    );
+    let mut motors = motor_client(&ch);
+    motors
+        .set_power(set_power("a-m1", 0.3))
+        .await
+        .expect("new name routes");
+    let names = listed_names(&ch).await;
+    assert!(
+        names.contains(&"a-m1".to_owned()) && !names.contains(&"a:m1".to_owned()),
+        "{names:?}"
+    );
+
+    // After the drain timeout the old stream is ended by the gateway, not left hanging.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let ended = chat_once(&tx, &mut chat, "a:c1", "too late")
+        .await
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert!(ended.message().contains("reload"), "{ended:?}");
+}
+
+#[tokio::test]
+async fn invalid_reload_keeps_the_running_config_and_file_changes_apply() {
+    let fleet = fleet(two_parts(), None, |_| {}).await;
+    let dir = std::env::temp_dir().join(format!("partgate-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("fleet.json");
+    std::fs::write(&path, "{ \"remotes\": [ {\"name\": \"bad name\"} ] }").unwrap();
+    let err = fleet.gateway.reload_from_file(&path).await.unwrap_err();
+    assert!(err.to_string().contains("remotes[0]"), "{err}");
+
+    // Nothing changed: both parts still serve.
+    let ch = fleet.channel().await;
+    let mut motors = motor_client(&ch);
+    motors
+        .set_power(set_power("a:m1", 0.1))
+        .await
+        .expect("a still serves");
+    motors
+        .set_power(set_power("b:m2", 0.1))
+        .await
+        .expect("b still serves");
+    let m = scrape(fleet.addr()).await;
+    assert_eq!(
+        m.get(
+            "partgate_config_reloads_total",
+            &[("result", "failure"), ("reason", "invalid")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.get("partgate_config_last_reload_successful", &[]),
+        Some(0.0)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&http_get(fleet.addr(), "/statusz").await.1).unwrap();
+    assert_eq!(json["last_reload"]["ok"], false);
+    assert!(
+        json["last_reload"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("remotes[0]"),
+        "{json}"
+    );
+
+    // A watched file: writing a valid config with part b removed applies it.
+    fleet
+        .gateway
+        .watch_config(path.clone(), Duration::from_millis(100));
+    let a = &fleet.config.remotes[0];
+    let config = serde_json::json!({
+        "network": {"bind_address": "127.0.0.1:0"},
+        "remotes": [{"name": "a", "address": a.address, "insecure": true,
+                     "connection_check_interval": "1s", "reconnect_interval": "100ms"}],
+    });
+    std::fs::write(&path, config.to_string()).unwrap();
+    wait_for(
+        "b removed by the file watcher",
+        Duration::from_secs(5),
+        || fleet.gateway.pool().parts().len() == 1,
+    )
+    .await;
+    // Unchanged part a kept its connection (same settings as at start).
+    assert_eq!(fleet.gateway.pool().parts()[0].connects(), 1);
+    let m = scrape(fleet.addr()).await;
+    assert_eq!(
+        m.get("partgate_config_last_reload_successful", &[]),
+        Some(1.0)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn restart_only_settings_are_reported_and_kept() {
+    let fleet = fleet(two_parts(), None, |_| {}).await;
+    let mut config = fleet.config.clone();
+    config.network.bind_address = "127.0.0.1:1".into();
+    config.gateway.max_concurrent_calls_per_part = 1;
+    let outcome = fleet
+        .gateway
+        .reload(config.validate().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(outcome.needs_restart, ["network.bind_address"]);
+    assert_eq!(outcome.changes.kept, ["a", "b"]);
+    // The listener still answers on its address; the new per-part limit applies live.
+    let ch = fleet.channel().await;
+    let mut motors = motor_client(&ch);
+    motors
+        .set_power(set_power("a:m1", 0.1))
+        .await
+        .expect("serves");
+    let (tx, mut chat) = open_chat(&ch, "a:c1").await;
+    let shed = motors.set_power(set_power("a:m1", 0.1)).await.unwrap_err();
+    assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+    chat_once(&tx, &mut chat, "a:c1", "x").await.unwrap();
+}
+
+// === the binary ===
+
+/// A `partgate run` child whose stderr lines arrive on a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(config: &serde_json::Value, extra: &[&str], envs: &[(&str, &str)]) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "partgate-ops-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("partgate.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config", path.to_str().unwrap()])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .env_remove("PARTGATE_LOG_FORMAT")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawns");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `needle` and returns it.
+    fn wait_line(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("no line with {needle:?}; saw:\n{}", self.seen.join("\n"))
+            });
+            self.seen.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    fn listening(&mut self) -> SocketAddr {
+        let line = self.wait_line("listening on ", Duration::from_secs(30));
+        let rest = line.split("listening on ").nth(1).unwrap();
+        let addr: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+            .collect();
+        addr.parse().unwrap()
+    }
+
+    fn signal(&self, name: &str) {
+        // By this child's own pid, never by name.
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "did not exit in {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn rest_of_output(&mut self) -> Vec<String> {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.seen.push(line);
+        }
+        self.seen.clone()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn run_config(remotes: serde_json::Value, gateway: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "network": {"bind_address": "127.0.0.1:0"},
+        "remotes": remotes,
+        "gateway": gateway,
+    })
+}
+
+// Multi-threaded: waiting for the child's log lines blocks one worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_an_in_flight_call_then_exits_zero() {
+    let mut slow = spec("slow", &["m1"]);
+    slow.delay = Some(Duration::from_millis(1500));
+    let part = sim(slow).await;
+    let config = run_config(
+        serde_json::json!([{"name": "slow", "address": part.addr().to_string(), "insecure": true,
+                            "connection_check_interval": "30s"}]),
+        serde_json::json!({"drain_timeout": "10s"}),
+    );
+    let mut gw = Running::start(&config, &[], &[]);
+    let addr = gw.listening();
+    let ch = channel(addr).await;
+    let call =
+        tokio::spawn(async move { motor_client(&ch).set_power(set_power("slow:m1", 0.7)).await });
+    // Let the call reach the part, then stop the gateway.
+    wait_for("the call reaches the part", Duration::from_secs(10), || {
+        part.log().names_for("SetPower").len() == 1
+    })
+    .await;
+    let sent = Instant::now();
+    gw.signal("TERM");
+    let result = call.await.unwrap();
+    assert!(result.is_ok(), "in-flight call cut: {result:?}");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(500),
+        "the call waited for the part"
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let status = gw.wait_exit(Duration::from_secs(15));
+        (status, gw.rest_of_output())
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.0.success(),
+        "exit {:?}; log:\n{}",
+        status.0,
+        status.1.join("\n")
+    );
+    assert!(
+        status.1.iter().any(|l| l.contains("stopped")),
+        "{}",
+        status.1.join("\n")
+    );
+    assert_eq!(part.log().motor("m1").map(|m| m.power), Some(0.7));
+}
+
+// Multi-threaded: waiting for the child's log lines blocks one worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_flips_once_the_config_is_loaded_and_parts_checked() {
+    // A part that accepts connections and never answers: its first check takes 5 s.
+    let target = sim(spec("hung", &["m1"])).await;
+    let relay = Relay::start(target.addr()).await;
+    relay.freeze(true);
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = run_config(
+        serde_json::json!([{"name": "hung", "address": relay.addr.to_string(), "insecure": true}]),
+        serde_json::json!({"admin_address": admin.to_string()}),
+    );
+    let mut gw = Running::start(&config, &[], &[]);
+    gw.wait_line("operations endpoints on", Duration::from_secs(10));
+    let (status, body) = http_get(admin, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("starting"), "{body}");
+    assert_eq!(http_get(admin, "/healthz").await.0, StatusCode::OK);
+    gw.listening();
+    let (status, body) = http_get(admin, "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        http_get(admin, "/readyz?all_parts=1").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    relay.freeze(false);
+    gw.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert!(status.success());
+}
+
+// Multi-threaded: waiting for the child's log lines blocks one worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_parse_and_failed_calls_log_part_method_and_code() {
+    let part = sim(spec("p1", &["m1"])).await;
+    let config = run_config(
+        serde_json::json!([
+            {"name": "p1", "address": part.addr().to_string(), "insecure": true},
+            {"name": "gone", "address": format!("127.0.0.1:{}", free_port()), "insecure": true,
+             "secret": "hunter2-never-logged"},
+        ]),
+        serde_json::json!({}),
+    );
+    let mut gw = Running::start(&config, &[], &[("PARTGATE_LOG_FORMAT", "json")]);
+    let addr = gw.listening();
+    let ch = channel(addr).await;
+    let mut motors = motor_client(&ch);
+    motors.set_power(set_power("p1:m1", 0.2)).await.expect("ok");
+    // A part that is down: UNAVAILABLE, logged at info with part, method and code.
+    let down = motors.set_power(set_power("gone:m1", 0.2)).await;
+    assert!(down.is_err());
+    gw.signal("TERM");
+    let lines = tokio::task::spawn_blocking(move || {
+        assert!(gw.wait_exit(Duration::from_secs(15)).success());
+        gw.rest_of_output()
+    })
+    .await
+    .unwrap();
+    let parsed: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        parsed
+            .iter()
+            .all(|v| v["level"].is_string() && v["timestamp"].is_string())
+    );
+    assert!(parsed.iter().any(|v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("listening on"))
+    }));
+    let failed = parsed
+        .iter()
+        .find(|v| v["message"] == "call failed" || v["message"] == "call rejected")
+        .unwrap_or_else(|| panic!("no failed-call line in:\n{}", lines.join("\n")));
+    assert_eq!(failed["method"], SET_POWER, "{failed}");
+    assert!(failed["code"].is_string(), "{failed}");
+    assert!(failed["part"].is_string(), "{failed}");
+    assert!(
+        !lines.iter().any(|l| l.contains("hunter2")),
+        "a secret was logged"
+    );
+}
+
+#[tokio::test]
+async fn healthcheck_subcommand_probes_the_gateway() {
+    let fleet = fleet(two_parts(), None, |_| {}).await;
+    let url = format!("http://{}/healthz", fleet.addr());
+    let probe = |url: String| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(["healthcheck", "--url", &url, "--timeout", "2"])
+                .output()
+                .unwrap()
+        })
+    };
+    assert!(probe(url).await.unwrap().status.success());
+    let ready = format!("http://{}/readyz?all_parts=1", fleet.addr());
+    assert!(probe(ready).await.unwrap().status.success());
+    let missing = format!("http://{}/missing", fleet.addr());
+    assert!(!probe(missing).await.unwrap().status.success());
+    let closed = format!("http://127.0.0.1:{}/healthz", free_port());
+    let out = probe(closed).await.unwrap();
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+#[test]
+fn dockerfile_runtime_expectations_hold_for_the_binary() {
+    // The full check (scripts/test) also runs the builder's release build; this runs the static
+    // checks and the runtime stage against the debug binary.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/check-dockerfile");
+    let out = Command::new("python3")
+        .args([script, "--binary", BIN])
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("HEALTHCHECK passes"), "{stdout}");
+}
+
+#[tokio::test]
+async fn with_auth_status_stays_on_the_admin_port() {
+    let fleet = fleet(two_parts(), None, |c| {
+        c.gateway.admin_address = Some("127.0.0.1:0".into());
+        let handlers = serde_json::json!({
+            "handlers": [{ "type": "robot-location-secret", "config": { "secret": "s3cret" } }]
+        });
+        c.auth = Some(serde_json::from_value(handlers).unwrap());
+    })
+    .await;
+    let admin = fleet.gateway.admin_addr().unwrap();
+    let (status, body) = http_get(fleet.addr(), "/statusz").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body.contains("admin_address"), "{body}");
+    assert_eq!(http_get(admin, "/statusz").await.0, StatusCode::OK);
+    // Probes and scrapes need no credentials on either port.
+    assert_eq!(http_get(fleet.addr(), "/readyz").await.0, StatusCode::OK);
+    assert_eq!(http_get(fleet.addr(), "/metrics").await.0, StatusCode::OK);
+}
