@@ -31,6 +31,9 @@ use crate::proto::viam::robot::v1 as robot;
 use crate::robot::reflection::{self, DescriptorIndex};
 
 type Body = tonic::body::Body;
+/// Entries a simulated part's call log keeps (tests look at far fewer).
+const MAX_LOGGED_CALLS: usize = 100_000;
+
 /// viam-server's message size limit, which simulated parts share.
 const MAX_MESSAGE: usize = 32 * 1024 * 1024;
 
@@ -100,6 +103,17 @@ pub struct PartLog {
 }
 
 impl PartLog {
+    /// Appends to the call log, keeping only the newest entries so a long-running
+    /// `partgate demo` does not grow without bound.
+    pub fn record_call(&self, method: impl Into<String>, name: impl Into<String>) {
+        if let Ok(mut calls) = self.calls.lock() {
+            if calls.len() >= MAX_LOGGED_CALLS {
+                calls.drain(..MAX_LOGGED_CALLS / 2);
+            }
+            calls.push((method.into(), name.into()));
+        }
+    }
+
     /// Forgets every issued token, as a part restarted behind a proxy would.
     pub fn forget_tokens(&self) {
         if let Ok(mut tokens) = self.tokens.lock() {
@@ -146,9 +160,7 @@ impl PartLog {
             if let Ok(mut motors) = self.motors.lock() {
                 motors.entry(motor.clone()).or_default().power = 0.0;
             }
-            if let Ok(mut calls) = self.calls.lock() {
-                calls.push(("SessionStop".into(), motor));
-            }
+            self.record_call("SessionStop", motor);
         }
         true
     }
@@ -328,9 +340,7 @@ impl Sim {
             Ok(r) => r,
             Err(e) => return e.to_status().into_http(),
         };
-        if let Ok(mut calls) = self.log.calls.lock() {
-            calls.push(("Authenticate".into(), request.entity.clone()));
-        }
+        self.log.record_call("Authenticate", request.entity.clone());
         if request.credentials.as_ref().is_none_or(|c| c.payload != secret) {
             return Status::unauthenticated("invalid credentials").into_http();
         }
@@ -342,9 +352,7 @@ impl Sim {
     }
 
     async fn record<T>(&self, method: &str, name: &str, req: &Request<T>) {
-        if let Ok(mut calls) = self.log.calls.lock() {
-            calls.push((method.to_owned(), name.to_owned()));
-        }
+        self.log.record_call(method.to_owned(), name.to_owned());
         if let Ok(mut md) = self.log.last_metadata.lock() {
             *md = Some(req.metadata().clone());
         }
@@ -865,9 +873,7 @@ impl echo::test_echo_service_server::TestEchoService for Sim {
         let log = self.log.clone();
         let out = req.into_inner().map(move |msg| {
             let msg = msg?;
-            if let Ok(mut calls) = log.calls.lock() {
-                calls.push(("EchoBiDi".into(), msg.name.clone()));
-            }
+            log.record_call("EchoBiDi", msg.name.clone());
             Ok(echo::EchoBiDiResponse {
                 message: msg.message,
             })
@@ -894,9 +900,7 @@ impl counter::counter_service_server::CounterService for Sim {
         let (mut name, mut total, mut count) = (String::new(), 0, 0);
         while let Some(msg) = stream.next().await {
             let msg = msg?;
-            if let Ok(mut calls) = self.log.calls.lock() {
-                calls.push(("Add".into(), msg.name.clone()));
-            }
+            self.log.record_call("Add", msg.name.clone());
             Self::has(&self.spec.counters, &msg.name, "counter")?;
             name = msg.name;
             total += msg.value;
@@ -932,9 +936,7 @@ impl counter::counter_service_server::CounterService for Sim {
         let log = self.log.clone();
         let out = req.into_inner().map(move |msg| {
             let msg = msg?;
-            if let Ok(mut calls) = log.calls.lock() {
-                calls.push(("Chat".into(), msg.name.clone()));
-            }
+            log.record_call("Chat", msg.name.clone());
             Ok(counter::ChatResponse {
                 name: msg.name,
                 text: msg.text,
@@ -1014,9 +1016,7 @@ impl Sim {
             }
             None => ("ServerReflectionInfo", String::new()),
         };
-        if let Ok(mut calls) = self.log.calls.lock() {
-            calls.push((kind.to_owned(), arg));
-        }
+        self.log.record_call(kind.to_owned(), arg);
         if let Some(delay) = self.spec.delay {
             tokio::time::sleep(delay).await;
         }
