@@ -231,7 +231,9 @@ impl ForwardBody {
     /// Records whether the request stays replayable (see [`ReplayWatch`]).
     pub fn watch_replay(mut self, watch: Arc<ReplayWatch>) -> Self {
         if self.inner.is_none() {
-            watch.ended.store(true, std::sync::atomic::Ordering::Release);
+            watch
+                .ended
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         self.replay = Some(watch);
         self

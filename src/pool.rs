@@ -39,15 +39,21 @@ type Sender = Arc<Conn>;
 /// in its own task, with no dispatch task or per-call body task in between (bench/README.md).
 pub struct Conn {
     send: h2::client::SendRequest<Bytes>,
-    /// Set when the connection task ended, or when the connection refused a new stream
-    /// (GOAWAY): no new calls go on it.
+    /// Set when the connection task ended.
     closed: Arc<AtomicBool>,
+    /// Set when the connection refused a new stream (GOAWAY): calls already on it may finish.
+    refused: AtomicBool,
 }
 
 impl Conn {
     /// Whether new calls must wait for another connection.
     fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.closed.load(Ordering::Acquire) || self.refused.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection only stopped taking new calls (it drains by itself).
+    fn is_draining(&self) -> bool {
+        self.refused.load(Ordering::Acquire) && !self.closed.load(Ordering::Acquire)
     }
 }
 
@@ -345,7 +351,8 @@ impl Part {
         };
         let mut req = req;
         if let Some(token) = self.token.load().as_deref() {
-            req.headers_mut().insert(http::header::AUTHORIZATION, token.clone());
+            req.headers_mut()
+                .insert(http::header::AUTHORIZATION, token.clone());
         }
         let sender = self.sender().ok_or_else(unavailable)?;
         let mut generation = self.generation.subscribe();
@@ -361,7 +368,7 @@ impl Part {
             }
         };
         // Not sent: the connection is going away. Wait briefly for the redial, then retry once.
-        sender.closed.store(true, Ordering::Release);
+        sender.refused.store(true, Ordering::Release);
         self.drop_connection(&sender);
         let wait = tokio::time::timeout(self.dial.connect_timeout, generation.changed()).await;
         if !matches!(wait, Ok(Ok(()))) {
@@ -410,13 +417,21 @@ impl Part {
         let _ = stream.set_nodelay(true);
         match (&self.dial.tls, self.spec.insecure) {
             (Some(connector), false) => {
-                let host = self.scheme_authority.1.host().trim_start_matches('[').trim_end_matches(']');
+                let host = self
+                    .scheme_authority
+                    .1
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
                 let name = rustls_pki_types::ServerName::try_from(host.to_owned())
                     .map_err(|_| format!("{host} is not a valid TLS server name"))?;
-                let tls = tokio::time::timeout(self.dial.connect_timeout, connector.connect(name, stream))
-                    .await
-                    .map_err(|_| format!("TLS handshake with {address} timed out"))?
-                    .map_err(|e| format!("TLS handshake with {address} failed: {e}"))?;
+                let tls = tokio::time::timeout(
+                    self.dial.connect_timeout,
+                    connector.connect(name, stream),
+                )
+                .await
+                .map_err(|_| format!("TLS handshake with {address} timed out"))?
+                .map_err(|e| format!("TLS handshake with {address} failed: {e}"))?;
                 self.handshake(tls).await
             }
             _ => self.handshake(stream).await,
@@ -456,13 +471,20 @@ impl Part {
                 }
             }
         });
-        Ok((Arc::new(Conn { send, closed }), driver))
+        let conn = Conn {
+            send,
+            closed,
+            refused: AtomicBool::new(false),
+        };
+        Ok((Arc::new(conn), driver))
     }
 
     /// Authenticates on a fresh connection with the part's configured credentials and keeps
     /// the token for every call sent to it. A part without credentials needs nothing.
     async fn authenticate(self: &Arc<Self>, sender: &Sender) -> Result<(), String> {
-        let Some(creds) = &self.spec.credentials else { return Ok(()) };
+        let Some(creds) = &self.spec.credentials else {
+            return Ok(());
+        };
         let part = self.clone();
         let sender = sender.clone();
         let service = tower::service_fn(move |mut req: http::Request<Body>| {
@@ -476,7 +498,8 @@ impl Part {
                 })
             }
         });
-        let mut client = crate::proto::rpc::v1::auth_service_client::AuthServiceClient::new(service);
+        let mut client =
+            crate::proto::rpc::v1::auth_service_client::AuthServiceClient::new(service);
         let request = crate::proto::rpc::v1::AuthenticateRequest {
             entity: creds.entity.clone(),
             credentials: Some(crate::proto::rpc::v1::Credentials {
@@ -507,7 +530,9 @@ impl Part {
         if *obtained != seen {
             return Ok(());
         }
-        let sender = self.sender().ok_or_else(|| format!("not connected to part {}", self.spec.name))?;
+        let sender = self
+            .sender()
+            .ok_or_else(|| format!("not connected to part {}", self.spec.name))?;
         self.authenticate(&sender).await?;
         *obtained += 1;
         Ok(())
@@ -570,7 +595,7 @@ impl Part {
                         tokio::time::sleep(self.spec.reconnect_interval).await;
                         continue;
                     }
-                    self.conn.store(Some(sender));
+                    self.conn.store(Some(sender.clone()));
                     self.state
                         .store(PartState::Connected as u8, Ordering::Relaxed);
                     self.connects.fetch_add(1, Ordering::Relaxed);
@@ -620,7 +645,11 @@ impl Part {
                             }
                         }
                     }
-                    driver.abort();
+                    // A connection the part is going away from (GOAWAY) is left to finish the
+                    // calls already on it; it ends when the part closes it, or by keepalive.
+                    if !sender.is_draining() {
+                        driver.abort();
+                    }
                     self.conn.store(None);
                     self.state
                         .store(PartState::Disconnected as u8, Ordering::Relaxed);
@@ -972,7 +1001,8 @@ async fn send_on(
         Err(e) => return Err(SendError::Refused(Box::new(req), e)),
     };
     let (head, mut body) = req.into_parts();
-    let (data, end) = take_ready(&mut body).map_err(|s| SendError::Failed(format!("request body failed: {}", s.message())))?;
+    let (data, end) = take_ready(&mut body)
+        .map_err(|s| SendError::Failed(format!("request body failed: {}", s.message())))?;
     let finished = matches!(end, Some(None));
     let head = http::Request::from_parts(head, ());
     let mut send = send;
@@ -983,7 +1013,8 @@ async fn send_on(
     let count = data.len();
     for (i, chunk) in data.into_iter().enumerate() {
         // h2 buffers data beyond the stream's send window, so the first message never waits.
-        tx.send_data(chunk, finished && i + 1 == count).map_err(failed)?;
+        tx.send_data(chunk, finished && i + 1 == count)
+            .map_err(failed)?;
     }
     match end {
         Some(Some(trailers)) => tx.send_trailers(trailers).map_err(failed)?,
