@@ -438,7 +438,12 @@ impl Config {
         let tls = self.tls_files(&mut problem);
         let parts_ca_pem = g.parts_ca_file.as_deref().and_then(|path| {
             std::fs::read(path)
-                .map_err(|e| problem("gateway.parts_ca_file".into(), format!("cannot read {path}: {e}")))
+                .map_err(|e| {
+                    problem(
+                        "gateway.parts_ca_file".into(),
+                        format!("cannot read {path}: {e}"),
+                    )
+                })
                 .ok()
         });
         let admin = self.admin_address(bind, &mut problem);
@@ -556,14 +561,28 @@ impl Config {
         let signing_key_pem = g.signing_key_file.as_deref().and_then(|path| {
             let read = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"));
             let checked = read.and_then(|pem| {
-                crate::auth::token::Signer::new(Some(&pem), "check", None).map(|_| pem).map_err(|e| e.to_string())
+                crate::auth::token::Signer::new(Some(&pem), "check", None)
+                    .map(|_| pem)
+                    .map_err(|e| e.to_string())
             });
-            checked.map_err(|e| problem("gateway.signing_key_file".into(), e)).ok()
+            checked
+                .map_err(|e| problem("gateway.signing_key_file".into(), e))
+                .ok()
         });
         let auth = self.auth.as_ref()?;
         let mut settings = AuthSettings {
-            entities: self.network.fqdn.iter().chain(&g.auth_entities).cloned().collect(),
-            audience: self.network.fqdn.clone().unwrap_or_else(|| "partgate".to_owned()),
+            entities: self
+                .network
+                .fqdn
+                .iter()
+                .chain(&g.auth_entities)
+                .cloned()
+                .collect(),
+            audience: self
+                .network
+                .fqdn
+                .clone()
+                .unwrap_or_else(|| "partgate".to_owned()),
             token_lifetime,
             signing_key_pem,
             ..AuthSettings::default()
@@ -573,18 +592,27 @@ impl Config {
             match handler.kind.as_str() {
                 LOCATION_SECRET => location_secrets(&handler.config, &at, &mut settings, problem),
                 API_KEY => api_keys(&handler.config, &at, &mut settings, problem),
-                other => problem(format!("{at}.type"), format!("unsupported handler type {other:?}")),
+                other => problem(
+                    format!("{at}.type"),
+                    format!("unsupported handler type {other:?}"),
+                ),
             }
         }
         if auth.handlers.is_empty() {
-            problem("auth.handlers".into(), "an auth block needs at least one handler".into());
+            problem(
+                "auth.handlers".into(),
+                "an auth block needs at least one handler".into(),
+            );
         }
         for (key, parts) in &g.api_key_parts {
             let at = format!("gateway.api_key_parts.{key}");
             if !settings.api_keys.contains_key(key) {
                 problem(at.clone(), "not the id of a configured API key".into());
             }
-            for part in parts.iter().filter(|p| !self.remotes.iter().any(|r| &&r.name == p)) {
+            for part in parts
+                .iter()
+                .filter(|p| !self.remotes.iter().any(|r| &&r.name == p))
+            {
                 problem(at.clone(), format!("{part:?} is not the name of a remote"));
             }
         }
@@ -597,7 +625,10 @@ impl Config {
         match (&n.tls_cert_file, &n.tls_key_file) {
             (None, None) => None,
             (Some(cert), Some(key)) => {
-                let files = TlsFiles { cert: cert.into(), key: key.into() };
+                let files = TlsFiles {
+                    cert: cert.into(),
+                    key: key.into(),
+                };
                 match crate::tls::load_server_config(&files) {
                     Ok(_) => Some(files),
                     Err(e) => {
@@ -607,7 +638,10 @@ impl Config {
                 }
             }
             _ => {
-                problem("network".into(), "tls_cert_file and tls_key_file go together".into());
+                problem(
+                    "network".into(),
+                    "tls_cert_file and tls_key_file go together".into(),
+                );
                 None
             }
         }
@@ -615,32 +649,53 @@ impl Config {
 }
 
 fn location_secrets(config: &Map, at: &str, settings: &mut AuthSettings, problem: Problem<'_>) {
-    let listed = config.get("secrets").and_then(|v| v.as_array()).into_iter().flatten();
+    let listed = config
+        .get("secrets")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten();
     for (j, value) in config.get("secret").into_iter().chain(listed).enumerate() {
         match value.as_str().map(resolve_secret) {
-            Some(Ok(secret)) if !secret.is_empty() => settings.location_secrets.push(Secret::new(secret)),
+            Some(Ok(secret)) if !secret.is_empty() => {
+                settings.location_secrets.push(Secret::new(secret))
+            }
             Some(Err(e)) => problem(format!("{at}.config.secrets[{j}]"), e),
-            _ => problem(format!("{at}.config.secrets[{j}]"), "must be a non-empty string".into()),
+            _ => problem(
+                format!("{at}.config.secrets[{j}]"),
+                "must be a non-empty string".into(),
+            ),
         }
     }
     if settings.location_secrets.is_empty() {
-        problem(format!("{at}.config"), "needs \"secret\" or \"secrets\"".into());
+        problem(
+            format!("{at}.config"),
+            "needs \"secret\" or \"secrets\"".into(),
+        );
     }
 }
 
 fn api_keys(config: &Map, at: &str, settings: &mut AuthSettings, problem: Problem<'_>) {
     // Like viam-server: every key but `keys`/`key` is a key id mapping to its key.
-    for (id, value) in config.iter().filter(|(id, _)| *id != "keys" && *id != "key") {
+    for (id, value) in config
+        .iter()
+        .filter(|(id, _)| *id != "keys" && *id != "key")
+    {
         match value.as_str().map(resolve_secret) {
             Some(Ok(key)) if !key.is_empty() => {
                 settings.api_keys.insert(id.clone(), Secret::new(key));
             }
             Some(Err(e)) => problem(format!("{at}.config.{id}"), e),
-            _ => problem(format!("{at}.config.{id}"), "must be a non-empty string".into()),
+            _ => problem(
+                format!("{at}.config.{id}"),
+                "must be a non-empty string".into(),
+            ),
         }
     }
     if settings.api_keys.is_empty() {
-        problem(format!("{at}.config"), "needs at least one \"<key id>\": \"<key>\" entry".into());
+        problem(
+            format!("{at}.config"),
+            "needs at least one \"<key id>\": \"<key>\" entry".into(),
+        );
     }
 }
 
@@ -648,15 +703,38 @@ type Map = serde_json::Map<String, serde_json::Value>;
 
 /// A remote's credentials: `auth.credentials`, or the `secret` shorthand (a location secret).
 /// The entity defaults to the part's address, as Viam's own clients do.
-fn part_credentials(remote: &RemoteConfig, problem: Problem<'_>, i: usize) -> Option<PartCredentials> {
-    let entity = remote.auth.as_ref().and_then(|a| a.entity.clone()).unwrap_or_else(|| remote.address.clone());
-    let (kind, payload, at) = match (remote.auth.as_ref().and_then(|a| a.credentials.as_ref()), &remote.secret) {
-        (Some(c), _) => (c.kind.clone(), c.payload.clone(), format!("remotes[{i}].auth.credentials.payload")),
-        (None, Some(secret)) => (LOCATION_SECRET.to_owned(), secret.clone(), format!("remotes[{i}].secret")),
+fn part_credentials(
+    remote: &RemoteConfig,
+    problem: Problem<'_>,
+    i: usize,
+) -> Option<PartCredentials> {
+    let entity = remote
+        .auth
+        .as_ref()
+        .and_then(|a| a.entity.clone())
+        .unwrap_or_else(|| remote.address.clone());
+    let (kind, payload, at) = match (
+        remote.auth.as_ref().and_then(|a| a.credentials.as_ref()),
+        &remote.secret,
+    ) {
+        (Some(c), _) => (
+            c.kind.clone(),
+            c.payload.clone(),
+            format!("remotes[{i}].auth.credentials.payload"),
+        ),
+        (None, Some(secret)) => (
+            LOCATION_SECRET.to_owned(),
+            secret.clone(),
+            format!("remotes[{i}].secret"),
+        ),
         (None, None) => return None,
     };
     match resolve_secret(&payload) {
-        Ok(payload) if !payload.is_empty() => Some(PartCredentials { entity, kind, payload: Secret::new(payload) }),
+        Ok(payload) if !payload.is_empty() => Some(PartCredentials {
+            entity,
+            kind,
+            payload: Secret::new(payload),
+        }),
         Ok(_) => {
             problem(at, "must not be empty".into());
             None
@@ -682,7 +760,9 @@ pub fn resolve_secret(text: &str) -> Result<String, String> {
             .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
             .map_err(|e| format!("cannot read secret file {path}: {e}"));
     }
-    Err(format!("unknown secret reference ${{{reference}}}; use ${{env:VAR}} or ${{file:/path}}"))
+    Err(format!(
+        "unknown secret reference ${{{reference}}}; use ${{env:VAR}} or ${{file:/path}}"
+    ))
 }
 
 /// Viam's name rule: `^[a-zA-Z0-9][-\w]*$`, at most 60 characters.

@@ -141,7 +141,10 @@ impl PartLog {
 
     /// The ids of the sessions this part holds.
     pub fn session_ids(&self) -> Vec<String> {
-        self.sessions.lock().map(|s| s.keys().cloned().collect()).unwrap_or_default()
+        self.sessions
+            .lock()
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn session_deadline(&self, id: &str) -> Option<tokio::time::Instant> {
@@ -150,11 +153,18 @@ impl PartLog {
 
     /// Expires the session if its deadline has passed: stops its motors like viam-server does.
     fn expire_if_due(&self, id: &str) -> bool {
-        let Ok(mut sessions) = self.sessions.lock() else { return true };
-        if sessions.get(id).is_some_and(|s| s.deadline > tokio::time::Instant::now()) {
+        let Ok(mut sessions) = self.sessions.lock() else {
+            return true;
+        };
+        if sessions
+            .get(id)
+            .is_some_and(|s| s.deadline > tokio::time::Instant::now())
+        {
             return false;
         }
-        let Some(session) = sessions.remove(id) else { return true };
+        let Some(session) = sessions.remove(id) else {
+            return true;
+        };
         drop(sessions);
         for motor in session.motors {
             if let Ok(mut motors) = self.motors.lock() {
@@ -317,38 +327,61 @@ impl Sim {
 
     /// With a secret: answers `Authenticate` (checking the secret) and rejects calls without a
     /// token it issued. Hands the request back when it may proceed.
-    async fn check_auth(&self, req: http::Request<Body>) -> Result<http::Request<Body>, http::Response<Body>> {
-        let Some(secret) = self.spec.secret.clone() else { return Ok(req) };
+    async fn check_auth(
+        &self,
+        req: http::Request<Body>,
+    ) -> Result<http::Request<Body>, http::Response<Body>> {
+        let Some(secret) = self.spec.secret.clone() else {
+            return Ok(req);
+        };
         if req.uri().path() == crate::auth::AUTHENTICATE_PATH {
             return Err(self.issue_token(req, &secret).await);
         }
-        let presented = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let presented = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         let token = presented.and_then(|v| v.strip_prefix("Bearer "));
-        let known = token.is_some_and(|t| self.log.tokens.lock().is_ok_and(|tokens| tokens.iter().any(|k| k == t)));
+        let known = token.is_some_and(|t| {
+            self.log
+                .tokens
+                .lock()
+                .is_ok_and(|tokens| tokens.iter().any(|k| k == t))
+        });
         if known {
             return Ok(req);
         }
-        self.log.rejected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.log
+            .rejected
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Err(Status::unauthenticated("authentication required").into_http())
     }
 
     async fn issue_token(&self, req: http::Request<Body>, secret: &str) -> http::Response<Body> {
         if req.headers().contains_key(http::header::AUTHORIZATION) {
-            return Status::invalid_argument("already authenticated; cannot re-authenticate").into_http();
+            return Status::invalid_argument("already authenticated; cannot re-authenticate")
+                .into_http();
         }
-        let request: crate::proto::rpc::v1::AuthenticateRequest = match crate::robot::decode(req.into_body()).await {
-            Ok(r) => r,
-            Err(e) => return e.to_status().into_http(),
-        };
+        let request: crate::proto::rpc::v1::AuthenticateRequest =
+            match crate::robot::decode(req.into_body()).await {
+                Ok(r) => r,
+                Err(e) => return e.to_status().into_http(),
+            };
         self.log.record_call("Authenticate", request.entity.clone());
-        if request.credentials.as_ref().is_none_or(|c| c.payload != secret) {
+        if request
+            .credentials
+            .as_ref()
+            .is_none_or(|c| c.payload != secret)
+        {
             return Status::unauthenticated("invalid credentials").into_http();
         }
         let token = format!("{}-token-{}", self.spec.name, uuid::Uuid::new_v4());
         if let Ok(mut tokens) = self.log.tokens.lock() {
             tokens.push(token.clone());
         }
-        crate::robot::reply(&crate::proto::rpc::v1::AuthenticateResponse { access_token: token })
+        crate::robot::reply(&crate::proto::rpc::v1::AuthenticateResponse {
+            access_token: token,
+        })
     }
 
     async fn record<T>(&self, method: &str, name: &str, req: &Request<T>) {
@@ -364,11 +397,20 @@ impl Sim {
     /// Honours `viam-sid` on a safety-monitored motor call like viam-server: absent is fine, an
     /// unknown or expired id is SESSION_EXPIRED, a live one now monitors the motor.
     fn monitor<T>(&self, req: &Request<T>, motor: &str) -> Result<bool, Status> {
-        let Some(value) = req.metadata().get(crate::session::SESSION_HEADER) else { return Ok(false) };
+        let Some(value) = req.metadata().get(crate::session::SESSION_HEADER) else {
+            return Ok(false);
+        };
         let expired = || Status::invalid_argument("SESSION_EXPIRED");
         let id = value.to_str().map_err(|_| expired())?;
-        let mut sessions = self.log.sessions.lock().map_err(|_| Status::internal("poisoned"))?;
-        let session = sessions.get_mut(id).filter(|s| s.deadline > tokio::time::Instant::now()).ok_or_else(expired)?;
+        let mut sessions = self
+            .log
+            .sessions
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?;
+        let session = sessions
+            .get_mut(id)
+            .filter(|s| s.deadline > tokio::time::Instant::now())
+            .ok_or_else(expired)?;
         if self.spec.motors.iter().any(|m| m == motor) {
             session.motors.insert(motor.to_owned());
         }
@@ -453,7 +495,8 @@ fn monitored_reply<T>(msg: T, motor: &str, monitored: bool) -> Response<T> {
     let mut resp = Response::new(msg);
     let value = format!("rdk:component:motor/{motor}");
     if let (true, Ok(value)) = (monitored, tonic::metadata::MetadataValue::try_from(value)) {
-        resp.metadata_mut().insert(crate::session::MONITORED_HEADER, value);
+        resp.metadata_mut()
+            .insert(crate::session::MONITORED_HEADER, value);
     }
     resp
 }
@@ -601,7 +644,11 @@ impl robot::robot_service_server::RobotService for Sim {
         let window = self.spec.session_window.unwrap_or(Duration::from_secs(2));
         let deadline = tokio::time::Instant::now() + window;
         let resume = req.into_inner().resume;
-        let mut sessions = self.log.sessions.lock().map_err(|_| Status::internal("poisoned"))?;
+        let mut sessions = self
+            .log
+            .sessions
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?;
         let id = match sessions.get_mut(&resume) {
             Some(session) if session.deadline > tokio::time::Instant::now() => {
                 session.deadline = deadline;
@@ -609,7 +656,10 @@ impl robot::robot_service_server::RobotService for Sim {
             }
             _ => {
                 let id = uuid::Uuid::new_v4().to_string();
-                let session = SimSession { deadline, motors: Default::default() };
+                let session = SimSession {
+                    deadline,
+                    motors: Default::default(),
+                };
                 sessions.insert(id.clone(), session);
                 self.watch_session(id.clone());
                 id
@@ -627,7 +677,11 @@ impl robot::robot_service_server::RobotService for Sim {
     ) -> Result<Response<robot::SendSessionHeartbeatResponse>, Status> {
         let window = self.spec.session_window.unwrap_or(Duration::from_secs(2));
         let now = tokio::time::Instant::now();
-        let mut sessions = self.log.sessions.lock().map_err(|_| Status::internal("poisoned"))?;
+        let mut sessions = self
+            .log
+            .sessions
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?;
         match sessions.get_mut(&req.get_ref().id) {
             Some(session) if session.deadline > now => session.deadline = now + window,
             _ => return Err(Status::invalid_argument("SESSION_EXPIRED")),
@@ -654,7 +708,11 @@ impl motor::motor_service_server::MotorService for Sim {
         let monitored = self.monitor(&req, &req.get_ref().name)?;
         let r = req.into_inner();
         self.with_motor(&r.name, |m| m.power = r.power_pct)?;
-        Ok(monitored_reply(motor::SetPowerResponse {}, &r.name, monitored))
+        Ok(monitored_reply(
+            motor::SetPowerResponse {},
+            &r.name,
+            monitored,
+        ))
     }
 
     async fn go_for(
@@ -687,7 +745,11 @@ impl motor::motor_service_server::MotorService for Sim {
         let monitored = self.monitor(&req, &req.get_ref().name)?;
         let r = req.into_inner();
         self.with_motor(&r.name, |m| m.power = r.rpm.signum())?;
-        Ok(monitored_reply(motor::SetRpmResponse {}, &r.name, monitored))
+        Ok(monitored_reply(
+            motor::SetRpmResponse {},
+            &r.name,
+            monitored,
+        ))
     }
 
     async fn reset_zero_position(

@@ -168,10 +168,14 @@ impl GatewayError {
             Self::MalformedFrame(_) | Self::MissingName { .. } | Self::Compressed => {
                 (Code::InvalidArgument, Fault::Client)
             }
-            Self::MessageTooLarge { .. } | Self::RateLimited(_) => (Code::ResourceExhausted, Fault::Client),
+            Self::MessageTooLarge { .. } | Self::RateLimited(_) => {
+                (Code::ResourceExhausted, Fault::Client)
+            }
             Self::Unauthenticated(_) => (Code::Unauthenticated, Fault::Client),
             Self::PermissionDenied(_) => (Code::PermissionDenied, Fault::Client),
-            Self::InvalidArgument(_) | Self::SessionExpired => (Code::InvalidArgument, Fault::Client),
+            Self::InvalidArgument(_) | Self::SessionExpired => {
+                (Code::InvalidArgument, Fault::Client)
+            }
             Self::TooManySessions(_) => (Code::ResourceExhausted, Fault::Client),
             Self::NotFound { .. } => (Code::NotFound, Fault::Client),
             Self::Ambiguous { .. } => (Code::FailedPrecondition, Fault::Client),

@@ -14,15 +14,15 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::admin::{Admin, Phase};
-use crate::config::Settings;
-use crate::metrics::Metrics;
-use crate::reload::{ReloadError, ReloadOutcome, Reloader};
 use crate::auth::Auth;
+use crate::config::Settings;
 use crate::error::StartError;
-use crate::tls::ReloadingAcceptor;
 use crate::listener::{self, Frontend, Handler};
+use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::reload::{ReloadError, ReloadOutcome, Reloader};
 use crate::stack::CallStack;
+use crate::tls::ReloadingAcceptor;
 
 /// Extra start-up wait beyond the dial timeout for a part's first `ResourceNames`.
 const STARTUP_CHECK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -56,7 +56,8 @@ impl Gateway {
         })?;
         let auth = match &settings.auth {
             Some(auth) => Some(Arc::new(
-                Auth::new(auth.clone(), &settings.bind_text, addr).map_err(|e| StartError::Setup(e.to_string()))?,
+                Auth::new(auth.clone(), &settings.bind_text, addr)
+                    .map_err(|e| StartError::Setup(e.to_string()))?,
             )),
             None => {
                 if !addr.ip().is_loopback() {
@@ -70,7 +71,8 @@ impl Gateway {
         };
         let tls = match &settings.tls {
             Some(files) => {
-                let acceptor = ReloadingAcceptor::new(files.clone()).map_err(|e| StartError::Setup(e.to_string()))?;
+                let acceptor = ReloadingAcceptor::new(files.clone())
+                    .map_err(|e| StartError::Setup(e.to_string()))?;
                 acceptor.watch();
                 Some(acceptor)
             }
@@ -185,7 +187,11 @@ impl Gateway {
     }
 }
 
-type AdminListener = (Option<SocketAddr>, watch::Sender<bool>, Option<JoinHandle<()>>);
+type AdminListener = (
+    Option<SocketAddr>,
+    watch::Sender<bool>,
+    Option<JoinHandle<()>>,
+);
 
 /// Binds and serves `gateway.admin_address` at once, so probes and scrapes work while the
 /// parts are still being dialed (`/readyz` says "starting" until they are).
@@ -195,12 +201,10 @@ async fn start_admin(settings: &Settings, admin: &Arc<Admin>) -> Result<AdminLis
         return Ok((None, stop, None));
     };
     let listener = listener::bind(bind).await?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            addr: bind.to_string(),
-            source,
-        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: bind.to_string(),
+        source,
+    })?;
     let admin = admin.clone();
     let handler: Handler = Arc::new(move |req| {
         let resp = admin.serve(&req);

@@ -188,17 +188,26 @@ pub async fn serve(
         tokio::spawn(async move {
             let result = match acceptor {
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
                     watcher.watch(conn).await
                 }
-                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
-                        watcher.watch(conn).await
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls)) => {
+                            let conn = builder
+                                .serve_connection(TokioIo::new(tls), service)
+                                .into_owned();
+                            watcher.watch(conn).await
+                        }
+                        Ok(Err(e)) => {
+                            return debug!(peer = %peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => return debug!(peer = %peer, "TLS handshake timed out"),
                     }
-                    Ok(Err(e)) => return debug!(peer = %peer, error = %e, "TLS handshake failed"),
-                    Err(_) => return debug!(peer = %peer, "TLS handshake timed out"),
-                },
+                }
             };
             if let Err(e) = result {
                 debug!(peer = %peer, error = %e, "client connection ended with an error");

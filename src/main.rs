@@ -70,7 +70,11 @@ enum Command {
     /// 2xx answer, 1 otherwise.
     Healthcheck {
         /// URL to GET (`http://host:port/path`).
-        #[arg(long, env = "PARTGATE_HEALTHCHECK_URL", default_value = "http://127.0.0.1:8080/healthz")]
+        #[arg(
+            long,
+            env = "PARTGATE_HEALTHCHECK_URL",
+            default_value = "http://127.0.0.1:8080/healthz"
+        )]
         url: String,
         /// How long connecting and answering may take, in seconds.
         #[arg(long, default_value_t = 3.0)]
@@ -155,18 +159,19 @@ fn main() -> ExitCode {
         Command::Demo { bind } => run(
             None,
             async move {
-            let (parts, config) = partgate::demo::start_demo(&bind).await.map_err(|source| {
-                partgate::error::StartError::Bind {
-                    addr: "127.0.0.1:0".into(),
-                    source,
-                }
-            })?;
-            let settings = config.validate()?;
-            let gateway = Gateway::start(settings).await?;
-            let addr = gateway.local_addr();
-            info!("demo fleet: parts main (main part), sub1, sub2, cell (prefix \"cell-\")");
-            println!("{}", demo_banner(addr));
-            Ok((gateway, parts))
+                let (parts, config) =
+                    partgate::demo::start_demo(&bind).await.map_err(|source| {
+                        partgate::error::StartError::Bind {
+                            addr: "127.0.0.1:0".into(),
+                            source,
+                        }
+                    })?;
+                let settings = config.validate()?;
+                let gateway = Gateway::start(settings).await?;
+                let addr = gateway.local_addr();
+                info!("demo fleet: parts main (main part), sub1, sub2, cell (prefix \"cell-\")");
+                println!("{}", demo_banner(addr));
+                Ok((gateway, parts))
             },
             None,
         ),

@@ -23,8 +23,9 @@ use futures_util::future::BoxFuture;
 use http::header::{self, HeaderName, HeaderValue};
 use tracing::{debug, info};
 
-use crate::body::{ReplayWatch, 
-    ForwardBody, MeteredBody, ResponseBody, StreamRewrite, parse_grpc_timeout,
+use crate::auth::{Auth, PeerAddr, Principal};
+use crate::body::{
+    ForwardBody, MeteredBody, ReplayWatch, ResponseBody, StreamRewrite, parse_grpc_timeout,
     read_first_message,
 };
 use crate::config::Settings;
@@ -33,9 +34,8 @@ use crate::metrics::{CallGuard, MethodId, grpc_status};
 use crate::pool::{Part, Pool};
 use crate::robot::FleetRobot;
 use crate::route::frame;
-use crate::route::method::service_of;
-use crate::auth::{Auth, PeerAddr, Principal};
 use crate::route::method::LocalMethod;
+use crate::route::method::service_of;
 use crate::route::{MethodKind, classify};
 use crate::session::{SESSION_HEADER, Sessions};
 
@@ -202,7 +202,9 @@ impl Shared {
     ) -> Result<http::Response<Body>, GatewayError> {
         let kind = classify(path);
         let principal = match (&self.auth, kind) {
-            (_, MethodKind::Local(LocalMethod::Authenticate)) => return self.authenticate(req).await,
+            (_, MethodKind::Local(LocalMethod::Authenticate)) => {
+                return self.authenticate(req).await;
+            }
             (None, _) | (_, MethodKind::Local(LocalMethod::HealthCheck)) => Principal::anonymous(),
             (Some(auth), _) => auth.verify(req.headers())?,
         };
@@ -210,23 +212,33 @@ impl Shared {
             MethodKind::Local(method) => self.robot.answer(method, req, &principal).await,
             MethodKind::MainPart => self.forward_to_main(req, &principal, call).await,
             MethodKind::ByName(field) => {
-                self.forward_by_name(req, path, field, &principal, call).await
+                self.forward_by_name(req, path, field, &principal, call)
+                    .await
             }
-            MethodKind::Unimplemented => {
-                Err(GatewayError::Unimplemented(format!("{path} is not served by this gateway")))
-            }
+            MethodKind::Unimplemented => Err(GatewayError::Unimplemented(format!(
+                "{path} is not served by this gateway"
+            ))),
         }
     }
 
     /// `AuthService/Authenticate`; UNIMPLEMENTED without an `auth` block, like viam-server.
-    async fn authenticate(&self, req: http::Request<Body>) -> Result<http::Response<Body>, GatewayError> {
+    async fn authenticate(
+        &self,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, GatewayError> {
         let Some(auth) = &self.auth else {
-            return Err(GatewayError::Unimplemented("authentication is not enabled on this gateway".into()));
+            return Err(GatewayError::Unimplemented(
+                "authentication is not enabled on this gateway".into(),
+            ));
         };
         let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
         let (parts, body) = req.into_parts();
         let request = crate::robot::decode(body).await?;
-        Ok(crate::robot::reply(&auth.authenticate(&parts.headers, peer, request)?))
+        Ok(crate::robot::reply(&auth.authenticate(
+            &parts.headers,
+            peer,
+            request,
+        )?))
     }
 
     async fn forward_to_main(
@@ -269,11 +281,11 @@ impl Shared {
     ) -> Result<http::Response<Body>, GatewayError> {
         let (mut parts, mut body) = req.into_parts();
         let limit = self.max_message_size.load(Ordering::Relaxed);
-        let first = read_first_message(&mut body, limit)
-            .await?
-            .ok_or_else(|| GatewayError::MissingName {
+        let first = read_first_message(&mut body, limit).await?.ok_or_else(|| {
+            GatewayError::MissingName {
                 method: path.to_owned(),
-            })?;
+            }
+        })?;
         if first.header.compressed {
             return Err(GatewayError::Compressed);
         }
@@ -286,17 +298,26 @@ impl Shared {
         // Resolve and pick the part from one snapshot: a reload may renumber the parts.
         let snapshot = self.pool.snapshot();
         let table = snapshot.table();
-        let allowed = |i: usize| table.parts().get(i).is_some_and(|p| principal.may_reach(&p.name));
+        let allowed = |i: usize| {
+            table
+                .parts()
+                .get(i)
+                .is_some_and(|p| principal.may_reach(&p.name))
+        };
         let route = table.resolve_within(name, service_of(path), &allowed)?;
         let part = snapshot.part(route.part).cloned().ok_or_else(|| {
-            GatewayError::Internal(format!("route to part #{} of a snapshot without it", route.part))
+            GatewayError::Internal(format!(
+                "route to part #{} of a snapshot without it",
+                route.part
+            ))
         })?;
         drop(snapshot);
         let bytes = call.routed(&part).request_bytes();
         check_scope(principal, &part)?;
         // Validate the client's session, record what it drives, send ours instead (session.rs).
         let local = name.get(route.strip..).unwrap_or(name);
-        self.sessions.on_call(path, &mut parts.headers, principal, &part, local)?;
+        self.sessions
+            .on_call(path, &mut parts.headers, principal, &part, local)?;
         let permit = part.admit()?;
 
         let (segments, len) = frame::strip_name(&first.message, field, route.strip)
@@ -308,8 +329,8 @@ impl Shared {
         let replay = (part.has_credentials() && first.rest.is_empty())
             .then(|| (queued.clone(), Arc::new(ReplayWatch::default())));
         let rewrite = (route.strip > 0).then(|| StreamRewrite::new(field, name, route.strip));
-        let mut forward = ForwardBody::new(queued, first.rest, body, first.trailers, rewrite)
-            .count_bytes(bytes);
+        let mut forward =
+            ForwardBody::new(queued, first.rest, body, first.trailers, rewrite).count_bytes(bytes);
         if let Some((_, watch)) = &replay {
             forward = forward.watch_replay(watch.clone());
         }
@@ -333,7 +354,14 @@ impl Shared {
             return self.send(part, req, permit).await;
         }
         let seen = part.token_count();
-        let head = replay.map(|body| (req.method().clone(), req.uri().clone(), req.headers().clone(), body));
+        let head = replay.map(|body| {
+            (
+                req.method().clone(),
+                req.uri().clone(),
+                req.headers().clone(),
+                body,
+            )
+        });
         let resp = self.send(part, req, permit).await?;
         let rejected = resp.headers().get("grpc-status").is_some_and(|s| s == "16");
         if !rejected {
@@ -350,7 +378,13 @@ impl Shared {
         tracing::debug!(part = %part.name(), "part rejected our token; re-authenticated and retrying");
         drop(resp);
         let permit = part.admit()?;
-        let mut again = http::Request::new(Body::new(ForwardBody::new(body, bytes::Bytes::new(), Body::empty(), None, None)));
+        let mut again = http::Request::new(Body::new(ForwardBody::new(
+            body,
+            bytes::Bytes::new(),
+            Body::empty(),
+            None,
+            None,
+        )));
         *again.method_mut() = method;
         *again.uri_mut() = uri;
         *again.headers_mut() = headers;
@@ -411,7 +445,10 @@ fn check_scope(principal: &Principal, part: &Part) -> Result<(), GatewayError> {
     if principal.may_reach(part.name()) {
         Ok(())
     } else {
-        Err(GatewayError::PermissionDenied(format!("not allowed to reach part {}", part.name())))
+        Err(GatewayError::PermissionDenied(format!(
+            "not allowed to reach part {}",
+            part.name()
+        )))
     }
 }
 

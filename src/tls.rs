@@ -41,7 +41,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn file_error(path: &std::path::Path, message: impl ToString) -> TlsError {
-    TlsError::File { path: path.display().to_string(), message: message.to_string() }
+    TlsError::File {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
 }
 
 /// Builds the listener's rustls config from PEM files.
@@ -72,7 +75,10 @@ impl ReloadingAcceptor {
     /// Loads the files once; fails if they are invalid.
     pub fn new(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
         let config = load_server_config(&files)?;
-        Ok(Arc::new(Self { files, current: ArcSwap::from_pointee(config) }))
+        Ok(Arc::new(Self {
+            files,
+            current: ArcSwap::from_pointee(config),
+        }))
     }
 
     /// An acceptor with the current config.
@@ -123,7 +129,10 @@ pub fn part_connector(ca_pem: Option<&[u8]>) -> Result<TlsConnector, TlsError> {
     match ca_pem {
         Some(pem) => {
             for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| TlsError::File { path: "gateway.parts_ca_file".into(), message: e.to_string() })?;
+                let cert = cert.map_err(|e| TlsError::File {
+                    path: "gateway.parts_ca_file".into(),
+                    message: e.to_string(),
+                })?;
                 roots.add(cert)?;
             }
         }

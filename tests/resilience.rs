@@ -303,17 +303,26 @@ async fn graceful_shutdown_lets_an_in_flight_call_finish() {
 async fn silently_hung_part_is_detected_by_keepalive_and_recovers() {
     let mut slow = spec("hung", &["m"]);
     slow.delay = Some(Duration::from_millis(1500));
-    let part = SimPart::start(slow, LOOPBACK.parse().unwrap()).await.unwrap();
+    let part = SimPart::start(slow, LOOPBACK.parse().unwrap())
+        .await
+        .unwrap();
     let relay = Relay::start(part.addr()).await;
-    let ok = SimPart::start(spec("ok", &["a"]), LOOPBACK.parse().unwrap()).await.unwrap();
+    let ok = SimPart::start(spec("ok", &["a"]), LOOPBACK.parse().unwrap())
+        .await
+        .unwrap();
     let mut config = partgate::config::Config {
-        remotes: vec![remote("hung", relay.addr, None), remote("ok", ok.addr(), None)],
+        remotes: vec![
+            remote("hung", relay.addr, None),
+            remote("ok", ok.addr(), None),
+        ],
         ..Default::default()
     };
     config.network.bind_address = LOOPBACK.into();
     config.gateway.keepalive_interval = "300ms".into();
     config.gateway.keepalive_timeout = "300ms".into();
-    let gateway = partgate::Gateway::start(config.validate().unwrap()).await.unwrap();
+    let gateway = partgate::Gateway::start(config.validate().unwrap())
+        .await
+        .unwrap();
     let ch = channel(gateway.local_addr()).await;
     let hung = || gateway.pool().parts()[0].state();
 
@@ -327,18 +336,37 @@ async fn silently_hung_part_is_detected_by_keepalive_and_recovers() {
     let started = Instant::now();
     let err = in_flight.await.unwrap().expect_err("part hung mid-call");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(3), "noticed after {:?}", started.elapsed());
-    wait_for("hung part marked down", Duration::from_secs(3), || hung() == PartState::Disconnected).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "noticed after {:?}",
+        started.elapsed()
+    );
+    wait_for("hung part marked down", Duration::from_secs(3), || {
+        hung() == PartState::Disconnected
+    })
+    .await;
 
     // While hung: listed, failing fast; the other part is unaffected.
     assert!(listed_names(&ch).await.contains(&"hung:m".to_owned()));
     let started = Instant::now();
-    let err = motor_client(&ch).set_power(set_power("hung:m", 0.5)).await.expect_err("down");
+    let err = motor_client(&ch)
+        .set_power(set_power("hung:m", 0.5))
+        .await
+        .expect_err("down");
     assert_eq!(err.code(), Code::Unavailable);
     assert!(started.elapsed() < Duration::from_millis(500));
-    motor_client(&ch).set_power(set_power("ok:a", 0.5)).await.expect("other part fine");
+    motor_client(&ch)
+        .set_power(set_power("ok:a", 0.5))
+        .await
+        .expect("other part fine");
 
     relay.freeze(false);
-    wait_for("hung part back", Duration::from_secs(10), || hung() == PartState::Connected).await;
-    motor_client(&ch).set_power(set_power("hung:m", 0.5)).await.expect("recovered");
+    wait_for("hung part back", Duration::from_secs(10), || {
+        hung() == PartState::Connected
+    })
+    .await;
+    motor_client(&ch)
+        .set_power(set_power("hung:m", 0.5))
+        .await
+        .expect("recovered");
 }

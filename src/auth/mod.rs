@@ -92,12 +92,17 @@ pub struct PeerAddr(pub SocketAddr);
 impl Principal {
     /// The caller of a gateway without authentication.
     pub const fn anonymous() -> Self {
-        Self { entity: None, parts: None }
+        Self {
+            entity: None,
+            parts: None,
+        }
     }
 
     /// Whether the caller may reach `part`.
     pub fn may_reach(&self, part: &str) -> bool {
-        self.parts.as_ref().is_none_or(|parts| parts.iter().any(|p| p == part))
+        self.parts
+            .as_ref()
+            .is_none_or(|parts| parts.iter().any(|p| p == part))
     }
 }
 
@@ -105,34 +110,67 @@ impl Principal {
 
 impl Auth {
     /// Builds the authenticator; `bind` is the configured listen address, `local` the bound one.
-    pub fn new(settings: AuthSettings, bind: &str, local: SocketAddr) -> Result<Self, token::KeyError> {
-        let signer =
-            token::Signer::new(settings.signing_key_pem.as_deref(), &settings.audience, settings.token_lifetime)?;
+    pub fn new(
+        settings: AuthSettings,
+        bind: &str,
+        local: SocketAddr,
+    ) -> Result<Self, token::KeyError> {
+        let signer = token::Signer::new(
+            settings.signing_key_pem.as_deref(),
+            &settings.audience,
+            settings.token_lifetime,
+        )?;
         let port = local.port();
         let mut entities = settings.entities.clone();
-        entities.extend([bind.to_owned(), local.to_string(), format!("localhost:{port}"), format!("127.0.0.1:{port}")]);
+        entities.extend([
+            bind.to_owned(),
+            local.to_string(),
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+        ]);
         entities.sort();
         entities.dedup();
-        Ok(Self { settings, signer, limiter: rate::FailureLimiter::default(), entities })
+        Ok(Self {
+            settings,
+            signer,
+            limiter: rate::FailureLimiter::default(),
+            entities,
+        })
     }
 
     /// Checks a call's `authorization` header (goutils' codes and messages).
     pub fn verify(&self, headers: &HeaderMap) -> Result<Principal, GatewayError> {
         let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
         let (Some(value), None) = (values.next(), values.next()) else {
-            return Err(GatewayError::Unauthenticated("authentication required".into()));
+            return Err(GatewayError::Unauthenticated(
+                "authentication required".into(),
+            ));
         };
         let token = value
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| GatewayError::Unauthenticated("expected authorization header with prefix: Bearer ".into()))?;
-        let claims = self.signer.verify(token).map_err(GatewayError::Unauthenticated)?;
+            .ok_or_else(|| {
+                GatewayError::Unauthenticated(
+                    "expected authorization header with prefix: Bearer ".into(),
+                )
+            })?;
+        let claims = self
+            .signer
+            .verify(token)
+            .map_err(GatewayError::Unauthenticated)?;
         let parts = match claims.rpc_creds_type.as_str() {
-            API_KEY => self.settings.api_key_parts.get(&claims.sub).map(|p| Arc::from(p.as_slice())),
+            API_KEY => self
+                .settings
+                .api_key_parts
+                .get(&claims.sub)
+                .map(|p| Arc::from(p.as_slice())),
             _ => None,
         };
-        Ok(Principal { entity: Some(claims.sub), parts })
+        Ok(Principal {
+            entity: Some(claims.sub),
+            parts,
+        })
     }
 
     /// Answers `AuthService/Authenticate`.
@@ -143,9 +181,13 @@ impl Auth {
         req: rpc::AuthenticateRequest,
     ) -> Result<rpc::AuthenticateResponse, GatewayError> {
         if headers.contains_key(http::header::AUTHORIZATION) {
-            return Err(GatewayError::InvalidArgument("already authenticated; cannot re-authenticate".into()));
+            return Err(GatewayError::InvalidArgument(
+                "already authenticated; cannot re-authenticate".into(),
+            ));
         }
-        let creds = req.credentials.ok_or_else(|| GatewayError::InvalidArgument("credentials required".into()))?;
+        let creds = req
+            .credentials
+            .ok_or_else(|| GatewayError::InvalidArgument("credentials required".into()))?;
         let known = match creds.r#type.as_str() {
             LOCATION_SECRET => !self.settings.location_secrets.is_empty(),
             API_KEY => !self.settings.api_keys.is_empty(),
@@ -153,7 +195,9 @@ impl Auth {
         };
         if !known {
             let kind = &creds.r#type;
-            return Err(GatewayError::InvalidArgument(format!("do not know how to handle credential type {kind:?}")));
+            return Err(GatewayError::InvalidArgument(format!(
+                "do not know how to handle credential type {kind:?}"
+            )));
         }
         if let Some(peer) = peer
             && let Err(wait) = self.limiter.check(peer)
@@ -186,7 +230,9 @@ impl Auth {
                     .settings
                     .location_secrets
                     .iter()
-                    .fold(false, |found, s| constant_time_eq(s.expose().as_bytes(), payload) | found);
+                    .fold(false, |found, s| {
+                        constant_time_eq(s.expose().as_bytes(), payload) | found
+                    });
                 any && self.entities.iter().any(|e| e == entity)
             }
             API_KEY => self

@@ -23,18 +23,30 @@ pub struct FailureLimiter {
 impl FailureLimiter {
     /// `Err(wait)` when the peer has used up its failed attempts.
     pub fn check(&self, peer: IpAddr) -> Result<(), Duration> {
-        let Ok(mut buckets) = self.buckets.lock() else { return Ok(()) };
-        let Some((tokens, at)) = buckets.get_mut(&peer) else { return Ok(()) };
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        let Some((tokens, at)) = buckets.get_mut(&peer) else {
+            return Ok(());
+        };
         *tokens = (*tokens + at.elapsed().as_secs_f64() * REFILL_PER_SEC).min(BURST);
         *at = Instant::now();
-        if *tokens >= 1.0 { Ok(()) } else { Err(Duration::from_secs_f64((1.0 - *tokens) / REFILL_PER_SEC)) }
+        if *tokens >= 1.0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *tokens) / REFILL_PER_SEC))
+        }
     }
 
     /// Records a failed attempt.
     pub fn fail(&self, peer: IpAddr) {
-        let Ok(mut buckets) = self.buckets.lock() else { return };
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return;
+        };
         if buckets.len() >= MAX_TRACKED {
-            buckets.retain(|_, (tokens, at)| *tokens + at.elapsed().as_secs_f64() * REFILL_PER_SEC < BURST);
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + at.elapsed().as_secs_f64() * REFILL_PER_SEC < BURST
+            });
         }
         let (tokens, at) = buckets.entry(peer).or_insert((BURST, Instant::now()));
         *tokens = (*tokens + at.elapsed().as_secs_f64() * REFILL_PER_SEC).min(BURST) - 1.0;

@@ -59,7 +59,10 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("kid", &self.kid).field("audience", &self.audience).finish_non_exhaustive()
+        f.debug_struct("Signer")
+            .field("kid", &self.kid)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
     }
 }
 
@@ -68,16 +71,26 @@ pub fn generate_pem() -> Result<String, KeyError> {
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let der = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Generate)?;
     let body = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let lines: Vec<&str> =
-        body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect();
-    Ok(format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n")))
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap_or_default())
+        .collect();
+    Ok(format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        lines.join("\n")
+    ))
 }
 
 // === impl Signer ===
 
 impl Signer {
     /// A signer from a PEM PKCS#8 Ed25519 key, or a fresh key when `pem` is `None`.
-    pub fn new(pem: Option<&[u8]>, audience: &str, lifetime: Option<Duration>) -> Result<Self, KeyError> {
+    pub fn new(
+        pem: Option<&[u8]>,
+        audience: &str,
+        lifetime: Option<Duration>,
+    ) -> Result<Self, KeyError> {
         let pkcs8: Vec<u8> = match pem {
             Some(pem) => rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem)
                 .map_err(|e| KeyError::Pem(e.to_string()))?
@@ -85,27 +98,48 @@ impl Signer {
                 .to_vec(),
             None => {
                 let rng = aws_lc_rs::rand::SystemRandom::new();
-                Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Generate)?.as_ref().to_vec()
+                Ed25519KeyPair::generate_pkcs8(&rng)
+                    .map_err(|_| KeyError::Generate)?
+                    .as_ref()
+                    .to_vec()
             }
         };
         let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
             .or_else(|_| Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8))
             .map_err(|_| KeyError::NotEd25519)?;
         // Like viam-server: the key id is the base64url raw public key.
-        let kid = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+        let kid =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
         let decoding = DecodingKey::from_ed_components(&kid).map_err(|_| KeyError::NotEd25519)?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_audience(&[audience]);
         validation.set_issuer(&[audience]);
-        validation.set_required_spec_claims(if lifetime.is_some() { &["sub", "aud", "exp"][..] } else { &["sub", "aud"][..] });
+        validation.set_required_spec_claims(if lifetime.is_some() {
+            &["sub", "aud", "exp"][..]
+        } else {
+            &["sub", "aud"][..]
+        });
         validation.validate_exp = true;
         validation.leeway = 0;
-        Ok(Self { encoding: EncodingKey::from_ed_der(&pkcs8), decoding, kid, audience: audience.to_owned(), lifetime, validation })
+        Ok(Self {
+            encoding: EncodingKey::from_ed_der(&pkcs8),
+            decoding,
+            kid,
+            audience: audience.to_owned(),
+            lifetime,
+            validation,
+        })
     }
 
     /// Issues a token for an authenticated entity.
-    pub fn issue(&self, entity: &str, creds_type: &str) -> Result<String, jsonwebtoken::errors::Error> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    pub fn issue(
+        &self,
+        entity: &str,
+        creds_type: &str,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let claims = Claims {
             sub: entity.to_owned(),
             aud: vec![self.audience.clone()],
@@ -128,11 +162,14 @@ impl Signer {
         if header.kid.as_deref() != Some(self.kid.as_str()) {
             return Err("unauthenticated: token was not signed by this gateway".to_owned());
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::InvalidAudience => "invalid audience".to_owned(),
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => "unauthenticated: token is expired".to_owned(),
-            _ => invalid(),
-        })?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidAudience => "invalid audience".to_owned(),
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    "unauthenticated: token is expired".to_owned()
+                }
+                _ => invalid(),
+            })?;
         if data.claims.sub.is_empty() {
             return Err("expected entity (sub) in claims".to_owned());
         }
@@ -149,9 +186,15 @@ mod tests {
         let signer = Signer::new(None, "gw", None).unwrap();
         let token = signer.issue("key-id", "api-key").unwrap();
         let claims = signer.verify(&token).unwrap();
-        assert_eq!((claims.sub.as_str(), claims.rpc_creds_type.as_str()), ("key-id", "api-key"));
+        assert_eq!(
+            (claims.sub.as_str(), claims.rpc_creds_type.as_str()),
+            ("key-id", "api-key")
+        );
         assert_eq!(claims.aud, vec!["gw"]);
-        assert!(claims.exp.is_none(), "no expiry by default: SDKs never refresh");
+        assert!(
+            claims.exp.is_none(),
+            "no expiry by default: SDKs never refresh"
+        );
     }
 
     #[test]
@@ -173,13 +216,19 @@ mod tests {
         let b = Signer::new(Some(pem.as_bytes()), "gw", None).unwrap();
         assert!(b.verify(&a.issue("x", "api-key").unwrap()).is_ok());
         let other_audience = Signer::new(Some(pem.as_bytes()), "other", None).unwrap();
-        assert!(other_audience.verify(&a.issue("x", "api-key").unwrap()).is_err());
+        assert!(
+            other_audience
+                .verify(&a.issue("x", "api-key").unwrap())
+                .is_err()
+        );
     }
 
     #[test]
     fn expiry_applies_only_with_a_lifetime() {
         let signer = Signer::new(None, "gw", Some(Duration::from_secs(3600))).unwrap();
-        let claims = signer.verify(&signer.issue("x", "api-key").unwrap()).unwrap();
+        let claims = signer
+            .verify(&signer.issue("x", "api-key").unwrap())
+            .unwrap();
         assert!(claims.exp.is_some());
         let expired = Signer::new(None, "gw", Some(Duration::ZERO)).unwrap();
         let token = expired.issue("x", "api-key").unwrap();

@@ -13,8 +13,8 @@ use http::{HeaderMap, HeaderValue};
 use http_body::Frame;
 use prost::Message;
 
-use crate::body::read_first_message;
 use crate::auth::{PeerAddr, Principal};
+use crate::body::read_first_message;
 use crate::error::GatewayError;
 use crate::pool::{PartState, Pool, Snapshot};
 use crate::proto::viam::common::v1::ResourceName;
@@ -58,7 +58,10 @@ impl FleetRobot {
     ) -> Result<http::Response<Body>, GatewayError> {
         let (head, body) = req.into_parts();
         // One snapshot for the whole answer: part indices from its table index its parts.
-        let scope = Scope { snapshot: self.pool.snapshot(), principal };
+        let scope = Scope {
+            snapshot: self.pool.snapshot(),
+            principal,
+        };
         match method {
             LocalMethod::Reflection => Ok(reflection::serve(
                 self.pool.clone(),
@@ -109,8 +112,12 @@ impl FleetRobot {
 
     fn resource_names(&self, scope: &Scope<'_>) -> robot::ResourceNamesResponse {
         let table = scope.snapshot.table();
-        let resources =
-            table.listing().iter().filter(|(part, _)| scope.allows(*part)).map(|(_, r)| to_proto(r)).collect();
+        let resources = table
+            .listing()
+            .iter()
+            .filter(|(part, _)| scope.allows(*part))
+            .map(|(_, r)| to_proto(r))
+            .collect();
         robot::ResourceNamesResponse { resources }
     }
 
@@ -128,7 +135,6 @@ impl FleetRobot {
             resource_rpc_subtypes,
         }
     }
-
 
     /// Stops every part concurrently; `extra` parameters go to the part that owns each name.
     async fn stop_all(
@@ -150,9 +156,16 @@ impl FleetRobot {
             extras[route.part].push(extra);
         }
         // A caller limited to some parts stops only those.
-        let reachable = extras.into_iter().enumerate().filter(|(i, _)| scope.allows(*i));
+        let reachable = extras
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| scope.allows(*i));
         let calls = reachable.map(|(i, extra)| async move {
-            let part = scope.snapshot.part(i).map(|p| p.name().to_owned()).unwrap_or_default();
+            let part = scope
+                .snapshot
+                .part(i)
+                .map(|p| p.name().to_owned())
+                .unwrap_or_default();
             let mut client = scope
                 .client(i)
                 .ok_or_else(|| (part.clone(), "unknown part".to_owned()))?;
@@ -214,12 +227,20 @@ impl FleetRobot {
         robot::GetOperationsResponse { operations }
     }
 
-    fn operation_part(&self, id: &str, scope: &Scope<'_>) -> Result<(Client, String), GatewayError> {
+    fn operation_part(
+        &self,
+        id: &str,
+        scope: &Scope<'_>,
+    ) -> Result<(Client, String), GatewayError> {
         let not_found = || GatewayError::NotFound {
             name: id.to_owned(),
         };
         let (part, local) = id.split_once(':').ok_or_else(not_found)?;
-        let index = scope.snapshot.table().part_named(part).ok_or_else(not_found)?;
+        let index = scope
+            .snapshot
+            .table()
+            .part_named(part)
+            .ok_or_else(not_found)?;
         scope.check(index)?;
         Ok((scope.client(index).ok_or_else(not_found)?, local.to_owned()))
     }
@@ -316,7 +337,9 @@ struct Scope<'a> {
 
 impl Scope<'_> {
     fn allows(&self, part: usize) -> bool {
-        self.snapshot.part(part).is_some_and(|p| self.principal.may_reach(p.name()))
+        self.snapshot
+            .part(part)
+            .is_some_and(|p| self.principal.may_reach(p.name()))
     }
 
     /// A robot client for part `index` of the snapshot.
@@ -328,8 +351,14 @@ impl Scope<'_> {
         if self.allows(part) {
             return Ok(());
         }
-        let name = self.snapshot.part(part).map(|p| p.name().to_owned()).unwrap_or_default();
-        Err(GatewayError::PermissionDenied(format!("not allowed to reach part {name}")))
+        let name = self
+            .snapshot
+            .part(part)
+            .map(|p| p.name().to_owned())
+            .unwrap_or_default();
+        Err(GatewayError::PermissionDenied(format!(
+            "not allowed to reach part {name}"
+        )))
     }
 }
 

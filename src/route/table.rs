@@ -97,7 +97,9 @@ impl RouteTable {
                 _ => None,
             })
             .collect();
-        table.prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        table
+            .prefixes
+            .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         let mut seen_subtypes = HashSet::new();
         for (i, part) in parts.iter().enumerate() {
             let Some(Some(report)) = reported.get(i) else {
@@ -124,10 +126,13 @@ impl RouteTable {
                     api,
                     strip,
                 });
-                table.listing.push((i, Resource {
-                    name: visible,
-                    ..res.clone()
-                }));
+                table.listing.push((
+                    i,
+                    Resource {
+                        name: visible,
+                        ..res.clone()
+                    },
+                ));
             }
             for (api, service) in &report.subtypes {
                 table.service_api.insert(
@@ -174,8 +179,17 @@ impl RouteTable {
 
     /// Like [`RouteTable::resolve`], considering for bare names only the parts `allowed`
     /// accepts (a caller limited to some parts neither reaches nor learns of the others).
-    pub fn resolve_within(&self, name: &str, service: &str, allowed: &dyn Fn(usize) -> bool) -> Result<Route, GatewayError> {
-        let api = self.service_api.get(service).cloned().or_else(|| builtin_api_of_service(service));
+    pub fn resolve_within(
+        &self,
+        name: &str,
+        service: &str,
+        allowed: &dyn Fn(usize) -> bool,
+    ) -> Result<Route, GatewayError> {
+        let api = self
+            .service_api
+            .get(service)
+            .cloned()
+            .or_else(|| builtin_api_of_service(service));
         self.resolve_in(name, api.as_deref(), allowed)
     }
 
@@ -184,7 +198,12 @@ impl RouteTable {
         self.resolve_in(name, api, &|_| true)
     }
 
-    fn resolve_in(&self, name: &str, api: Option<&str>, allowed: &dyn Fn(usize) -> bool) -> Result<Route, GatewayError> {
+    fn resolve_in(
+        &self,
+        name: &str,
+        api: Option<&str>,
+        allowed: &dyn Fn(usize) -> bool,
+    ) -> Result<Route, GatewayError> {
         if let Some((first, rest)) = split_first_remote(name)
             && let Some(&part) = self.part_index.get(first)
         {

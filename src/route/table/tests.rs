@@ -180,7 +180,11 @@ fn unreached_main_part_takes_bare_names() {
 
 #[test]
 fn listing_uses_gateway_names() {
-    let names: Vec<String> = fleet().listing().iter().map(|(_, r)| r.name.clone()).collect();
+    let names: Vec<String> = fleet()
+        .listing()
+        .iter()
+        .map(|(_, r)| r.name.clone())
+        .collect();
     for expected in [
         "motor1",
         "wheel",
