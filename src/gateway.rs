@@ -34,6 +34,7 @@ pub struct Gateway {
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
     ops: Operations,
+    tls: Option<Arc<ReloadingAcceptor>>,
 }
 
 /// The operations side of a running gateway: endpoints, their listener, reloads, samplers.
@@ -101,7 +102,7 @@ impl Gateway {
             handler,
             stopped,
             settings.drain_timeout,
-            tls,
+            tls.clone(),
         ));
         admin.set_phase(Phase::Serving);
         info!("listening on {addr}");
@@ -120,6 +121,7 @@ impl Gateway {
                 reloader,
                 tasks: std::sync::Mutex::new(vec![sampler]),
             },
+            tls,
         })
     }
 
@@ -147,8 +149,16 @@ impl Gateway {
 
     /// Loads, validates and applies a config file (SIGHUP); an invalid file is logged, counted
     /// in `partgate_config_reloads_total` and shown on `/statusz`, and the running config stays.
+    /// SIGHUP also re-reads the TLS certificate files (they are watched for changes as well).
     pub async fn reload_from_file(&self, path: &Path) -> Result<ReloadOutcome, ReloadError> {
+        self.reload_tls();
         self.ops.reloader.apply_file(path).await
+    }
+
+    /// Re-reads the listener's certificate files now; false (and the old certificate kept)
+    /// if they are invalid or the port speaks h2c.
+    pub fn reload_tls(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.reload())
     }
 
     /// Reloads whenever the contents of `path` change (polled every `every`).

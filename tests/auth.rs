@@ -430,3 +430,25 @@ async fn a_limited_key_resolves_bare_names_among_its_own_parts() {
         .expect_err("ambiguous");
     assert_eq!(err.code(), Code::FailedPrecondition);
 }
+
+#[tokio::test]
+async fn reload_tls_rereads_the_certificate_on_demand() {
+    let first = pki("sighup");
+    let fleet = secured(Some(&first), None).await;
+    let port = fleet.addr().port();
+    let second = pki("sighup-next");
+    std::fs::copy(&second.cert, &first.cert).unwrap();
+    std::fs::copy(&second.key, &first.key).unwrap();
+    // What SIGHUP does, before the file watcher's next poll.
+    assert!(fleet.gateway.reload_tls());
+    assert!(
+        tls_channel(port, &second.ca_pem).await.is_ok(),
+        "new certificate served at once"
+    );
+    std::fs::write(&first.cert, "not a certificate").unwrap();
+    assert!(!fleet.gateway.reload_tls(), "a broken file is refused");
+    assert!(
+        tls_channel(port, &second.ca_pem).await.is_ok(),
+        "and the previous certificate stays"
+    );
+}
