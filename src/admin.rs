@@ -315,11 +315,7 @@ fn healthy(part: &Part) -> bool {
 }
 
 fn totals(part: &Part) -> (u64, u64) {
-    let totals = part.metrics().totals();
-    (
-        totals.started.load(Ordering::Relaxed),
-        totals.failed.load(Ordering::Relaxed),
-    )
+    part.metrics().totals()
 }
 
 fn round3(v: f64) -> f64 {

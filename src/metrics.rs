@@ -12,7 +12,7 @@
 //! touches.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Instant, SystemTime};
 
@@ -115,9 +115,14 @@ pub struct MethodId(u16);
 /// The bounded set of `method` label values.
 #[derive(Debug)]
 pub struct MethodTable {
-    index: HashMap<Box<str>, MethodId>,
+    index: HashMap<Box<str>, MethodId, BuildHasherDefault<Fnv>>,
     names: Vec<Arc<str>>,
 }
+
+/// FNV-1a: the method table is looked up once per call with a path of ~50 bytes, where SipHash
+/// costs several times more. The table is fixed, so colliding paths only slow their own lookup.
+#[derive(Debug)]
+struct Fnv(u64);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -182,8 +187,7 @@ pub struct Metrics {
     sessions: crate::session::SessionMetrics,
 }
 
-/// One part's handles: connection counters, per-method call handles (created on first use),
-/// and running totals for `/statusz`.
+/// One part's handles: connection counters and per-method call handles (created on first use).
 #[derive(Debug)]
 pub struct PartMetrics {
     name: Arc<str>,
@@ -192,19 +196,9 @@ pub struct PartMetrics {
     families: Arc<Families>,
     method_names: Arc<[Arc<str>]>,
     methods: Box<[OnceLock<Arc<MethodMetrics>>]>,
-    totals: Arc<CallTotals>,
     connects: Counter,
     disconnects: Counter,
     reconnect_attempts: Counter,
-}
-
-/// Calls and failures of one part since start, for rates on `/statusz`.
-#[derive(Debug, Default)]
-pub struct CallTotals {
-    /// Calls started.
-    pub started: AtomicU64,
-    /// Calls finished with a code other than OK.
-    pub failed: AtomicU64,
 }
 
 /// Every series one (part, method) pair touches.
@@ -213,7 +207,6 @@ pub struct MethodMetrics {
     labels: CallLabels,
     forwarded: bool,
     families: Arc<Families>,
-    totals: Arc<CallTotals>,
     started: Counter,
     in_flight: Gauge,
     duration: Histogram,
@@ -238,6 +231,26 @@ struct ScrapeCollector {
     pool: Arc<OnceLock<Weak<Pool>>>,
 }
 
+// === impl Fnv ===
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 // === impl MethodTable ===
 
 impl MethodTable {
@@ -252,7 +265,7 @@ impl MethodTable {
 
     fn from_paths(paths: Vec<String>) -> Self {
         let mut table = Self {
-            index: HashMap::with_capacity(paths.len()),
+            index: HashMap::with_capacity_and_hasher(paths.len(), BuildHasherDefault::default()),
             names: vec![Arc::from(OTHER_METHOD)],
         };
         for path in paths {
@@ -607,7 +620,6 @@ impl PartMetrics {
             methods: method_names.iter().map(|_| OnceLock::new()).collect(),
             method_names: method_names.clone(),
             families: families.clone(),
-            totals: Arc::default(),
             forwarded: true,
             name,
         }
@@ -618,9 +630,22 @@ impl PartMetrics {
         &self.name
     }
 
-    /// Calls and failures since start.
-    pub fn totals(&self) -> &CallTotals {
-        &self.totals
+    /// Calls started and calls failed (ended with a code other than OK) since start, summed
+    /// from the series at read time so the call path pays nothing extra.
+    pub fn totals(&self) -> (u64, u64) {
+        let mut started = 0;
+        let mut failed = 0;
+        for m in self.methods.iter().filter_map(OnceLock::get) {
+            started += m.started.get();
+            failed += m
+                .finished
+                .iter()
+                .skip(1)
+                .filter_map(OnceLock::get)
+                .map(Counter::get)
+                .sum::<u64>();
+        }
+        (started, failed)
     }
 
     /// Starts a call: counts it and puts it in flight until the guard finishes or drops.
@@ -628,7 +653,6 @@ impl PartMetrics {
         let metrics = self.method(method);
         metrics.started.inc();
         metrics.in_flight.inc();
-        self.totals.started.fetch_add(1, Ordering::Relaxed);
         CallGuard {
             metrics,
             path,
@@ -641,7 +665,6 @@ impl PartMetrics {
     pub fn record(&self, method: MethodId, code: Code, started: Instant) {
         let metrics = self.method(method);
         metrics.started.inc();
-        self.totals.started.fetch_add(1, Ordering::Relaxed);
         metrics.finish(code, started);
     }
 
@@ -689,7 +712,6 @@ impl PartMetrics {
             response_bytes: f.response_bytes.get_or_create_owned(&labels),
             finished: Default::default(),
             families: f.clone(),
-            totals: self.totals.clone(),
             forwarded: self.forwarded,
             labels,
         }
@@ -745,9 +767,6 @@ impl MethodMetrics {
             })
             .inc();
         }
-        if code != Code::Ok {
-            self.totals.failed.fetch_add(1, Ordering::Relaxed);
-        }
         self.duration.observe(started.elapsed().as_secs_f64());
     }
 }
@@ -760,9 +779,9 @@ impl CallGuard {
         self.metrics.request_bytes.clone()
     }
 
-    /// Counts response bytes received from the part.
-    pub fn response_bytes(&self, n: usize) {
-        self.metrics.response_bytes.inc_by(n as u64);
+    /// Counts response bytes sent to the client.
+    pub fn response_bytes(&self, n: u64) {
+        self.metrics.response_bytes.inc_by(n);
     }
 
     /// The part's label value.
@@ -1103,7 +1122,7 @@ mod tests {
             ),
             "{text}"
         );
-        assert_eq!(part.totals().failed.load(Ordering::Relaxed), 1);
+        assert_eq!(part.totals(), (2, 1));
     }
 
     #[test]

@@ -206,7 +206,15 @@ impl Shared {
                 return self.authenticate(req).await;
             }
             (None, _) | (_, MethodKind::Local(LocalMethod::HealthCheck)) => Principal::anonymous(),
-            (Some(auth), _) => auth.verify(req.headers())?,
+            (Some(auth), _) => {
+                let verified = auth.verify(req.headers());
+                let metrics = self.pool.metrics();
+                match &verified {
+                    Ok(_) => metrics.auth_result(true, "token"),
+                    Err(err) => metrics.auth_result(false, token_failure(err)),
+                }
+                verified?
+            }
         };
         match kind {
             MethodKind::Local(method) => self.robot.answer(method, req, &principal).await,
@@ -233,12 +241,22 @@ impl Shared {
         };
         let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
         let (parts, body) = req.into_parts();
-        let request = crate::robot::decode(body).await?;
-        Ok(crate::robot::reply(&auth.authenticate(
-            &parts.headers,
-            peer,
-            request,
-        )?))
+        let request: crate::proto::rpc::v1::AuthenticateRequest =
+            crate::robot::decode(body).await?;
+        let kind = match request.credentials.as_ref().map(|c| c.r#type.as_str()) {
+            Some(crate::auth::API_KEY) => "api_key",
+            Some(crate::auth::LOCATION_SECRET) => "location_secret",
+            _ => "other",
+        };
+        let answer = auth.authenticate(&parts.headers, peer, request);
+        let reason = match &answer {
+            Ok(_) => kind,
+            Err(GatewayError::RateLimited(_)) => "rate_limited",
+            Err(GatewayError::InvalidArgument(_)) => "invalid_request",
+            Err(_) => "bad_credentials",
+        };
+        self.pool.metrics().auth_result(answer.is_ok(), reason);
+        Ok(crate::robot::reply(&answer?))
     }
 
     async fn forward_to_main(
@@ -437,6 +455,16 @@ impl Shared {
                     .close_on(part.closing()),
             )
         }))
+    }
+}
+
+/// A fixed label for why a call's token was refused (never anything the client sent).
+fn token_failure(err: &GatewayError) -> &'static str {
+    match err {
+        GatewayError::Unauthenticated(m) if m == "authentication required" => "missing",
+        GatewayError::Unauthenticated(m) if m.starts_with("expected authorization") => "malformed",
+        GatewayError::Unauthenticated(m) if m.ends_with("token is expired") => "expired",
+        _ => "invalid_token",
     }
 }
 

@@ -452,3 +452,38 @@ async fn reload_tls_rereads_the_certificate_on_demand() {
         "and the previous certificate stays"
     );
 }
+
+#[tokio::test]
+async fn authentication_outcomes_are_counted_by_reason_never_by_secret() {
+    let fleet = secured(None, None).await;
+    let ch = fleet.channel().await;
+    let token = authenticate(&ch, KEY_ALL, "api-key", "key-all")
+        .await
+        .unwrap();
+    let _ = authenticate(&ch, KEY_ALL, "api-key", "wrong-key-value").await;
+    motors(&ch, Some(&token))
+        .set_power(set_power("motor1", 0.1))
+        .await
+        .unwrap();
+    let _ = motors(&ch, None).set_power(set_power("motor1", 0.1)).await;
+    let url = format!("http://{}/metrics", fleet.addr());
+    let req = http::Request::get(url)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let text = String::from_utf8(raw_call(fleet.addr(), false, req).await.body.to_vec()).unwrap();
+    let line = |result: &str, reason: &str| {
+        text.lines().any(|l| {
+            l.starts_with("partgate_auth_attempts_total")
+                && l.contains(&format!("result=\"{result}\""))
+                && l.contains(&format!("reason=\"{reason}\""))
+                && l.ends_with(" 1")
+        })
+    };
+    assert!(line("success", "api_key"), "{text}");
+    assert!(line("failure", "bad_credentials"), "{text}");
+    assert!(
+        line("success", "token") && line("failure", "missing"),
+        "{text}"
+    );
+    assert!(!text.contains("wrong-key-value") && !text.contains("key-all"));
+}
