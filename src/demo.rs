@@ -134,6 +134,11 @@ impl PartLog {
             .unwrap_or_default()
     }
 
+    /// Metadata of the last call the part received, if any.
+    pub fn metadata(&self) -> Option<tonic::metadata::MetadataMap> {
+        self.last_metadata.lock().ok().and_then(|m| m.clone())
+    }
+
     /// A motor's state.
     pub fn motor(&self, name: &str) -> Option<MotorState> {
         self.motors.lock().ok().and_then(|m| m.get(name).copied())

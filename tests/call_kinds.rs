@@ -193,14 +193,7 @@ async fn headers_trailers_and_error_details_pass_through() {
             .map(|v| v.to_str().unwrap()),
         Some("hello")
     );
-    let seen = fleet
-        .part("sub1")
-        .log()
-        .last_metadata
-        .lock()
-        .unwrap()
-        .clone()
-        .expect("metadata");
+    let seen = fleet.part("sub1").log().metadata().expect("metadata");
     assert_eq!(
         seen.get("x-client-header").map(|v| v.to_str().unwrap()),
         Some("abc")

@@ -152,14 +152,7 @@ async fn expired_session_stops_exactly_what_it_drove_on_the_right_parts() {
         .expect("no session");
 
     // The part saw the gateway's session with it, never the client's.
-    let seen = fleet
-        .part("sub1")
-        .log()
-        .last_metadata
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap();
+    let seen = fleet.part("sub1").log().metadata().unwrap();
     let sid = seen
         .get("viam-sid")
         .expect("the gateway's session id")
@@ -168,14 +161,7 @@ async fn expired_session_stops_exactly_what_it_drove_on_the_right_parts() {
         .to_owned();
     assert_ne!(sid, id);
     assert!(fleet.part("sub1").log().session_ids().contains(&sid));
-    let seen = fleet
-        .part("sub2")
-        .log()
-        .last_metadata
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap();
+    let seen = fleet.part("sub2").log().metadata().unwrap();
     assert!(
         seen.get("viam-sid").is_none(),
         "a part without sessions gets no id"
@@ -369,14 +355,7 @@ async fn bad_session_ids_are_session_expired() {
     req.metadata_mut()
         .insert("viam-sid", MetadataValue::from_static("not-a-uuid"));
     client.motors.is_powered(req).await.expect("not monitored");
-    let seen = fleet
-        .part("sub1")
-        .log()
-        .last_metadata
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap();
+    let seen = fleet.part("sub1").log().metadata().unwrap();
     assert!(seen.get("viam-sid").is_none());
 }
 
@@ -476,7 +455,7 @@ async fn a_dead_gateway_leaves_the_part_to_stop_the_motor() {
     let id = client.start("").await;
     client.set_power("sub1:motor1", 0.8, &[&id]).await.unwrap();
     let log = fleet.part("sub1").log().clone();
-    let seen = log.last_metadata.lock().unwrap().clone().unwrap();
+    let seen = log.metadata().unwrap();
     let sid = seen
         .get("viam-sid")
         .expect("the gateway's session")
@@ -536,7 +515,7 @@ async fn the_gateway_session_with_a_part_restarts_with_its_connection() {
     .await;
     let mut client = Client::new(&fleet.channel().await, None);
     client.set_power("sub1:motor1", 0.5, &[]).await.unwrap();
-    let seen = log.last_metadata.lock().unwrap().clone().unwrap();
+    let seen = log.metadata().unwrap();
     let sid = seen
         .get("viam-sid")
         .expect("the gateway's new session")
