@@ -20,5 +20,6 @@ pub mod route;
 pub mod session;
 pub mod stack;
 pub mod tls;
+pub mod webrtc;
 
 pub use gateway::Gateway;
