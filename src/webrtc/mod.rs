@@ -15,3 +15,4 @@
 //! protocol never sees ICE or SCTP, and its tests run on [`channel::ChannelIo::pair`].
 
 pub mod channel;
+pub mod transport;
