@@ -19,6 +19,9 @@ const PROTOS: &[&str] = &[
     "grpc/reflection/v1/reflection.proto",
     "grpc/health/v1/health.proto",
     "rpc/v1/auth.proto",
+    "google/rpc/status.proto",
+    "rpc/webrtc/v1/signaling.proto",
+    "rpc/webrtc/v1/grpc.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -46,6 +49,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_server(true)
         .build_transport(false)
         .generate_default_stubs(true)
+        // Packet payloads stay `Bytes`: decoding a data-channel frame slices, never copies.
+        .bytes(".proto.rpc.webrtc.v1.PacketMessage.data")
+        // Generated paths are relative to the package root; ours sits under `crate::proto`.
+        .extern_path(".google.rpc", "crate::proto::google::rpc")
         .compile_fds(fds)?;
 
     Ok(())

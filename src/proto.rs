@@ -108,7 +108,7 @@ pub mod grpc {
     }
 }
 
-/// Viam's RPC framework packages (`proto.rpc.v1`: authentication).
+/// Viam's RPC framework packages (`proto.rpc.v1`: authentication; `proto.rpc.webrtc.v1`).
 #[allow(
     clippy::all,
     clippy::pedantic,
@@ -122,6 +122,29 @@ pub mod grpc {
 pub mod rpc {
     pub mod v1 {
         tonic::include_proto!("proto.rpc.v1");
+    }
+    /// `proto.rpc.webrtc.v1`: signaling and gRPC over the data channel.
+    pub mod webrtc {
+        pub mod v1 {
+            tonic::include_proto!("proto.rpc.webrtc.v1");
+        }
+    }
+}
+
+/// `google.rpc.Status`, as carried by WebRTC trailers and signaling errors.
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub
+)]
+pub mod google {
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
     }
 }
 
