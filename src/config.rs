@@ -6,7 +6,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -184,6 +184,86 @@ pub struct GatewaySettings {
     /// wake-ups per call, which matters most when the gateway shares a small machine.
     #[serde(default)]
     pub worker_threads: Option<usize>,
+    /// WebRTC ingress: signaling on the main port, gRPC over data channels on UDP.
+    #[serde(default)]
+    pub webrtc: WebRtcConfig,
+}
+
+/// The `gateway.webrtc` object. Unknown keys are errors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebRtcConfig {
+    /// Serve `SignalingService` and accept WebRTC peers (the SDKs' preferred transport).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// IP the UDP socket binds; absent: the IP of `network.bind_address`.
+    #[serde(default)]
+    pub udp_bind_ip: Option<String>,
+    /// Inclusive UDP port range, `"50000-50100"`; absent: any free port.
+    #[serde(default)]
+    pub udp_port_range: Option<String>,
+    /// Addresses advertised instead of the bound one (NAT 1:1, containers).
+    #[serde(default)]
+    pub public_ips: Vec<String>,
+    /// STUN/TURN servers handed to callers by `OptionalWebRTCConfig` (credentials are secrets:
+    /// `${env:VAR}` / `${file:/path}` work, and they are never logged).
+    #[serde(default)]
+    pub ice_servers: Vec<IceServerConfig>,
+    /// Extra `rpc-host` values accepted by signaling besides `network.fqdn` and the listen
+    /// addresses.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// WebRTC peers at once; further offers fail with RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_peers")]
+    pub max_peers: usize,
+    /// Time a caller has from its offer to an open data channel (Go duration).
+    #[serde(default = "default_webrtc_connect_timeout")]
+    pub connect_timeout: String,
+}
+
+/// One entry of `gateway.webrtc.ice_servers` (the shape of `proto.rpc.webrtc.v1.ICEServer`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceServerConfig {
+    /// `stun:` / `turn:` / `turns:` URLs.
+    pub urls: Vec<String>,
+    /// TURN user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// TURN credential (a secret).
+    #[serde(default)]
+    pub credential: Option<String>,
+}
+
+impl std::fmt::Debug for IceServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a credential, not even in debug output.
+        f.debug_struct("IceServerConfig")
+            .field("urls", &self.urls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Validated WebRTC settings (present only when enabled).
+#[derive(Debug, Clone)]
+pub struct WebRtcSettings {
+    /// How the UDP endpoint binds and what it advertises.
+    pub transport: crate::webrtc::transport::TransportConfig,
+    /// ICE servers for callers.
+    pub ice_servers: Vec<IceServer>,
+    /// Extra accepted `rpc-host` values (`network.fqdn` included).
+    pub hosts: Vec<String>,
+}
+
+/// A validated ICE server.
+#[derive(Debug, Clone)]
+pub struct IceServer {
+    /// URLs.
+    pub urls: Vec<String>,
+    /// TURN user name (empty: none).
+    pub username: String,
+    /// TURN credential.
+    pub credential: Secret,
 }
 
 /// A validated part, with durations parsed. Equal specs mean a reload keeps the connection.
@@ -262,6 +342,8 @@ pub struct Settings {
     pub parts_ca_pem: Option<Vec<u8>>,
     /// Runtime worker threads; `None`: tokio's default. Only read at start.
     pub worker_threads: Option<usize>,
+    /// WebRTC ingress; `None`: disabled. Only read at start.
+    pub webrtc: Option<WebRtcSettings>,
 }
 
 fn default_bind() -> String {
@@ -287,6 +369,30 @@ fn default_keepalive_timeout() -> String {
 }
 fn default_drain_timeout() -> String {
     "30s".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_peers() -> usize {
+    256
+}
+fn default_webrtc_connect_timeout() -> String {
+    "10s".to_owned()
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            udp_bind_ip: None,
+            udp_port_range: None,
+            public_ips: Vec::new(),
+            ice_servers: Vec::new(),
+            hosts: Vec::new(),
+            max_peers: default_max_peers(),
+            connect_timeout: default_webrtc_connect_timeout(),
+        }
+    }
 }
 
 impl Default for NetworkConfig {
@@ -319,6 +425,7 @@ impl Default for GatewaySettings {
             signing_key_file: None,
             parts_ca_file: None,
             worker_threads: None,
+            webrtc: WebRtcConfig::default(),
         }
     }
 }
@@ -447,6 +554,7 @@ impl Config {
                 .ok()
         });
         let admin = self.admin_address(bind, &mut problem);
+        let webrtc = self.webrtc_settings(bind, &mut problem);
         let mut prefixes: Vec<(usize, &str)> = self
             .remotes
             .iter()
@@ -512,6 +620,7 @@ impl Config {
                 tls,
                 parts_ca_pem,
                 worker_threads: g.worker_threads,
+                webrtc,
             }),
             _ => Err(ConfigError::Invalid(problems)),
         }
@@ -541,6 +650,121 @@ impl Config {
         }
         Some(addr)
     }
+}
+
+// === impl Config: WebRTC ===
+
+impl Config {
+    /// Validates `gateway.webrtc`; `None` when disabled.
+    fn webrtc_settings(
+        &self,
+        bind: Option<SocketAddr>,
+        problem: Problem<'_>,
+    ) -> Option<WebRtcSettings> {
+        let w = &self.gateway.webrtc;
+        if !w.enabled {
+            return None;
+        }
+        let at = |key: &str| format!("gateway.webrtc.{key}");
+        let bind_ip = match &w.udp_bind_ip {
+            Some(text) => text.parse::<IpAddr>().map_err(|_| {
+                problem(at("udp_bind_ip"), format!("{text:?} is not an IP address"))
+            }),
+            None => Ok(bind.map_or(IpAddr::from([0, 0, 0, 0]), |b| b.ip())),
+        };
+        let port_range = match w.udp_port_range.as_deref().map(parse_port_range) {
+            None => Ok(None),
+            Some(Ok(range)) => Ok(Some(range)),
+            Some(Err(e)) => Err(problem(at("udp_port_range"), e)),
+        };
+        let mut public_ips = Vec::with_capacity(w.public_ips.len());
+        for (i, text) in w.public_ips.iter().enumerate() {
+            match text.parse::<IpAddr>() {
+                Ok(ip) => public_ips.push(ip),
+                Err(_) => problem(
+                    format!("gateway.webrtc.public_ips[{i}]"),
+                    format!("{text:?} is not an IP address"),
+                ),
+            }
+        }
+        let ice_servers = ice_servers(&w.ice_servers, problem);
+        for (i, host) in w.hosts.iter().enumerate() {
+            if host.is_empty() || host.chars().any(char::is_whitespace) {
+                problem(
+                    format!("gateway.webrtc.hosts[{i}]"),
+                    "must be a non-empty host name without spaces".into(),
+                );
+            }
+        }
+        if w.max_peers == 0 {
+            problem(at("max_peers"), "must be greater than zero".into());
+        }
+        let connect_timeout = match parse_go_duration(&w.connect_timeout) {
+            Ok(d) if d.is_zero() => Err(problem(at("connect_timeout"), "must be greater than zero".into())),
+            Ok(d) => Ok(d),
+            Err(e) => Err(problem(at("connect_timeout"), e)),
+        };
+        let hosts = self.network.fqdn.iter().chain(&w.hosts).cloned().collect();
+        Some(WebRtcSettings {
+            transport: crate::webrtc::transport::TransportConfig {
+                bind_ip: bind_ip.ok()?,
+                port_range: port_range.ok()?,
+                public_ips,
+                connect_timeout: connect_timeout.ok()?,
+                max_peers: w.max_peers,
+            },
+            ice_servers,
+            hosts,
+        })
+    }
+}
+
+fn ice_servers(list: &[IceServerConfig], problem: Problem<'_>) -> Vec<IceServer> {
+    let mut out = Vec::with_capacity(list.len());
+    for (i, server) in list.iter().enumerate() {
+        let at = |key: &str| format!("gateway.webrtc.ice_servers[{i}].{key}");
+        if server.urls.is_empty() {
+            problem(at("urls"), "needs at least one URL".into());
+        }
+        for (j, url) in server.urls.iter().enumerate() {
+            if !["stun:", "stuns:", "turn:", "turns:"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
+                problem(
+                    format!("gateway.webrtc.ice_servers[{i}].urls[{j}]"),
+                    format!("{url:?} must start with stun:, stuns:, turn: or turns:"),
+                );
+            }
+        }
+        // Error messages name the reference, never the credential.
+        let credential = match server.credential.as_deref().map(resolve_secret) {
+            None => String::new(),
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                problem(at("credential"), e);
+                String::new()
+            }
+        };
+        out.push(IceServer {
+            urls: server.urls.clone(),
+            username: server.username.clone().unwrap_or_default(),
+            credential: Secret::new(credential),
+        });
+    }
+    out
+}
+
+/// `"50000-50100"` (inclusive, low <= high, no port 0).
+fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{text:?} is not a port range like \"50000-50100\"");
+    let (low, high) = text.split_once('-').ok_or_else(bad)?;
+    let low: u16 = low.trim().parse().map_err(|_| bad())?;
+    let high: u16 = high.trim().parse().map_err(|_| bad())?;
+    if low == 0 || low > high {
+        return Err(bad());
+    }
+    Ok((low, high))
 }
 
 // === impl Config: auth and TLS ===

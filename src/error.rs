@@ -107,6 +107,67 @@ pub enum GatewayError {
     Internal(String),
 }
 
+/// What can fail in WebRTC signaling or on one data-channel stream. Mapped to gRPC codes in
+/// [`WebRtcError::code`] (the same table as [`GatewayError`], kept here in the one place).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebRtcError {
+    /// `rpc-host` names none of the gateway's hosts (goutils' exact message: clients fall back
+    /// to direct gRPC on it).
+    #[error("host not preconfigured")]
+    HostNotPreconfigured,
+    /// `rpc-host` missing or given more than once.
+    #[error("expected exactly one rpc-host in metadata")]
+    MissingHost,
+    /// The offer is not base64(JSON({type: "offer", sdp})) or the transport refused it.
+    #[error("invalid offer: {0}")]
+    InvalidOffer(String),
+    /// A trickled candidate the transport could not use.
+    #[error("invalid ICE candidate: {0}")]
+    InvalidCandidate(String),
+    /// `CallUpdate` for a uuid that is not (or no longer) an active call.
+    #[error("no active call with uuid {0:?}")]
+    UnknownCall(String),
+    /// WebRTC is disabled in the config, or its transport is not running.
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// `Answer`: partgate is the answerer for its own hosts; it registers no others.
+    #[error("answerer registration is not supported: partgate answers its own calls")]
+    AnswerUnsupported,
+    /// Too many peers on the endpoint.
+    #[error("too many WebRTC peers")]
+    TooManyPeers,
+    /// The peer did not connect in time.
+    #[error("WebRTC connection did not open within {0:?}")]
+    ConnectTimeout(std::time::Duration),
+    /// The peer closed or failed before it was connected.
+    #[error("WebRTC connection closed before it opened")]
+    PeerClosed,
+    /// The transport failed (details logged only).
+    #[error("WebRTC transport error: {0}")]
+    Transport(String),
+    /// 256 streams already open on the peer.
+    #[error("too many concurrent streams on this connection (at most {0})")]
+    TooManyStreams(usize),
+    /// A message larger than the reassembly limit.
+    #[error("message larger than {0} bytes")]
+    MessageTooLarge(usize),
+    /// A second `headers` frame on an open stream.
+    #[error("headers already received")]
+    HeadersTwice,
+    /// The request headers are unusable (bad method path).
+    #[error("invalid request headers: {0}")]
+    BadHeaders(String),
+    /// The part sent a compressed message, which the data channel cannot carry.
+    #[error("compressed response message cannot be carried over WebRTC")]
+    CompressedResponse,
+    /// The client's messages stayed queued while the part did not read them.
+    #[error("request stream stalled: the part did not take the client's messages in time")]
+    Stalled,
+    /// The data-channel peer is gone or reset the stream.
+    #[error("stream cancelled")]
+    Cancelled,
+}
+
 /// Problems found while loading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -199,6 +260,47 @@ impl GatewayError {
     }
 }
 
+// === impl WebRtcError ===
+
+impl WebRtcError {
+    /// THE table for WebRTC failures: gRPC code and whose fault it was.
+    pub fn code_and_fault(&self) -> (Code, Fault) {
+        match self {
+            Self::HostNotPreconfigured
+            | Self::MissingHost
+            | Self::InvalidOffer(_)
+            | Self::InvalidCandidate(_)
+            | Self::UnknownCall(_)
+            | Self::HeadersTwice
+            | Self::BadHeaders(_) => (Code::InvalidArgument, Fault::Client),
+            Self::Unavailable(_) | Self::AnswerUnsupported => (Code::Unimplemented, Fault::Client),
+            Self::TooManyPeers => (Code::ResourceExhausted, Fault::Gateway),
+            Self::TooManyStreams(_) | Self::MessageTooLarge(_) | Self::Stalled => {
+                (Code::ResourceExhausted, Fault::Client)
+            }
+            Self::ConnectTimeout(_) => (Code::DeadlineExceeded, Fault::Client),
+            Self::PeerClosed | Self::Cancelled => (Code::Cancelled, Fault::Client),
+            Self::Transport(_) | Self::CompressedResponse => (Code::Internal, Fault::Gateway),
+        }
+    }
+
+    /// The status sent to the client; transport details are logged, not sent.
+    pub fn to_status(&self) -> Status {
+        let (code, _) = self.code_and_fault();
+        let message = match self {
+            Self::Transport(_) => "internal gateway error".to_owned(),
+            other => other.to_string(),
+        };
+        Status::new(code, message)
+    }
+}
+
+impl From<WebRtcError> for Status {
+    fn from(err: WebRtcError) -> Self {
+        err.to_status()
+    }
+}
+
 impl From<GatewayError> for Status {
     fn from(err: GatewayError) -> Self {
         err.to_status()
@@ -249,6 +351,31 @@ mod tests {
         for (err, code) in cases {
             assert_eq!(err.to_status().code(), code, "{err}");
         }
+    }
+
+    #[test]
+    fn webrtc_failures_map_like_goutils() {
+        let host = WebRtcError::HostNotPreconfigured.to_status();
+        assert_eq!(host.code(), Code::InvalidArgument);
+        assert_eq!(host.message(), "host not preconfigured");
+        assert_eq!(
+            WebRtcError::TooManyStreams(256).to_status().code(),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            WebRtcError::MessageTooLarge(1 << 25).to_status().code(),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            WebRtcError::Unavailable("off").to_status().code(),
+            Code::Unimplemented
+        );
+        assert!(
+            !WebRtcError::Transport("ice pwd=x".into())
+                .to_status()
+                .message()
+                .contains("pwd")
+        );
     }
 
     #[test]

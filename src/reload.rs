@@ -215,6 +215,10 @@ fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str> {
     if format!("{:?}", old.auth) != format!("{:?}", new.auth) {
         changed.push("auth");
     }
+    // The WebRTC endpoint and signaling are built once, like auth (secret-free debug form).
+    if format!("{:?}", old.webrtc) != format!("{:?}", new.webrtc) {
+        changed.push("gateway.webrtc");
+    }
     changed
 }
 
@@ -228,6 +232,7 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) {
     new.worker_threads = old.worker_threads;
     new.tls.clone_from(&old.tls);
     new.auth.clone_from(&old.auth);
+    new.webrtc.clone_from(&old.webrtc);
 }
 
 // === impl FileWatch ===
