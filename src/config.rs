@@ -667,9 +667,9 @@ impl Config {
         }
         let at = |key: &str| format!("gateway.webrtc.{key}");
         let bind_ip = match &w.udp_bind_ip {
-            Some(text) => text.parse::<IpAddr>().map_err(|_| {
-                problem(at("udp_bind_ip"), format!("{text:?} is not an IP address"))
-            }),
+            Some(text) => text
+                .parse::<IpAddr>()
+                .map_err(|_| problem(at("udp_bind_ip"), format!("{text:?} is not an IP address"))),
             None => Ok(bind.map_or(IpAddr::from([0, 0, 0, 0]), |b| b.ip())),
         };
         let port_range = match w.udp_port_range.as_deref().map(parse_port_range) {
@@ -700,7 +700,10 @@ impl Config {
             problem(at("max_peers"), "must be greater than zero".into());
         }
         let connect_timeout = match parse_go_duration(&w.connect_timeout) {
-            Ok(d) if d.is_zero() => Err(problem(at("connect_timeout"), "must be greater than zero".into())),
+            Ok(d) if d.is_zero() => Err(problem(
+                at("connect_timeout"),
+                "must be greater than zero".into(),
+            )),
             Ok(d) => Ok(d),
             Err(e) => Err(problem(at("connect_timeout"), e)),
         };

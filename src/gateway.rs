@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::admin::{Admin, Phase};
 use crate::auth::Auth;
-use crate::config::Settings;
+use crate::config::{Settings, WebRtcSettings};
 use crate::error::StartError;
 use crate::listener::{self, Frontend, Handler};
 use crate::metrics::Metrics;
@@ -23,6 +23,8 @@ use crate::pool::Pool;
 use crate::reload::{ReloadError, ReloadOutcome, Reloader};
 use crate::stack::CallStack;
 use crate::tls::ReloadingAcceptor;
+use crate::webrtc::signaling::Signaling;
+use crate::webrtc::transport::Endpoint;
 
 /// Extra start-up wait beyond the dial timeout for a part's first `ResourceNames`.
 const STARTUP_CHECK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -35,6 +37,8 @@ pub struct Gateway {
     server: JoinHandle<()>,
     ops: Operations,
     tls: Option<Arc<ReloadingAcceptor>>,
+    stack: CallStack,
+    webrtc: Option<Endpoint>,
 }
 
 /// The operations side of a running gateway: endpoints, their listener, reloads, samplers.
@@ -94,6 +98,10 @@ impl Gateway {
             warn!(parts = ?pending, "parts still connecting at start-up; serving without them for now");
         }
         let stack = CallStack::new(pool.clone(), &settings, auth);
+        let webrtc = match &settings.webrtc {
+            Some(w) => start_webrtc(w, &settings, addr, &stack, pool.metrics()).await,
+            None => None,
+        };
         let frontend = Frontend::new(stack.clone()).with_admin(admin.clone());
         let handler: Handler = Arc::new(move |req| Box::pin(frontend.clone().serve(req)));
         let (stop, stopped) = watch::channel(false);
@@ -107,7 +115,12 @@ impl Gateway {
         admin.set_phase(Phase::Serving);
         info!("listening on {addr}");
         let sampler = tokio::spawn(sample_calls(admin.clone()));
-        let reloader = Arc::new(Reloader::new(settings, pool.clone(), stack, admin.clone()));
+        let reloader = Arc::new(Reloader::new(
+            settings,
+            pool.clone(),
+            stack.clone(),
+            admin.clone(),
+        ));
         Ok(Self {
             addr,
             pool,
@@ -122,7 +135,19 @@ impl Gateway {
                 tasks: std::sync::Mutex::new(vec![sampler]),
             },
             tls,
+            stack,
+            webrtc,
         })
+    }
+
+    /// The call stack every ingress uses (the WebRTC data-channel server hands it its calls).
+    pub fn stack(&self) -> CallStack {
+        self.stack.clone()
+    }
+
+    /// The WebRTC transport endpoint, if it is running.
+    pub fn webrtc_endpoint(&self) -> Option<&Endpoint> {
+        self.webrtc.as_ref()
     }
 
     /// The address of the operations listener (`gateway.admin_address`), if configured.
@@ -189,12 +214,47 @@ impl Gateway {
         }
         let _ = self.stop.send(true);
         let _ = self.server.await;
+        // Closing the endpoint ends every peer's channel, which cancels its streams.
+        if let Some(endpoint) = &self.webrtc {
+            endpoint.close();
+        }
         self.pool.close();
         let _ = self.ops.admin_stop.send(true);
         if let Some(server) = self.ops.admin_server {
             let _ = server.await;
         }
     }
+}
+
+/// Binds the WebRTC endpoint and installs signaling in the stack. A transport that cannot
+/// start is logged, not fatal: signaling then answers `Call` with UNIMPLEMENTED and every SDK
+/// falls back to direct gRPC on this same port.
+async fn start_webrtc(
+    webrtc: &WebRtcSettings,
+    settings: &Settings,
+    addr: SocketAddr,
+    stack: &CallStack,
+    metrics: &Arc<Metrics>,
+) -> Option<Endpoint> {
+    let endpoint = match Endpoint::bind(webrtc.transport.clone()).await {
+        Ok(endpoint) => {
+            info!("WebRTC on udp {}", endpoint.local_addr());
+            Some(endpoint)
+        }
+        Err(e) => {
+            warn!(error = %e, "WebRTC transport did not start; serving direct gRPC only");
+            None
+        }
+    };
+    let signaling = Signaling::new(
+        endpoint.clone(),
+        Signaling::hosts_for(settings, addr),
+        webrtc.ice_servers.clone(),
+        webrtc.transport.connect_timeout,
+        metrics.webrtc().clone(),
+    );
+    stack.set_signaling(signaling);
+    endpoint
 }
 
 type AdminListener = (

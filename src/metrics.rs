@@ -185,6 +185,93 @@ pub struct Metrics {
     none: Arc<PartMetrics>,
     pool: Arc<OnceLock<Weak<Pool>>>,
     sessions: crate::session::SessionMetrics,
+    webrtc: WebRtcMetrics,
+}
+
+/// The WebRTC ingress families. Calls carried over WebRTC are counted by the per-call families
+/// like any other call (they go through the same stack); these count what is WebRTC-only.
+#[derive(Debug, Clone, Default)]
+pub struct WebRtcMetrics {
+    peers: Gauge,
+    streams: Gauge,
+    streams_opened: Counter,
+    signaling: Family<SignalingLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignalingLabels {
+    method: &'static str,
+    code: &'static str,
+}
+
+/// Keeps a gauge raised while it lives (a peer, a stream task).
+#[derive(Debug)]
+pub struct GaugeGuard(Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl WebRtcMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "partgate_webrtc_peers",
+            "WebRTC peers whose data channel is being served",
+            m.peers.clone(),
+        );
+        registry.register(
+            "partgate_webrtc_streams",
+            "Data-channel streams (calls) open on WebRTC peers, including ones still ending",
+            m.streams.clone(),
+        );
+        registry.register(
+            "partgate_webrtc_streams_opened",
+            "Data-channel streams accepted",
+            m.streams_opened.clone(),
+        );
+        registry.register(
+            "partgate_webrtc_signaling_calls",
+            "Signaling calls by method and gRPC code",
+            m.signaling.clone(),
+        );
+        m
+    }
+
+    /// A peer is being served until the guard drops.
+    pub fn peer(&self) -> GaugeGuard {
+        self.peers.inc();
+        GaugeGuard(self.peers.clone())
+    }
+
+    /// A stream is open until the guard drops.
+    pub fn stream(&self) -> GaugeGuard {
+        self.streams.inc();
+        self.streams_opened.inc();
+        GaugeGuard(self.streams.clone())
+    }
+
+    /// Streams open right now (tests use it to prove that nothing leaks).
+    pub fn open_streams(&self) -> i64 {
+        self.streams.get()
+    }
+
+    /// Peers served right now.
+    pub fn open_peers(&self) -> i64 {
+        self.peers.get()
+    }
+
+    /// Counts one signaling call; `method` is a fixed name.
+    pub fn signaling(&self, method: &'static str, code: Code) {
+        self.signaling
+            .get_or_create(&SignalingLabels {
+                method,
+                code: code_name(code),
+            })
+            .inc();
+    }
 }
 
 /// One part's handles: connection counters and per-method call handles (created on first use).
@@ -437,6 +524,7 @@ impl Metrics {
         families.config_ok.set(1);
         families.config_timestamp.set(unix_now());
         let sessions = crate::session::SessionMetrics::register(&mut registry);
+        let webrtc = WebRtcMetrics::register(&mut registry);
         let methods = MethodTable::known();
         let method_names: Arc<[Arc<str>]> = methods.names.clone().into();
         let mut none = PartMetrics::new(NO_PART.into(), &families, &method_names);
@@ -450,6 +538,7 @@ impl Metrics {
             none,
             pool,
             sessions,
+            webrtc,
         })
     }
 
@@ -470,6 +559,11 @@ impl Metrics {
     /// The session families (`partgate_sessions`, `partgate_session_stops`, ...).
     pub fn sessions(&self) -> &crate::session::SessionMetrics {
         &self.sessions
+    }
+
+    /// The WebRTC families.
+    pub fn webrtc(&self) -> &WebRtcMetrics {
+        &self.webrtc
     }
 
     /// The method table (bounded `method` label values).

@@ -14,8 +14,8 @@
 //! boxed future instead of one per layer, and the order is still readable top to bottom.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,8 @@ use crate::route::method::LocalMethod;
 use crate::route::method::service_of;
 use crate::route::{MethodKind, classify};
 use crate::session::{SESSION_HEADER, Sessions};
+use crate::webrtc::server::ChannelPrincipal;
+use crate::webrtc::signaling::Signaling;
 
 type Body = tonic::body::Body;
 
@@ -74,6 +76,8 @@ pub struct Shared {
     /// Reloadable.
     max_message_size: AtomicUsize,
     auth: Option<Arc<Auth>>,
+    /// WebRTC signaling; unset: signaling calls are UNIMPLEMENTED (clients fall back to direct).
+    signaling: OnceLock<Arc<Signaling>>,
 }
 
 impl CallStack {
@@ -89,8 +93,14 @@ impl CallStack {
                 default_timeout_ms: AtomicU64::new(millis(settings.default_timeout)),
                 max_message_size: AtomicUsize::new(settings.max_message_size),
                 auth,
+                signaling: OnceLock::new(),
             }),
         }
+    }
+
+    /// Serves `SignalingService` with `signaling` from now on (set once, at start).
+    pub fn set_signaling(&self, signaling: Arc<Signaling>) {
+        let _ = self.inner.signaling.set(signaling);
     }
 
     /// The pool behind the stack.
@@ -147,7 +157,7 @@ impl tower::Service<http::Request<Body>> for CallStack {
 }
 
 impl Shared {
-    async fn handle(&self, req: http::Request<Body>) -> http::Response<Body> {
+    async fn handle(self: Arc<Self>, req: http::Request<Body>) -> http::Response<Body> {
         let path: Arc<str> = req.uri().path().into();
         let metrics = self.pool.metrics();
         let mut call = Call {
@@ -195,18 +205,33 @@ impl Shared {
 
     /// auth, then classify: who is calling, then what the call is.
     async fn dispatch(
-        &self,
+        self: &Arc<Self>,
         req: http::Request<Body>,
         path: &str,
         call: &mut Call,
     ) -> Result<http::Response<Body>, GatewayError> {
         let kind = classify(path);
-        let principal = match (&self.auth, kind) {
-            (_, MethodKind::Local(LocalMethod::Authenticate)) => {
+        // A WebRTC stream carries the identity its signaling call was authenticated with (no
+        // token per call, like goutils). Only the data-channel server sets this extension;
+        // requests from the listener start with none but `PeerAddr`.
+        let channel = req
+            .extensions()
+            .get::<ChannelPrincipal>()
+            .map(|c| c.0.clone());
+        let principal = match (&self.auth, kind, channel) {
+            (_, MethodKind::Local(LocalMethod::Authenticate), _) => {
                 return self.authenticate(req).await;
             }
-            (None, _) | (_, MethodKind::Local(LocalMethod::HealthCheck)) => Principal::anonymous(),
-            (Some(auth), _) => {
+            (auth, _, Some(principal)) => {
+                if auth.is_some() {
+                    self.pool.metrics().auth_result(true, "webrtc");
+                }
+                principal
+            }
+            (None, _, None) | (_, MethodKind::Local(LocalMethod::HealthCheck), None) => {
+                Principal::anonymous()
+            }
+            (Some(auth), _, None) => {
                 let verified = auth.verify(req.headers());
                 let metrics = self.pool.metrics();
                 match &verified {
@@ -223,6 +248,17 @@ impl Shared {
                 self.forward_by_name(req, path, field, &principal, call)
                     .await
             }
+            MethodKind::Signaling => match self.signaling.get() {
+                Some(signaling) => {
+                    let stack = CallStack {
+                        inner: self.clone(),
+                    };
+                    Ok(signaling.serve(req, principal, stack).await)
+                }
+                None => Err(GatewayError::Unimplemented(
+                    "WebRTC is not enabled on this gateway".into(),
+                )),
+            },
             MethodKind::Unimplemented => Err(GatewayError::Unimplemented(format!(
                 "{path} is not served by this gateway"
             ))),

@@ -12,6 +12,8 @@ pub enum MethodKind {
     MainPart,
     /// Routed by the resource name at this field path of the first message.
     ByName(&'static [u32]),
+    /// `proto.rpc.webrtc.v1.SignalingService`: answered by the gateway's WebRTC signaling.
+    Signaling,
     /// A protocol the gateway does not speak on this port (yet).
     Unimplemented,
 }
@@ -80,6 +82,9 @@ pub fn classify(path: &str) -> MethodKind {
         || path == "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
     {
         return MethodKind::Local(LocalMethod::Reflection);
+    }
+    if path.starts_with("/proto.rpc.webrtc.v1.SignalingService/") {
+        return MethodKind::Signaling;
     }
     if path.starts_with("/proto.rpc.") || path.starts_with("/grpc.health.") {
         return MethodKind::Unimplemented;
@@ -155,6 +160,10 @@ mod tests {
     fn framework_services() {
         assert_eq!(
             classify("/proto.rpc.webrtc.v1.SignalingService/Call"),
+            MethodKind::Signaling
+        );
+        assert_eq!(
+            classify("/proto.rpc.v2.Other/Call"),
             MethodKind::Unimplemented
         );
         assert_eq!(

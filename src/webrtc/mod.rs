@@ -14,5 +14,9 @@
 //! [`channel::ChannelIo`] is the seam between the transport and the protocol layers: the
 //! protocol never sees ICE or SCTP, and its tests run on [`channel::ChannelIo::pair`].
 
+pub mod cardinality;
 pub mod channel;
+pub mod server;
+pub mod signaling;
 pub mod transport;
+pub mod wire;
