@@ -16,6 +16,7 @@
 
 pub mod cardinality;
 pub mod channel;
+pub mod client;
 pub mod server;
 pub mod signaling;
 pub mod transport;
