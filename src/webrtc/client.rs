@@ -406,7 +406,9 @@ pub async fn dial(
         .await?
         .ok_or_else(|| DialError::Exchange("Call ended before init".into()))?;
     let Some(pb::call_response::Stage::Init(init)) = first.stage else {
-        return Err(DialError::Exchange("first Call response is not init".into()));
+        return Err(DialError::Exchange(
+            "first Call response is not init".into(),
+        ));
     };
     let answer = decode_sdp(&init.sdp, "answer").map_err(|e| DialError::Exchange(e.to_string()))?;
     let opening = offering.answered(&answer)?;
@@ -431,11 +433,10 @@ pub async fn dial(
         }
         Ok::<(), DialError>(())
     };
-    let (exchanged, opened) = tokio::time::timeout(timeout, async {
-        tokio::join!(exchange, opening.wait())
-    })
-    .await
-    .map_err(|_| DialError::Transport(TransportError::Timeout(timeout)))?;
+    let (exchanged, opened) =
+        tokio::time::timeout(timeout, async { tokio::join!(exchange, opening.wait()) })
+            .await
+            .map_err(|_| DialError::Transport(TransportError::Timeout(timeout)))?;
     exchanged?;
     Ok(WebRtcClient::new(opened?, ClientOptions::default()))
 }
