@@ -675,7 +675,10 @@ impl Config {
         let port_range = match w.udp_port_range.as_deref().map(parse_port_range) {
             None => Ok(None),
             Some(Ok(range)) => Ok(Some(range)),
-            Some(Err(e)) => Err(problem(at("udp_port_range"), e)),
+            Some(Err(e)) => {
+                problem(at("udp_port_range"), e);
+                Err(())
+            }
         };
         let mut public_ips = Vec::with_capacity(w.public_ips.len());
         for (i, text) in w.public_ips.iter().enumerate() {
@@ -700,12 +703,15 @@ impl Config {
             problem(at("max_peers"), "must be greater than zero".into());
         }
         let connect_timeout = match parse_go_duration(&w.connect_timeout) {
-            Ok(d) if d.is_zero() => Err(problem(
-                at("connect_timeout"),
-                "must be greater than zero".into(),
-            )),
+            Ok(d) if d.is_zero() => {
+                problem(at("connect_timeout"), "must be greater than zero".into());
+                Err(())
+            }
             Ok(d) => Ok(d),
-            Err(e) => Err(problem(at("connect_timeout"), e)),
+            Err(e) => {
+                problem(at("connect_timeout"), e);
+                Err(())
+            }
         };
         let hosts = self.network.fqdn.iter().chain(&w.hosts).cloned().collect();
         Some(WebRtcSettings {

@@ -143,8 +143,22 @@ pub mod rpc {
     unreachable_pub
 )]
 pub mod google {
+    /// `google.rpc`, written by hand: `build.rs` maps `.google.rpc` here (extern path), so
+    /// prost generates no module for it; the fields mirror `proto/google/rpc/status.proto`.
     pub mod rpc {
-        tonic::include_proto!("google.rpc");
+        /// A gRPC status: code, developer message, typed details.
+        #[derive(Clone, PartialEq, ::prost::Message)]
+        pub struct Status {
+            /// `google.rpc.Code` value.
+            #[prost(int32, tag = "1")]
+            pub code: i32,
+            /// Developer-facing message.
+            #[prost(string, tag = "2")]
+            pub message: ::prost::alloc::string::String,
+            /// Typed details.
+            #[prost(message, repeated, tag = "3")]
+            pub details: ::prost::alloc::vec::Vec<::prost_types::Any>,
+        }
     }
 }
 

@@ -132,3 +132,37 @@ fn secrets_never_print() {
     .expect("parses");
     assert!(!format!("{config:?}").contains("hunter2"));
 }
+
+#[test]
+fn webrtc_block_defaults_and_problems() {
+    let settings = Config::parse(r#"{"network": {"bind_address": "127.0.0.1:0"}}"#)
+        .unwrap()
+        .validate()
+        .unwrap();
+    let w = settings.webrtc.expect("enabled by default");
+    assert_eq!(w.transport.bind_ip.to_string(), "127.0.0.1");
+    assert_eq!(w.transport.max_peers, 256);
+    assert_eq!(w.transport.connect_timeout, Duration::from_secs(10));
+    assert!(w.ice_servers.is_empty());
+    let off = Config::parse(r#"{"gateway": {"webrtc": {"enabled": false}}}"#)
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert!(off.webrtc.is_none());
+    let p = problems(
+        r#"{"gateway": {"webrtc": {"udp_port_range": "9-1", "public_ips": ["x"],
+            "ice_servers": [{"urls": ["http://x"], "credential": "hunter2"}], "max_peers": 0}}}"#,
+    );
+    let paths: Vec<_> = p.iter().map(|p| p.path.as_str()).collect();
+    for path in [
+        "gateway.webrtc.udp_port_range",
+        "gateway.webrtc.public_ips[0]",
+        "gateway.webrtc.ice_servers[0].urls[0]",
+        "gateway.webrtc.max_peers",
+    ] {
+        assert!(paths.contains(&path), "{path} in {paths:?}");
+    }
+    let server: IceServerConfig =
+        serde_json::from_str(r#"{"urls": ["turn:t"], "credential": "hunter2"}"#).unwrap();
+    assert!(!format!("{server:?}").contains("hunter2"));
+}
