@@ -31,9 +31,13 @@
 //!   task stops taking from the queue until str0m reports the buffered amount low again, so a
 //!   sender waits in `outgoing.send`. Incoming: str0m acknowledges SCTP data as it parses it, so
 //!   there is no receive window to close. When the protocol side stops reading, received messages
-//!   queue in the peer task up to [`RECEIVE_BACKLOG`] bytes; beyond that the task drops the peer's
-//!   DTLS datagrams (still answering STUN, so the connection stays alive) and the remote SCTP
-//!   retransmits them later, which stalls the remote sender through its own buffered amount.
+//!   queue in the peer task up to [`RECEIVE_BACKLOG`] bytes; beyond that, while nothing of our
+//!   own is in flight, the task drops the peer's DTLS datagrams (still answering STUN, so the
+//!   connection stays alive) and the remote SCTP retransmits them later, which stalls the remote
+//!   sender through its own buffered amount. While our own data is in flight those datagrams
+//!   carry the acknowledgements it needs (an echo would deadlock), so they are taken and the
+//!   backlog may grow, up to [`RECEIVE_BACKLOG_MAX`], where the peer is closed. Resuming after a
+//!   long stall waits for the remote's SCTP retransmission timer, which backs off (up to 60 s).
 //! * **Lifecycle.** [`Opening::wait`] resolves when the `data` channel opens, or fails on close or
 //!   after `connect_timeout`. An open peer ends when its channel or association closes, when ICE
 //!   reports it disconnected, when nothing arrived from it for [`IDLE_TIMEOUT`] (str0m sends a
@@ -73,6 +77,10 @@ pub const MAX_MESSAGE_SIZE: usize = 256 * 1024;
 /// Received bytes queued for a protocol side that is not reading before the transport stops
 /// taking the peer's DTLS datagrams.
 pub const RECEIVE_BACKLOG: usize = 1024 * 1024;
+
+/// Received bytes queued for a protocol side that is not reading at which the peer is closed:
+/// the bound when dropping datagrams is not safe (our own data is in flight, see module docs).
+pub const RECEIVE_BACKLOG_MAX: usize = 16 * 1024 * 1024;
 
 /// An open peer from which nothing (not even a STUN consent response) arrived for this long is
 /// taken as gone.
@@ -162,6 +170,7 @@ pub struct Offering {
     /// The new peer.
     pub peer: PeerHandle,
     pending: SdpPendingOffer,
+    /// Dropping the offering unanswered drops this receiver, which ends the peer.
     opening: Opening,
 }
 

@@ -18,8 +18,8 @@ use tracing::Instrument;
 
 use super::demux::{self, Datagram};
 use super::{
-    BUFFER_THRESHOLD, IDLE_TIMEOUT, MAX_MESSAGE_SIZE, PeerShared, RECEIVE_BACKLOG, Shared,
-    TransportError, lock,
+    BUFFER_THRESHOLD, IDLE_TIMEOUT, MAX_MESSAGE_SIZE, PeerShared, RECEIVE_BACKLOG,
+    RECEIVE_BACKLOG_MAX, Shared, TransportError, lock,
 };
 use crate::webrtc::channel::{ChannelIo, TransportSide};
 
@@ -145,8 +145,9 @@ impl PeerTask {
         } else {
             None
         };
+        // Unbiased on purpose: a steady stream of datagrams must not starve delivery to the
+        // protocol side or writes (nor the other way round).
         tokio::select! {
-            biased;
             _ = self.peer.wake.notified() => {
                 if self.peer.closing.load(Ordering::Acquire) {
                     return Err(End::Local);
@@ -196,9 +197,13 @@ impl PeerTask {
 
     fn timeout(&mut self) -> Result<(), End> {
         let now = Instant::now();
-        if self.opening.is_some() {
+        if let Some(opening) = &self.opening {
             if now >= self.started + self.endpoint.config.connect_timeout {
                 return Err(End::ConnectTimeout);
+            }
+            if opening.is_closed() {
+                // Nobody will take the channel: the `Opening` (or `Offering`) was dropped.
+                return Err(End::Abandoned);
             }
         } else if now >= self.last_received + IDLE_TIMEOUT {
             return Err(End::Idle);
@@ -234,8 +239,10 @@ impl PeerTask {
 
     fn receive_one(&mut self, rtc: &mut Rtc, d: Datagram) -> Result<(), End> {
         self.last_received = d.at;
-        if self.backlog_bytes > RECEIVE_BACKLOG && !demux::is_stun(&d.data) {
-            // The protocol side is not reading: let the remote retransmit this later.
+        if self.backlog_bytes > RECEIVE_BACKLOG && !demux::is_stun(&d.data) && self.send_idle(rtc) {
+            // The protocol side is not reading: let the remote retransmit this later. Only
+            // while nothing of ours is in flight: these datagrams also carry the remote's
+            // acknowledgements, and a reader waiting for its own send (an echo) would deadlock.
             self.dropped_for_backpressure += 1;
             return Ok(());
         }
@@ -255,6 +262,8 @@ impl PeerTask {
             }
             tracing::debug!(remote = %d.source, error = %e, "datagram rejected");
         }
+        // Drain after every datagram: str0m's DTLS layer only queues a few records.
+        self.poll_locked(rtc)?;
         if self.remote.is_none() && rtc.is_connected() {
             self.remote = Some(d.source);
         }
@@ -265,6 +274,10 @@ impl PeerTask {
     fn poll(&mut self) -> Result<Instant, End> {
         let peer = self.peer.clone();
         let mut rtc = lock(&peer.rtc);
+        self.poll_locked(&mut rtc)
+    }
+
+    fn poll_locked(&mut self, rtc: &mut Rtc) -> Result<Instant, End> {
         loop {
             if !rtc.is_alive() {
                 return Err(End::Remote("connection closed"));
@@ -275,7 +288,7 @@ impl PeerTask {
             match output {
                 Output::Timeout(at) => return Ok(at),
                 Output::Transmit(t) => self.transmit(t.destination, &t.contents),
-                Output::Event(e) => self.event(&mut rtc, e)?,
+                Output::Event(e) => self.event(rtc, e)?,
             }
         }
     }
@@ -289,7 +302,7 @@ impl PeerTask {
 
     fn event(&mut self, rtc: &mut Rtc, event: Event) -> Result<(), End> {
         match event {
-            Event::ChannelData(d) if d.id == self.data => self.received(d.data),
+            Event::ChannelData(d) if d.id == self.data => self.received(d.data)?,
             Event::ChannelData(d) if d.id == self.negotiation => {
                 tracing::debug!(len = d.data.len(), "negotiation channel message ignored");
             }
@@ -340,14 +353,14 @@ impl PeerTask {
         opening.send(Ok(io)).map_err(|_| End::Abandoned)
     }
 
-    fn received(&mut self, data: Vec<u8>) {
+    fn received(&mut self, data: Vec<u8>) -> Result<(), End> {
         let Some(deliver) = &self.deliver else {
-            return;
+            return Ok(());
         };
         let message = Bytes::from(data);
         if self.backlog.is_empty() {
             match deliver.try_send(message) {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(mpsc::error::TrySendError::Full(m)) => self.push_backlog(m),
                 // Noticed (and the peer closed) when the task next waits on `deliver`.
                 Err(mpsc::error::TrySendError::Closed(m)) => self.push_backlog(m),
@@ -355,6 +368,20 @@ impl PeerTask {
         } else {
             self.push_backlog(message);
         }
+        if self.backlog_bytes > RECEIVE_BACKLOG_MAX {
+            return Err(End::Error(format!(
+                "protocol side not reading: {} bytes queued",
+                self.backlog_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Nothing of ours waits to be written or acknowledged.
+    fn send_idle(&self, rtc: &mut Rtc) -> bool {
+        self.pending.is_none()
+            && self.to_send.as_ref().is_none_or(|rx| rx.is_empty())
+            && self.buffered(rtc) == 0
     }
 
     fn push_backlog(&mut self, m: Bytes) {
