@@ -67,10 +67,10 @@ fn primary_ipv4() -> Option<Ipv4Addr> {
 /// first non-loopback candidate of their family.
 pub(super) fn destination_for(candidates: &[SocketAddr], source: SocketAddr) -> Option<SocketAddr> {
     let same_family = |a: &&SocketAddr| a.is_ipv4() == source.is_ipv4();
-    if source.ip().is_loopback() {
-        if let Some(a) = candidates.iter().find(|a| a.ip().is_loopback()) {
-            return Some(*a);
-        }
+    if source.ip().is_loopback()
+        && let Some(a) = candidates.iter().find(|a| a.ip().is_loopback())
+    {
+        return Some(*a);
     }
     candidates
         .iter()
