@@ -91,6 +91,12 @@ impl Table {
         }
     }
 
+    /// The peer datagrams from `addr` go to (unless they are STUN requests for another).
+    #[cfg(test)]
+    pub(super) fn peer_for(&self, addr: SocketAddr) -> Option<u64> {
+        self.by_addr.get(&addr).map(|c| c.peer)
+    }
+
     /// The queue for a datagram from `source`.
     fn route(&mut self, source: SocketAddr, data: &[u8]) -> Option<(u64, mpsc::Sender<Datagram>)> {
         let by_ufrag = stun_request_ufrag(data).and_then(|u| self.by_ufrag.get(u).copied());
