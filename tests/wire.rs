@@ -114,7 +114,8 @@ async fn unknown_framework_service_is_unimplemented() {
     let fleet = demo().await;
     let req = grpc_request(
         fleet.addr(),
-        "/proto.rpc.webrtc.v1.SignalingService/Call",
+        // (SignalingService is served now: tests/webrtc.rs.)
+        "/proto.rpc.v1.ExternalAuthService/AuthenticateTo",
         grpc_frame(false, b""),
     );
     assert_eq!(

@@ -11,6 +11,10 @@
 //! client     the caller side of the same protocol (tests today; dialing parts later)
 //! ```
 //!
+//! Files: `signaling` (the service), `server` (answering side of the data-channel protocol),
+//! `client` (caller side + `dial`), `wire` (packets, framing, metadata/status translation),
+//! `cardinality` (which methods take one request), `channel` (the seam), `transport` (str0m).
+//!
 //! [`channel::ChannelIo`] is the seam between the transport and the protocol layers: the
 //! protocol never sees ICE or SCTP, and its tests run on [`channel::ChannelIo::pair`].
 
