@@ -618,7 +618,6 @@ async fn signaling_requires_auth_when_auth_is_on_and_is_absent_when_disabled() {
 }
 
 #[tokio::test]
-#[ignore = "needs the str0m transport (wt-transport)"]
 async fn dial_over_real_webrtc_and_call_through_the_gateway() {
     let fleet = webrtc_fleet(|_| {}).await;
     assert!(

@@ -105,6 +105,14 @@ impl Signaling {
             .as_ref()
             .map(|w| w.hosts.clone())
             .unwrap_or_default();
+        // A configured name without a port (`robot.example.com`) is accepted as written and
+        // with the gateway's port, which is what an SDK sends when dialing `name:PORT`.
+        let with_port: Vec<String> = hosts
+            .iter()
+            .filter(|h| !has_port(h))
+            .map(|h| format!("{h}:{}", local.port()))
+            .collect();
+        hosts.extend(with_port);
         hosts.push(settings.bind_text.clone());
         hosts.push(local.to_string());
         if local.ip().is_loopback() {
@@ -411,6 +419,16 @@ impl SignalingService for Handler {
     }
 }
 
+/// Whether a host string ends in `:PORT` (bracketed IPv6 literals included).
+fn has_port(host: &str) -> bool {
+    match host.rsplit_once(':') {
+        Some((name, port)) => {
+            port.parse::<u16>().is_ok() && (!name.contains(':') || name.ends_with(']'))
+        }
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,6 +443,20 @@ mod tests {
         ));
         for garbage in ["", "!!!", "bm90IGpzb24="] {
             assert!(decode_sdp(garbage, "offer").is_err(), "{garbage}");
+        }
+    }
+
+    #[test]
+    fn host_port_detection() {
+        for (host, want) in [
+            ("robot.example.com", false),
+            ("robot.example.com:8080", true),
+            ("127.0.0.1:0", true),
+            ("[::1]:8080", true),
+            ("::1", false),
+            ("name:notaport", false),
+        ] {
+            assert_eq!(has_port(host), want, "{host}");
         }
     }
 }
