@@ -2,7 +2,6 @@
 //! endpoint exchange SDP text in-process and carry messages on the `data` channel.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
@@ -357,7 +356,7 @@ async fn vanished_caller_is_detected_and_forgotten() {
     let detected = killed.elapsed();
     println!("vanished caller detected after {detected:?}");
     assert!(detected < Duration::from_secs(8), "took {detected:?}");
-    wait_for_no_peers(&answerer, Duration::from_secs(1)).await;
+    wait_for_no_peers(&answerer, Duration::from_secs(3)).await;
     assert!(io.outgoing.send(Bytes::new()).await.is_err());
     caller.join().unwrap();
 }
@@ -389,7 +388,7 @@ async fn an_offer_nobody_completes_times_out_and_is_forgotten() {
         waited >= Duration::from_millis(450) && waited < Duration::from_secs(2),
         "{waited:?}"
     );
-    wait_for_no_peers(&answerer, Duration::from_secs(1)).await;
+    wait_for_no_peers(&answerer, Duration::from_secs(3)).await;
     assert!(matches!(
         accepted
             .peer
@@ -417,7 +416,7 @@ async fn max_peers_is_enforced_and_freed_on_close() {
         first.opening.wait().await,
         Err(TransportError::Closed)
     ));
-    wait_for_no_peers(&answerer, Duration::from_secs(1)).await;
+    wait_for_no_peers(&answerer, Duration::from_secs(3)).await;
     answerer
         .accept(&offerer.offer().unwrap().offer_sdp)
         .unwrap();
@@ -453,7 +452,7 @@ async fn bad_input_is_rejected_with_typed_errors() {
         Err(TransportError::InvalidSdp(_))
     ));
     // A failed answer closes the offering's peer.
-    wait_for_no_peers(&offerer, Duration::from_secs(1)).await;
+    wait_for_no_peers(&offerer, Duration::from_secs(3)).await;
     assert!(peer.is_closed());
     assert_eq!(answerer.peers(), 1);
 }
@@ -476,8 +475,8 @@ async fn closing_the_endpoint_ends_every_peer() {
     let started = Instant::now();
     assert!(recv(&mut p.caller).await.is_none());
     assert!(started.elapsed() < Duration::from_secs(2));
-    wait_for_no_peers(&answerer, Duration::from_secs(1)).await;
-    wait_for_no_peers(&offerer, Duration::from_secs(1)).await;
+    wait_for_no_peers(&answerer, Duration::from_secs(3)).await;
+    wait_for_no_peers(&offerer, Duration::from_secs(3)).await;
     assert!(matches!(
         answerer.accept("v=0"),
         Err(TransportError::Closed)
@@ -511,4 +510,32 @@ async fn wildcard_bind_advertises_loopback_and_port_range_is_used() {
         .await
         .unwrap();
     assert_eq!(recv(&mut p.callee).await.unwrap(), "x");
+}
+
+/// A protocol side that writes its last messages and drops its channel at once (a finished
+/// call) still gets them delivered: the peer closes once they are acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_messages_before_hanging_up_are_delivered() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("TEST_LOG").unwrap_or_default())
+        .with_test_writer()
+        .try_init();
+    let (offerer, answerer) = (endpoint().await, endpoint().await);
+    let mut p = connect(&offerer, &answerer).await;
+    const N: u32 = 200;
+    for i in 0..N {
+        let mut m = pattern(16 * 1024, i as u8).to_vec();
+        m[..4].copy_from_slice(&i.to_be_bytes());
+        p.caller.outgoing.send(Bytes::from(m)).await.unwrap();
+    }
+    drop(p.caller);
+    for i in 0..N {
+        let m = recv(&mut p.callee)
+            .await
+            .expect("peer ended before the tail arrived");
+        assert_eq!(&m[..4], &i.to_be_bytes()[..]);
+    }
+    assert!(recv(&mut p.callee).await.is_none());
+    wait_for_no_peers(&offerer, Duration::from_secs(3)).await;
+    wait_for_no_peers(&answerer, Duration::from_secs(3)).await;
 }

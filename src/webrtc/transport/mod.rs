@@ -42,9 +42,19 @@
 //!   after `connect_timeout`. An open peer ends when its channel or association closes, when ICE
 //!   reports it disconnected, when nothing arrived from it for [`IDLE_TIMEOUT`] (str0m sends a
 //!   consent check about every second, so a live peer is never quiet that long), on
-//!   [`PeerHandle::close`] or [`Endpoint::close`] (both send a DTLS close_notify and SCTP
-//!   shutdown), or when the protocol side drops its [`ChannelIo`]. Then the task drops its
-//!   `TransportSide` (the protocol sees `incoming` end) and leaves the endpoint's tables.
+//!   [`PeerHandle::close`] or [`Endpoint::close`] (both send an SCTP shutdown and a DTLS
+//!   close_notify), or when the protocol side drops its [`ChannelIo`] (after at most 2 s for what
+//!   it wrote last to be acknowledged). A dropped [`Opening`] or unanswered [`Offering`] ends its
+//!   peer within a second. Then the task drops its `TransportSide` (the protocol sees `incoming`
+//!   end, `outgoing` sends fail) and leaves the endpoint's tables.
+//! * **Fairness.** A peer task handles at most 128 str0m outputs per turn and then yields, so one
+//!   peer's retransmission burst cannot starve the socket's receive loop or the other peers.
+//!
+//! Measured on loopback (2 shared cores, debug build; `cargo test --test webrtc_transport --
+//! --nocapture` prints them): connect (offer to both sides open) 10-170 ms; echo round trip
+//! about 0.8 ms; 1 KiB messages echoed at 300-1300 msg/s each way (about 2700 msg/s with str0m
+//! and its protocol crates optimised); 50 fresh connections with an immediate first message in
+//! 0.5-3.5 s; a caller killed without goodbye noticed after about 4.7 s.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};

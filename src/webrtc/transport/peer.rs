@@ -27,6 +27,10 @@ use crate::webrtc::channel::{ChannelIo, TransportSide};
 const WRITE_BATCH: usize = 64;
 /// Datagrams handled per wake-up before timers and writes get a turn.
 const RECEIVE_BATCH: usize = 64;
+/// str0m outputs (transmits, events) handled before the task yields to the runtime.
+const OUTPUTS_PER_TURN: usize = 128;
+/// How long a peer whose protocol side hung up waits for its last messages to be acknowledged.
+const LINGER: Duration = Duration::from_secs(2);
 /// Longest sleep between checks, whatever str0m asks for.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
@@ -82,6 +86,10 @@ pub(super) struct PeerTask {
     last_received: Instant,
     remote: Option<SocketAddr>,
     dropped_for_backpressure: u64,
+    /// The protocol side hung up: close when what it wrote is acknowledged, or at this time.
+    linger_until: Option<Instant>,
+    /// `poll_locked` stopped before str0m's output was drained.
+    more_output: bool,
 }
 
 impl PeerTask {
@@ -112,6 +120,8 @@ impl PeerTask {
             last_received: now,
             remote: None,
             dropped_for_backpressure: 0,
+            linger_until: None,
+            more_output: false,
         }
     }
 
@@ -128,6 +138,14 @@ impl PeerTask {
                 Ok(next) => next,
                 Err(end) => return end,
             };
+            if std::mem::take(&mut self.more_output) {
+                tokio::task::yield_now().await;
+            }
+            if let Some(until) = self.linger_until
+                && (Instant::now() >= until || self.flushed())
+            {
+                return End::Abandoned;
+            }
             if let Err(end) = self.wait(next).await {
                 return end;
             }
@@ -173,9 +191,10 @@ impl PeerTask {
                     self.write()?;
                 }
                 None => {
-                    // The protocol side dropped its sender: it is done with this peer.
+                    // The protocol side dropped its sender: it is done with this peer. What it
+                    // wrote last is still in flight; close once that is acknowledged.
                     self.to_send = None;
-                    return Err(End::Abandoned);
+                    self.linger_until = Some(Instant::now() + LINGER);
                 }
             },
             _ = tokio::time::sleep_until(deadline.into()) => self.timeout()?,
@@ -187,6 +206,9 @@ impl PeerTask {
     fn deadline(&self, rtc_timeout: Instant) -> Instant {
         let now = Instant::now();
         let mut at = rtc_timeout.min(now + MAX_SLEEP);
+        if let Some(until) = self.linger_until {
+            at = at.min(until);
+        }
         if self.opening.is_some() {
             at = at.min(self.started + self.endpoint.config.connect_timeout);
         } else {
@@ -205,7 +227,7 @@ impl PeerTask {
                 // Nobody will take the channel: the `Opening` (or `Offering`) was dropped.
                 return Err(End::Abandoned);
             }
-        } else if now >= self.last_received + IDLE_TIMEOUT {
+        } else if now >= self.last_received + IDLE_TIMEOUT && self.datagrams.is_empty() {
             return Err(End::Idle);
         }
         let peer = self.peer.clone();
@@ -278,7 +300,7 @@ impl PeerTask {
     }
 
     fn poll_locked(&mut self, rtc: &mut Rtc) -> Result<Instant, End> {
-        loop {
+        for _ in 0..OUTPUTS_PER_TURN {
             if !rtc.is_alive() {
                 return Err(End::Remote("connection closed"));
             }
@@ -291,6 +313,10 @@ impl PeerTask {
                 Output::Event(e) => self.event(rtc, e)?,
             }
         }
+        // More output is waiting (an SCTP burst): come back at once, after the other tasks
+        // (the socket's receive loop above all) had a turn.
+        self.more_output = true;
+        Ok(Instant::now())
     }
 
     fn transmit(&self, destination: SocketAddr, contents: &[u8]) {
@@ -375,6 +401,13 @@ impl PeerTask {
             )));
         }
         Ok(())
+    }
+
+    /// Everything written has been acknowledged.
+    fn flushed(&self) -> bool {
+        let peer = self.peer.clone();
+        let mut rtc = lock(&peer.rtc);
+        self.pending.is_none() && self.buffered(&mut rtc) == 0
     }
 
     /// Nothing of ours waits to be written or acknowledged.
