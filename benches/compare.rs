@@ -929,12 +929,20 @@ fn report(opts: &Options, results: &Results, paths: &[PathUnder], skipped: &[Str
         for (pi, path) in paths.iter().enumerate() {
             let samples: Vec<&Sample> = rounds.iter().filter_map(|r| r.get(pi)).collect();
             let pick = |f: &dyn Fn(&Sample) -> f64| median(samples.iter().map(|s| f(s)).collect());
-            let ratio = median(
-                rounds
-                    .iter()
-                    .filter_map(|r| Some(r.get(pi)?.rate / r.first()?.rate))
-                    .collect(),
-            );
+            let ratios: Vec<f64> = rounds
+                .iter()
+                .filter_map(|r| Some(r.get(pi)?.rate / r.first()?.rate))
+                .filter(|v| v.is_finite())
+                .collect();
+            let ratio = median(ratios.clone());
+            // Over several rounds, the spread of the per-round ratios shows how noisy it was.
+            let spread = if ratios.len() > 1 {
+                let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                format!(" ({lo:.2}–{hi:.2})")
+            } else {
+                String::new()
+            };
             let rss = pick(&|s| s.rss_end.unwrap_or(f64::NAN));
             let rss = rss.is_finite().then_some(rss);
             if case == Case::Conns {
@@ -955,9 +963,8 @@ fn report(opts: &Options, results: &Results, paths: &[PathUnder], skipped: &[Str
                 .iter()
                 .map(|s| s.steal_cores)
                 .fold(worst_steal, f64::max);
-            let label = match (path.kind, case) {
-                (Some(Kind::Partgate), _) => "partgate (routes + rewrites)",
-                (Some(_), Case::Fleet) => path.label(),
+            let label = match path.kind {
+                Some(Kind::Partgate) => "partgate (routes + rewrites)",
                 _ => path.label(),
             };
             out.push_str(&format!(
@@ -969,7 +976,7 @@ fn report(opts: &Options, results: &Results, paths: &[PathUnder], skipped: &[Str
                 if path.kind.is_none() {
                     "1".to_owned()
                 } else {
-                    format!("{ratio:.2}x")
+                    format!("{ratio:.2}x{spread}")
                 },
                 us(pick(&|s| s.p50_us)),
                 us(pick(&|s| s.p99_us)),

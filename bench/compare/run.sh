@@ -104,7 +104,13 @@ for tool in nginx:/usr/sbin/nginx haproxy:/usr/sbin/haproxy envoy:"${PARTGATE_CO
         envoy) version=$("$path" --version 2>&1) || true ;;
         *) version=$("$path" -v 2>&1) || true ;;
         esac
-        version=${version%%$'\n'*}
+        # The first non-empty line (Envoy starts with a blank one).
+        while IFS= read -r line; do
+            if [[ -n "$line" ]]; then
+                version=$line
+                break
+            fi
+        done <<<"$version"
         echo "compare/run.sh: $name: ${version##*/envoy }" >&2
     else
         echo "compare/run.sh: $name not installed; it will be left out of the table" >&2
