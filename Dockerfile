@@ -42,7 +42,8 @@ USER 10001:10001
 EXPOSE 8080/tcp
 # gateway.admin_address of the default config: /metrics /healthz /readyz /statusz only
 EXPOSE 9090/tcp
-# Placeholder for WebRTC (ICE over UDP) once it lands: publish the same range with -p.
+# WebRTC data channels (ICE over UDP): the default config binds the first free port of this
+# range (gateway.webrtc.udp_port_range); publish the same range with -p ...:.../udp.
 EXPOSE 40000-40099/udp
 # SIGTERM drains in-flight calls for up to gateway.drain_timeout (30 s by default): give
 # `docker stop` more than that (-t 40, or stop_grace_period in compose).
