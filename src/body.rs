@@ -472,9 +472,10 @@ impl http_body::Body for ResponseBody {
     }
 }
 
-/// A part's response body straight off its h2 stream: data as it arrives, then trailers.
-/// Flow-control capacity is released as each chunk is handed on, so the part is held back
-/// exactly as fast as the client reads (the client side only polls when it can write).
+/// A body straight off an h2 stream: data as it arrives, then trailers. A part's response, or
+/// a client's request on the HTTP/2 server (`h2_server`). Flow-control capacity is released as
+/// each chunk is handed on, so the sender is held back exactly as fast as the other side reads
+/// (each side only polls when it can write).
 pub struct PartBody {
     recv: h2::RecvStream,
     data_done: bool,
