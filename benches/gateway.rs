@@ -310,13 +310,19 @@ fn spawn_gateway(
     log_lines: Arc<AtomicU64>,
     callgrind_out: Option<&PathBuf>,
 ) -> Res<(u32, SocketAddr)> {
+    // Experiments: another build of the gateway (e.g. the previous commit's) against the same
+    // load generator and part.
+    let binary = std::env::var_os("PARTGATE_BENCH_GATEWAY_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_partgate")),
+        PathBuf::from,
+    );
     let mut command = match callgrind_out {
-        None => Command::new(env!("CARGO_BIN_EXE_partgate")),
+        None => Command::new(&binary),
         Some(out) => {
             let mut c = Command::new("valgrind");
             c.arg("--tool=callgrind")
                 .arg(format!("--callgrind-out-file={}", out.display()))
-                .arg(env!("CARGO_BIN_EXE_partgate"));
+                .arg(&binary);
             c
         }
     };

@@ -9,8 +9,8 @@
 //! trailers.
 //!
 //! Why not hyper's server: per call it costs a connection-task dispatch, a stream task with its
-//! own state machine and a body pipe, and about a third of the gateway's instructions per unary
-//! call (see `bench/README.md`). Here a call is one task: the handler's future, then the pipe.
+//! own state machine and a body pipe (see `bench/README.md`). Here a call is one future, polled
+//! by the connection's own task: the handler's future, then the pipe.
 //!
 //! Cancellation: a client RST_STREAM before the response drops the handler's future (and with it
 //! the part's stream, which h2 then resets); after the response started, the pipe stops and drops
@@ -22,6 +22,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use http::header;
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -80,15 +82,20 @@ where
     if draining {
         conn.graceful_shutdown();
     }
+    // The connection's calls run inside its task rather than one spawned task each: a response
+    // from a part then wakes one task, which writes it and flushes the connection in the same
+    // poll, and calls that complete together leave in one write.
+    let mut calls = FuturesUnordered::new();
     loop {
         tokio::select! {
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
-                    tokio::spawn(serve_stream(req, respond, peer, handler.clone()));
+                    calls.push(serve_stream(req, respond, peer, handler.clone()));
                 }
                 Some(Err(e)) => return Err(e),
                 None => return Ok(()),
             },
+            Some(()) = calls.next(), if !calls.is_empty() => {}
             _ = shutdown.changed(), if !draining => {
                 // Also when the sender is gone: either way the listener is shutting down.
                 draining = true;
