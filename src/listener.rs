@@ -21,7 +21,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, ServiceExt};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tracing::{debug, info, warn};
 
@@ -86,7 +86,7 @@ impl Frontend {
             return self.web.oneshot(req).await.map(|r| r.map(Body::new));
         }
         if content_type.starts_with(b"application/grpc") {
-            return self.grpc.clone().call(req).await;
+            return Ok(self.grpc.serve(req).await);
         }
         match &self.admin {
             Some(admin) => Ok(admin.serve_main(&req)),
@@ -189,22 +189,23 @@ pub async fn serve(
             _open: open.clone(),
         };
         // The TLS handshake runs in the connection's own task, so a slow or silent client
-        // never holds up the accept loop.
+        // never holds up the accept loop. Each way of serving is boxed so that the task is only
+        // as large as the way it takes (not the largest of the four).
         let acceptor = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
             match acceptor {
                 None => match is_h2c(&stream).await {
-                    Ok(true) => conn.serve_h2(stream).await,
-                    Ok(false) => conn.serve_hyper(stream).await,
+                    Ok(true) => Box::pin(conn.serve_h2(stream)).await,
+                    Ok(false) => Box::pin(conn.serve_hyper(stream)).await,
                     Err(e) => debug!(peer = %peer, error = %e, "client connection failed"),
                 },
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
                         Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                            conn.serve_h2(tls).await
+                            Box::pin(conn.serve_h2(tls)).await
                         }
-                        Ok(Ok(tls)) => conn.serve_hyper(tls).await,
+                        Ok(Ok(tls)) => Box::pin(conn.serve_hyper(tls)).await,
                         Ok(Err(e)) => debug!(peer = %peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(peer = %peer, "TLS handshake timed out"),
                     }

@@ -93,6 +93,12 @@ impl CallStack {
         }
     }
 
+    /// Serves one call: what `Service::call` does, without boxing the future (the front
+    /// door's own future is boxed already).
+    pub async fn serve(&self, req: http::Request<Body>) -> http::Response<Body> {
+        self.inner.handle(req).await
+    }
+
     /// The pool behind the stack.
     pub fn pool(&self) -> &Arc<Pool> {
         &self.inner.pool
@@ -346,7 +352,11 @@ impl Shared {
         // send_replayable): keep the first message, and watch whether it is the whole request.
         let replay = (part.has_credentials() && first.rest.is_empty())
             .then(|| (queued.clone(), Arc::new(ReplayWatch::default())));
-        let rewrite = (route.strip > 0).then(|| StreamRewrite::new(field, name, route.strip));
+        // Later messages need rewriting only if there can be any (not for a finished unary call).
+        let more = !first.rest.is_empty()
+            || (first.trailers.is_none() && !http_body::Body::is_end_stream(&body));
+        let rewrite =
+            (route.strip > 0 && more).then(|| StreamRewrite::new(field, name, route.strip));
         let mut forward =
             ForwardBody::new(queued, first.rest, body, first.trailers, rewrite).count_bytes(bytes);
         if let Some((_, watch)) = &replay {
