@@ -15,6 +15,10 @@
 //! Environment: `PARTGATE_BENCH_SECS` (measured seconds per case and side, default 3),
 //! `PARTGATE_BENCH_ROUNDS` (default 1; medians over rounds), `PARTGATE_BENCH_QUICK=1` or the
 //! `--quick` argument (0.5 s per case; exits non-zero only on gross regressions or errors).
+//! Experiments: `PARTGATE_BENCH_CASES`, `PARTGATE_BENCH_GATEWAY_WORKERS`,
+//! `PARTGATE_BENCH_GATEWAY_BIN` (another gateway binary), and `PARTGATE_BENCH_CALLGRIND=N`
+//! (instead of the timed run: gateway instructions per operation under callgrind, N operations
+//! per case).
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
