@@ -26,7 +26,7 @@ use tracing::{debug, info};
 use crate::auth::{Auth, PeerAddr, Principal};
 use crate::body::{
     ForwardBody, MeteredBody, ReplayWatch, ResponseBody, StreamRewrite, parse_grpc_timeout,
-    read_first_message,
+    read_first_message_routed,
 };
 use crate::config::Settings;
 use crate::error::{Fault, GatewayError};
@@ -305,10 +305,9 @@ impl Shared {
     ) -> Result<http::Response<Body>, GatewayError> {
         let (mut parts, mut body) = req.into_parts();
         let limit = self.max_message_size.load(Ordering::Relaxed);
-        let first = read_first_message(&mut body, limit).await?.ok_or_else(|| {
-            GatewayError::MissingName {
-                method: path.to_owned(),
-            }
+        let first = read_first_message_routed(&mut body, limit, field.first().copied()).await?;
+        let first = first.ok_or_else(|| GatewayError::MissingName {
+            method: path.to_owned(),
         })?;
         if first.header.compressed {
             return Err(GatewayError::Compressed);
@@ -346,7 +345,9 @@ impl Shared {
 
         let (segments, len) = frame::strip_name(&first.message, field, route.strip)
             .map_err(|e| GatewayError::MalformedFrame(frame_error_text(e)))?;
-        let queued = frame::frame_segments(segments, len);
+        // A large message's tail after the name was never copied; it follows the new head.
+        let mut queued = frame::frame_segments(segments, len + first.tail_len());
+        queued.extend(first.tail);
         // A call whose whole body is in hand can be replayed if the part rejects our token.
         // A call to a part we hold credentials for may have to be sent again (see
         // send_replayable): keep the first message, and watch whether it is the whole request.
