@@ -104,6 +104,10 @@ pub async fn read_first_message_routed(
             Some(Ok(frame)) => match frame.into_data() {
                 // Same as ForwardBody: empty DATA frames carry nothing.
                 Ok(data) if data.is_empty() => {}
+                Ok(data) if chunks.is_empty() && whole_message(&data, limit) => {
+                    // Common case: one read holds the whole first message; no copy, no list.
+                    return split_whole(data).map(Some);
+                }
                 Ok(data) => {
                     have += data.len();
                     chunks.push(data);
@@ -123,6 +127,24 @@ pub async fn read_first_message_routed(
             "request body ended inside a message",
         ))
     }
+}
+
+fn whole_message(data: &Bytes, limit: usize) -> bool {
+    FrameHeader::parse(data).is_some_and(|h| h.len <= limit && data.len() >= HEADER_LEN + h.len)
+}
+
+fn split_whole(mut data: Bytes) -> Result<FirstMessage, GatewayError> {
+    let header =
+        FrameHeader::parse(&data).ok_or(GatewayError::MalformedFrame("short frame header"))?;
+    data.advance(HEADER_LEN);
+    let message = data.split_to(header.len);
+    Ok(FirstMessage {
+        header,
+        message,
+        tail: Vec::new(),
+        rest: data,
+        trailers: None,
+    })
 }
 
 /// Copies the first `out.len()` bytes of `chunks` (the caller checked there are that many).
