@@ -15,6 +15,10 @@
 //! Environment: `PARTGATE_BENCH_SECS` (measured seconds per case and side, default 3),
 //! `PARTGATE_BENCH_ROUNDS` (default 1; medians over rounds), `PARTGATE_BENCH_QUICK=1` or the
 //! `--quick` argument (0.5 s per case; exits non-zero only on gross regressions or errors).
+//! Experiments: `PARTGATE_BENCH_CASES`, `PARTGATE_BENCH_GATEWAY_WORKERS`,
+//! `PARTGATE_BENCH_GATEWAY_BIN` (another gateway binary), and `PARTGATE_BENCH_CALLGRIND=N`
+//! (instead of the timed run: gateway instructions per operation under callgrind, N operations
+//! per case).
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
@@ -153,7 +157,10 @@ fn main() -> ExitCode {
     let opts = Options::from_env();
     let procs = Procs::default();
     start_watchdog(procs.clone(), opts.hard_limit());
-    let outcome = orchestrate(&opts, &procs);
+    let outcome = match callgrind_ops() {
+        Some(ops) => instructions(&opts, &procs, ops),
+        None => orchestrate(&opts, &procs),
+    };
     procs.kill_all();
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
@@ -305,8 +312,25 @@ fn spawn_gateway(
     procs: &Procs,
     config: &PathBuf,
     log_lines: Arc<AtomicU64>,
+    callgrind_out: Option<&PathBuf>,
 ) -> Res<(u32, SocketAddr)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_partgate"))
+    // Experiments: another build of the gateway (e.g. the previous commit's) against the same
+    // load generator and part.
+    let binary = std::env::var_os("PARTGATE_BENCH_GATEWAY_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_partgate")),
+        PathBuf::from,
+    );
+    let mut command = match callgrind_out {
+        None => Command::new(&binary),
+        Some(out) => {
+            let mut c = Command::new("valgrind");
+            c.arg("--tool=callgrind")
+                .arg(format!("--callgrind-out-file={}", out.display()))
+                .arg(&binary);
+            c
+        }
+    };
+    let mut child = command
         .arg("run")
         .arg("--config")
         .arg(config)
@@ -553,6 +577,8 @@ async fn side(addr: SocketAddr, via: bool) -> Res<Side> {
 struct Window {
     start: Instant,
     end: Instant,
+    /// Operations (calls, or Chat messages) per task at most.
+    limit: u64,
 }
 
 impl Window {
@@ -612,7 +638,7 @@ fn status_text(status: &tonic::Status) -> String {
 async fn unary_task(ch: Channel, name: String, w: Window) -> TaskStats {
     let mut client = motor::motor_service_client::MotorServiceClient::new(ch);
     let mut st = TaskStats::default();
-    for _ in 0..MAX_OPS_PER_TASK {
+    for _ in 0..w.limit {
         let started = Instant::now();
         if started >= w.end || st.give_up() {
             break;
@@ -635,7 +661,7 @@ async fn echo_task(ch: Channel, name: String, payload: Arc<String>, w: Window) -
         .max_decoding_message_size(4 * ECHO_BYTES)
         .max_encoding_message_size(4 * ECHO_BYTES);
     let mut st = TaskStats::default();
-    for _ in 0..MAX_OPS_PER_TASK {
+    for _ in 0..w.limit {
         let started = Instant::now();
         if started >= w.end || st.give_up() {
             break;
@@ -663,7 +689,7 @@ async fn echo_task(ch: Channel, name: String, payload: Arc<String>, w: Window) -
 async fn watch_task(ch: Channel, name: String, w: Window) -> TaskStats {
     let mut client = counter::counter_service_client::CounterServiceClient::new(ch);
     let mut st = TaskStats::default();
-    for _ in 0..MAX_OPS_PER_TASK {
+    for _ in 0..w.limit {
         if Instant::now() >= w.end || st.give_up() {
             break;
         }
@@ -737,7 +763,7 @@ async fn chat_task(ch: Channel, name: String, w: Window) -> TaskStats {
             return st;
         }
     };
-    for _ in 0..MAX_OPS_PER_TASK {
+    for _ in 0..w.limit {
         match tokio::time::timeout(CALL_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(_))) => st.done(&w, Some(sent_at), Instant::now()),
             Ok(Ok(None)) => {
@@ -754,7 +780,7 @@ async fn chat_task(ch: Channel, name: String, w: Window) -> TaskStats {
             }
         }
         sent_at = Instant::now();
-        if sent_at >= w.end {
+        if sent_at >= w.end || st.ops >= w.limit {
             break;
         }
         if tx.send(message()).await.is_err() {
@@ -859,6 +885,7 @@ async fn measure(
     let w = Window {
         start,
         end: start + Duration::from_secs_f64(opts.secs),
+        limit: MAX_OPS_PER_TASK,
     };
     let ch = |i: usize| side.channels[i % side.channels.len()].clone();
     let handles = match case {
@@ -975,7 +1002,7 @@ fn orchestrate(opts: &Options, procs: &Procs) -> Res<bool> {
     let (backend_pid, backend_addr) = spawn_backend(procs)?;
     let config = write_config(backend_addr)?;
     let gateway_log_lines = Arc::new(AtomicU64::new(0));
-    let started = spawn_gateway(procs, &config, gateway_log_lines.clone());
+    let started = spawn_gateway(procs, &config, gateway_log_lines.clone(), None);
     let _ = std::fs::remove_file(&config);
     let (gateway_pid, gateway_addr) = started?;
     eprintln!(
@@ -1046,6 +1073,165 @@ fn orchestrate(opts: &Options, procs: &Procs) -> Res<bool> {
 
     let gateway_lines = gateway_log_lines.load(Ordering::Relaxed);
     Ok(report(opts, &results, gateway_lines))
+}
+
+// ================================================================================================
+// Instruction counts (PARTGATE_BENCH_CALLGRIND=N)
+// ================================================================================================
+
+/// `PARTGATE_BENCH_CALLGRIND=N`: operations per case for the instruction-count mode.
+fn callgrind_ops() -> Option<u64> {
+    std::env::var("PARTGATE_BENCH_CALLGRIND")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|n| *n > 0)
+        .map(|n| n.min(1_000_000))
+}
+
+/// Runs `callgrind_control ARGS PID` and waits for it (bounded by vgdb's own timeouts).
+fn callgrind_control(args: &[&str], pid: u32) -> Res<()> {
+    let status = Command::new("callgrind_control")
+        .args(args)
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        return Err(format!("callgrind_control {args:?} failed: {status}").into());
+    }
+    Ok(())
+}
+
+/// The `totals:` (instructions) of the newest callgrind dump whose name starts with `base`.
+fn newest_dump_total(base: &std::path::Path) -> Res<u64> {
+    let dir = base.parent().ok_or("callgrind output has no directory")?;
+    let stem = base
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("callgrind output name")?;
+    let mut newest: Option<(u64, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        // Dumps are named `<base>.<n>`; the final one (at exit) is `<base>` itself.
+        let Some(n) = name
+            .strip_prefix(stem)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if newest.as_ref().is_none_or(|(m, _)| n > *m) {
+            newest = Some((n, path));
+        }
+    }
+    let (_, path) = newest.ok_or("no callgrind dump found")?;
+    let text = std::fs::read_to_string(&path)?;
+    eprintln!("bench: profile in {} (callgrind_annotate)", path.display());
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| format!("no totals in {}", path.display()).into())
+}
+
+/// Instruction-count mode: the gateway runs under `valgrind --tool=callgrind`; for each case a
+/// fixed number of operations goes through it (after a warm-up), between a zeroing and a dump of
+/// its counters, and the report is gateway instructions per operation. Unlike CPU time this is
+/// repeatable on a loaded machine (valgrind serialises the gateway's threads, so the figure is
+/// work, not parallelism). Only the via path runs; the part is not instrumented.
+fn instructions(opts: &Options, procs: &Procs, ops: u64) -> Res<bool> {
+    let (_, backend_addr) = spawn_backend(procs)?;
+    let config = write_config(backend_addr)?;
+    let base =
+        std::env::temp_dir().join(format!("partgate-bench-{}.callgrind", std::process::id()));
+    let started = spawn_gateway(procs, &config, Arc::new(AtomicU64::new(0)), Some(&base));
+    let _ = std::fs::remove_file(&config);
+    let (gateway_pid, gateway_addr) = started?;
+    eprintln!("bench: gateway under callgrind, pid {gateway_pid}; {ops} operations per case");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let payload = Arc::new("x".repeat(ECHO_BYTES));
+    let mut out = String::from(
+        "\n| case | operations | gateway instructions per operation | errors |\n|---|---|---|---|\n",
+    );
+    let mut errors = 0;
+    runtime.block_on(async {
+        let via = side(gateway_addr, true).await?;
+        wait_ready(&via).await?;
+        for case in opts.cases.iter().copied() {
+            // Per task: a Watch call is WATCH_COUNT operations; the 1 MiB echo is expensive.
+            let per_op = if case == Case::Watch {
+                WATCH_COUNT as u64
+            } else {
+                1
+            };
+            let scaled = if case == Case::Echo1M { ops / 100 } else { ops };
+            let per_task = (scaled / per_op / case.tasks() as u64).max(1);
+            let run = |per_task: u64| {
+                let now = Instant::now();
+                let w = Window {
+                    start: now,
+                    end: now + Duration::from_secs(3600),
+                    limit: per_task,
+                };
+                let ch = |i: usize| via.channels[i % via.channels.len()].clone();
+                let handles = match case {
+                    Case::UnaryC1 | Case::UnaryC64 => {
+                        spawn_tasks(case.tasks(), |i| unary_task(ch(i), via.name(MOTOR), w))
+                    }
+                    Case::Echo1M => spawn_tasks(case.tasks(), |i| {
+                        echo_task(ch(i), via.name(ECHO), payload.clone(), w)
+                    }),
+                    Case::Watch => {
+                        spawn_tasks(case.tasks(), |i| watch_task(ch(i), via.name(COUNTER), w))
+                    }
+                    Case::Chat => {
+                        spawn_tasks(case.tasks(), |i| chat_task(ch(i), via.name(COUNTER), w))
+                    }
+                };
+                async move {
+                    let mut total = TaskStats::default();
+                    for handle in handles {
+                        match handle.await {
+                            Ok(stats) => total.merge(stats),
+                            Err(e) => total.error(format!("load task failed: {e}")),
+                        }
+                    }
+                    total
+                }
+            };
+            let warm = run((per_task / 10).max(1)).await;
+            callgrind_control(&["-z"], gateway_pid)?;
+            let total = run(per_task).await;
+            callgrind_control(&["--dump"], gateway_pid)?;
+            let instructions = newest_dump_total(&base)?;
+            let errs = warm.errors + total.errors;
+            errors += errs;
+            if let Some(e) = total.first_error.as_ref().or(warm.first_error.as_ref()) {
+                eprintln!("bench: {}: {e}", case.short());
+            }
+            let line = format!(
+                "| {} | {} | {} | {} |\n",
+                case.label(),
+                total.ops,
+                thousands(instructions as f64 / total.ops.max(1) as f64),
+                errs
+            );
+            eprint!("bench: {line}");
+            out.push_str(&line);
+        }
+        Ok::<(), BoxError>(())
+    })?;
+    drop(runtime);
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+    Ok(errors == 0)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -31,65 +31,86 @@ type Body = tonic::body::Body;
 pub struct FirstMessage {
     /// The message's frame header.
     pub header: FrameHeader,
-    /// The message itself (header stripped).
+    /// The message itself (header stripped); for a large message read with
+    /// [`read_first_message_routed`], only its head (see [`FirstMessage::tail`]).
     pub message: Bytes,
+    /// The rest of a large message after its head, as received (not copied): empty unless the
+    /// message was large and arrived in several reads.
+    pub tail: Vec<Bytes>,
     /// Bytes already read past the first message.
     pub rest: Bytes,
     /// Trailers the client sent, if the body already ended with them.
     pub trailers: Option<HeaderMap>,
 }
 
+impl FirstMessage {
+    /// Length of [`FirstMessage::tail`].
+    pub fn tail_len(&self) -> usize {
+        self.tail.iter().map(Bytes::len).sum()
+    }
+}
+
+/// Messages up to this size that arrive in several reads are copied into one buffer; larger
+/// ones are kept as received, and only their head is copied (see [`read_first_message_routed`]).
+const COPY_LIMIT: usize = 64 * 1024;
+
 /// Reads exactly the first gRPC message of `body`, buffering nothing beyond the frames that
-/// carried it. `Ok(None)` when the body ends with no message at all.
+/// carried it. `Ok(None)` when the body ends with no message at all. The message is whole and
+/// contiguous in [`FirstMessage::message`].
 pub async fn read_first_message(
     body: &mut Body,
     limit: usize,
 ) -> Result<Option<FirstMessage>, GatewayError> {
-    let mut buf = BytesMut::new();
+    read_first_message_routed(body, limit, None).await
+}
+
+/// [`read_first_message`] for a message whose routing field is top-level field `field`: a large
+/// message that arrived in several reads is not copied whole. Its top-level fields are walked in
+/// place, and only its head, up to the end of the last occurrence of `field` (where the name
+/// lives), is copied into [`FirstMessage::message`]; the rest stays in [`FirstMessage::tail`] as
+/// the received chunks. The head reads and rewrites exactly as the whole message would.
+pub async fn read_first_message_routed(
+    body: &mut Body,
+    limit: usize,
+    field: Option<u32>,
+) -> Result<Option<FirstMessage>, GatewayError> {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut have = 0usize;
+    let mut header: Option<FrameHeader> = None;
     let mut trailers = None;
     loop {
-        if let Some(header) = FrameHeader::parse(&buf) {
-            if header.len > limit {
+        if header.is_none() && have >= HEADER_LEN {
+            let mut head = [0u8; HEADER_LEN];
+            copy_prefix(&chunks, &mut head);
+            let parsed = FrameHeader::parse(&head)
+                .ok_or(GatewayError::MalformedFrame("short frame header"))?;
+            if parsed.len > limit {
                 return Err(GatewayError::MessageTooLarge {
-                    size: header.len,
+                    size: parsed.len,
                     limit,
                 });
             }
-            if buf.len() >= HEADER_LEN + header.len {
-                buf.advance(HEADER_LEN);
-                let message = buf.split_to(header.len).freeze();
-                return Ok(Some(FirstMessage {
-                    header,
-                    message,
-                    rest: buf.freeze(),
-                    trailers,
-                }));
-            }
+            header = Some(parsed);
+        }
+        if let Some(header) = header
+            && have >= HEADER_LEN + header.len
+        {
+            return Ok(Some(assemble(chunks, header, field, trailers)));
         }
         if trailers.is_some() {
             break;
         }
         match body.frame().await {
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) if buf.is_empty() && whole_message(&data, limit) => {
-                    // Common case: one read holds the whole first message; no copy.
+                // Same as ForwardBody: empty DATA frames carry nothing.
+                Ok(data) if data.is_empty() => {}
+                Ok(data) if chunks.is_empty() && whole_message(&data, limit) => {
+                    // Common case: one read holds the whole first message; no copy, no list.
                     return split_whole(data).map(Some);
                 }
                 Ok(data) => {
-                    // Size the buffer for the whole message as soon as its length is known,
-                    // so a large message is copied once instead of regrown read by read.
-                    if buf.is_empty()
-                        && let Some(header) = FrameHeader::parse(&data)
-                        && header.len <= limit
-                    {
-                        buf.reserve(HEADER_LEN + header.len);
-                    }
-                    buf.extend_from_slice(&data);
-                    if let Some(header) = FrameHeader::parse(&buf)
-                        && header.len <= limit
-                    {
-                        buf.reserve((HEADER_LEN + header.len).saturating_sub(buf.len()));
-                    }
+                    have += data.len();
+                    chunks.push(data);
                 }
                 Err(frame) => trailers = frame.into_trailers().ok(),
             },
@@ -99,7 +120,7 @@ pub async fn read_first_message(
             None => break,
         }
     }
-    if buf.is_empty() {
+    if have == 0 {
         Ok(None)
     } else {
         Err(GatewayError::MalformedFrame(
@@ -120,9 +141,88 @@ fn split_whole(mut data: Bytes) -> Result<FirstMessage, GatewayError> {
     Ok(FirstMessage {
         header,
         message,
+        tail: Vec::new(),
         rest: data,
         trailers: None,
     })
+}
+
+/// Copies the first `out.len()` bytes of `chunks` (the caller checked there are that many).
+fn copy_prefix(chunks: &[Bytes], out: &mut [u8]) {
+    let mut filled = 0;
+    for chunk in chunks {
+        let n = chunk.len().min(out.len() - filled);
+        out[filled..filled + n].copy_from_slice(&chunk[..n]);
+        filled += n;
+        if filled == out.len() {
+            break;
+        }
+    }
+}
+
+/// Splits received chunks holding at least one whole frame into the message and what follows.
+fn assemble(
+    mut chunks: Vec<Bytes>,
+    header: FrameHeader,
+    field: Option<u32>,
+    trailers: Option<HeaderMap>,
+) -> FirstMessage {
+    let end = HEADER_LEN + header.len;
+    // Only the last chunk can reach past the message: nothing more is read once it is whole.
+    let mut rest = Bytes::new();
+    let total: usize = chunks.iter().map(Bytes::len).sum();
+    if let Some(last) = chunks.last_mut()
+        && total > end
+    {
+        rest = last.split_off(last.len() - (total - end));
+    }
+    // Common case: one read held the whole message; no copy.
+    if let [only] = chunks.as_mut_slice() {
+        only.advance(HEADER_LEN);
+        return FirstMessage {
+            header,
+            message: std::mem::take(only),
+            tail: Vec::new(),
+            rest,
+            trailers,
+        };
+    }
+    let mut message: Vec<Bytes> = Vec::with_capacity(chunks.len());
+    let mut skip = HEADER_LEN;
+    for mut chunk in chunks {
+        if skip >= chunk.len() {
+            skip -= chunk.len();
+            continue;
+        }
+        chunk.advance(skip);
+        skip = 0;
+        message.push(chunk);
+    }
+    let head_len = match field {
+        Some(field) if header.len > COPY_LIMIT && !header.compressed => {
+            frame::locate_end_in_chunks(&message, field).unwrap_or(header.len)
+        }
+        _ => header.len,
+    };
+    let mut head = BytesMut::with_capacity(head_len);
+    let mut tail = Vec::new();
+    for mut chunk in message {
+        let want = head_len - head.len();
+        if want >= chunk.len() {
+            head.extend_from_slice(&chunk);
+        } else {
+            head.extend_from_slice(&chunk[..want]);
+            chunk.advance(want);
+            tail.push(chunk);
+        }
+    }
+    FirstMessage {
+        header,
+        message: head.freeze(),
+        tail,
+        rest,
+        trailers,
+    }
 }
 
 /// Rewrites the name in every later client message of a stream that still carries the name the
@@ -472,9 +572,10 @@ impl http_body::Body for ResponseBody {
     }
 }
 
-/// A part's response body straight off its h2 stream: data as it arrives, then trailers.
-/// Flow-control capacity is released as each chunk is handed on, so the part is held back
-/// exactly as fast as the client reads (the client side only polls when it can write).
+/// A body straight off an h2 stream: data as it arrives, then trailers. A part's response, or
+/// a client's request on the HTTP/2 server (`h2_server`). Flow-control capacity is released as
+/// each chunk is handed on, so the sender is held back exactly as fast as the other side reads
+/// (each side only polls when it can write).
 pub struct PartBody {
     recv: h2::RecvStream,
     data_done: bool,
@@ -682,6 +783,93 @@ mod tests {
             Ok(Some("sub1:motor1"))
         );
         assert_eq!(first.rest.len(), 5 + 6);
+    }
+
+    /// A message `{1: name, 2: payload}` (payload `big` bytes), framed.
+    fn big_msg(name: &str, big: usize) -> Vec<u8> {
+        let mut msg = name_msg(name);
+        msg.push(0x12);
+        let mut n = big;
+        while n >= 0x80 {
+            msg.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        msg.push(n as u8);
+        msg.extend((0..big).map(|i| i as u8));
+        msg
+    }
+
+    /// The first message as the part would get it: frame header + head pieces + tail.
+    fn forwarded(first: &FirstMessage, strip: usize) -> Vec<u8> {
+        let (segments, len) = frame::strip_name(&first.message, &[1], strip).expect("strip");
+        let mut out = Vec::new();
+        for piece in frame::frame_segments(segments, len + first.tail_len()) {
+            out.extend_from_slice(&piece);
+        }
+        for piece in &first.tail {
+            out.extend_from_slice(piece);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn large_first_message_is_not_copied_past_its_name() {
+        let msg = big_msg("sub1:echo1", 300_000);
+        let mut whole = framed(&msg);
+        whole.extend(framed(&name_msg("next")));
+        let chunks: Vec<Vec<u8>> = whole.chunks(65_536).map(<[u8]>::to_vec).collect();
+        let mut body = body_of(chunks.clone());
+        let first = read_first_message_routed(&mut body, 1 << 20, Some(1))
+            .await
+            .expect("ok")
+            .expect("some");
+        assert_eq!(
+            first.message.len(),
+            2 + "sub1:echo1".len(),
+            "only the head is copied"
+        );
+        assert_eq!(first.message.len() + first.tail_len(), msg.len());
+        assert_eq!(first.rest.len(), 5 + 6);
+        assert_eq!(
+            frame::read_name(&first.message, &[1]),
+            Ok(Some("sub1:echo1"))
+        );
+        // Rewritten, it is exactly what rewriting the whole message gives.
+        let mut body = body_of(chunks);
+        let copied = read_first_message(&mut body, 1 << 20)
+            .await
+            .expect("ok")
+            .expect("some");
+        assert!(copied.tail.is_empty());
+        assert_eq!(forwarded(&first, 5), forwarded(&copied, 5));
+        assert_eq!(forwarded(&first, 0), framed(&msg));
+    }
+
+    #[tokio::test]
+    async fn large_first_message_head_reaches_the_last_name_and_malformed_is_copied() {
+        // The name field repeated after the payload: the last one counts, so the head ends there.
+        let mut msg = big_msg("a:x", 200_000);
+        msg.extend(name_msg("b:y"));
+        let chunks: Vec<Vec<u8>> = framed(&msg).chunks(50_000).map(<[u8]>::to_vec).collect();
+        let first = read_first_message_routed(&mut body_of(chunks), 1 << 20, Some(1))
+            .await
+            .expect("ok")
+            .expect("some");
+        assert!(first.tail.is_empty());
+        assert_eq!(frame::read_name(&first.message, &[1]), Ok(Some("b:y")));
+        // A bad tag after the payload: copied whole, so read_name reports it as before.
+        let mut bad = big_msg("a:x", 200_000);
+        bad.push(0x07);
+        let chunks: Vec<Vec<u8>> = framed(&bad).chunks(50_000).map(<[u8]>::to_vec).collect();
+        let first = read_first_message_routed(&mut body_of(chunks), 1 << 20, Some(1))
+            .await
+            .expect("ok")
+            .expect("some");
+        assert_eq!(first.message.len(), bad.len());
+        assert_eq!(
+            frame::read_name(&first.message, &[1]),
+            Err(frame::FrameError::BadTag)
+        );
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod gateway;
+pub mod h2_server;
 pub mod listener;
 pub mod metrics;
 pub mod pool;

@@ -1,8 +1,11 @@
-//! Stage `listener`: accept TCP connections and serve HTTP/1.1 and HTTP/2 (h2c prior knowledge)
-//! on one port; the front door then splits gRPC, gRPC-Web (+CORS) and plain HTTP.
+//! Stage `listener`: accept TCP connections and serve HTTP/1.1 and HTTP/2 (h2c prior knowledge,
+//! or TLS with ALPN) on one port; the front door then splits gRPC, gRPC-Web (+CORS) and plain
+//! HTTP.
 //!
-//! Receives sockets; hands each request to the [`Frontend`], which hands gRPC to the call stack.
-//! TLS (with the auth work) slots in by wrapping the accepted stream before `serve_connection`.
+//! Receives sockets; after the TLS handshake (if any), HTTP/2 connections go to
+//! [`crate::h2_server`] and the rest to hyper-util's auto server. Either way each request reaches
+//! the [`Frontend`] as an `http::Request<Body>` with [`PeerAddr`], and the Frontend hands gRPC to
+//! the call stack.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,14 +18,15 @@ use http::{HeaderValue, Method, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tower::{Layer, Service, ServiceExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tower::{Layer, ServiceExt};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tracing::{debug, info, warn};
 
 use crate::auth::PeerAddr;
+use crate::h2_server::PREFACE;
 use crate::stack::CallStack;
 use crate::tls::ReloadingAcceptor;
 
@@ -72,10 +76,7 @@ impl Frontend {
     }
 
     /// Serves one request.
-    pub async fn serve(
-        self,
-        req: http::Request<Incoming>,
-    ) -> Result<http::Response<Body>, Infallible> {
+    pub async fn serve(self, req: http::Request<Body>) -> Result<http::Response<Body>, Infallible> {
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -85,7 +86,7 @@ impl Frontend {
             return self.web.oneshot(req).await.map(|r| r.map(Body::new));
         }
         if content_type.starts_with(b"application/grpc") {
-            return self.grpc.clone().call(req.map(Body::new)).await;
+            return Ok(self.grpc.serve(req).await);
         }
         match &self.admin {
             Some(admin) => Ok(admin.serve_main(&req)),
@@ -140,10 +141,11 @@ pub fn http_builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// A boxed per-request handler.
+/// A boxed per-request handler. Both server paths (hyper for HTTP/1.1, `h2_server` for HTTP/2)
+/// hand it requests with a [`Body`] and the [`PeerAddr`] extension.
 pub type Handler = std::sync::Arc<
     dyn Fn(
-            http::Request<Incoming>,
+            http::Request<Body>,
         )
             -> Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>
         + Send
@@ -152,6 +154,9 @@ pub type Handler = std::sync::Arc<
 
 /// Accepts connections until `shutdown` turns true, then lets open calls finish for up to
 /// `drain` (sending GOAWAY so clients stop opening new streams) before returning.
+///
+/// HTTP/2 (the h2c preface, or TLS with ALPN `h2`) is served by [`crate::h2_server`]; anything
+/// else (HTTP/1.1: gRPC-Web, CORS preflights, plain HTTP) by hyper-util's auto server.
 pub async fn serve(
     listener: TcpListener,
     handler: Handler,
@@ -160,7 +165,8 @@ pub async fn serve(
     tls: Option<Arc<ReloadingAcceptor>>,
 ) {
     let builder = Arc::new(http_builder());
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a clone; when all are gone, every connection has ended.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -175,50 +181,113 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-            req.extensions_mut().insert(PeerAddr(peer));
-            handler(req)
-        });
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
+        let conn = Connection {
+            peer,
+            handler: handler.clone(),
+            builder: builder.clone(),
+            shutdown: shutdown.clone(),
+            _open: open.clone(),
+        };
         // The TLS handshake runs in the connection's own task, so a slow or silent client
-        // never holds up the accept loop.
+        // never holds up the accept loop. Each way of serving is boxed so that the task is only
+        // as large as the way it takes (not the largest of the four).
         let acceptor = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
-            let result = match acceptor {
-                None => {
-                    let conn = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
-                    watcher.watch(conn).await
-                }
+            match acceptor {
+                None => match is_h2c(&stream).await {
+                    Ok(true) => Box::pin(conn.serve_h2(stream)).await,
+                    Ok(false) => Box::pin(conn.serve_hyper(stream)).await,
+                    Err(e) => debug!(peer = %peer, error = %e, "client connection failed"),
+                },
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(tls)) => {
-                            let conn = builder
-                                .serve_connection(TokioIo::new(tls), service)
-                                .into_owned();
-                            watcher.watch(conn).await
+                        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                            Box::pin(conn.serve_h2(tls)).await
                         }
-                        Ok(Err(e)) => {
-                            return debug!(peer = %peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => return debug!(peer = %peer, "TLS handshake timed out"),
+                        Ok(Ok(tls)) => Box::pin(conn.serve_hyper(tls)).await,
+                        Ok(Err(e)) => debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(peer = %peer, "TLS handshake timed out"),
                     }
                 }
-            };
-            if let Err(e) = result {
-                debug!(peer = %peer, error = %e, "client connection ended with an error");
             }
         });
     }
     drop(listener);
+    drop(open);
     tokio::select! {
-        _ = graceful.shutdown() => info!("all connections drained"),
+        _ = all_closed.recv() => info!("all connections drained"),
         _ = tokio::time::sleep(drain) => warn!("drain timeout reached; closing remaining connections"),
     }
+}
+
+/// What a connection task needs besides its stream.
+struct Connection {
+    peer: SocketAddr,
+    handler: Handler,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    shutdown: watch::Receiver<bool>,
+    /// Dropped when the connection ends (see `serve`'s drain).
+    _open: mpsc::Sender<()>,
+}
+
+impl Connection {
+    async fn serve_h2<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = self.peer;
+        if let Err(e) =
+            crate::h2_server::serve_connection(io, peer, self.handler, self.shutdown).await
+        {
+            debug!(peer = %peer, error = %e, "client connection ended with an error");
+        }
+    }
+
+    async fn serve_hyper<I>(mut self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (peer, handler) = (self.peer, self.handler);
+        let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+            req.extensions_mut().insert(PeerAddr(peer));
+            handler(req.map(Body::new))
+        });
+        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let draining = *self.shutdown.borrow_and_update();
+        if draining {
+            conn.as_mut().graceful_shutdown();
+        }
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            _ = self.shutdown.changed(), if !draining => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            debug!(peer = %peer, error = %e, "client connection ended with an error");
+        }
+    }
+}
+
+/// Whether a plaintext client opens with the HTTP/2 preface, read without consuming it.
+async fn is_h2c(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; 24];
+    // Clients send the preface in one write; a partial one is waited for a little, bounded.
+    for _ in 0..200 {
+        let n = stream.peek(&mut buf).await?;
+        let seen = buf.get(..n).unwrap_or_default();
+        if n == 0 || !PREFACE.starts_with(seen) {
+            return Ok(false);
+        }
+        if n == PREFACE.len() {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(false)
 }
 
 /// Binds `addr`, mapping the error to a start-up error.

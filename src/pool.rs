@@ -1020,11 +1020,7 @@ async fn send_on(
         Some(Some(trailers)) => tx.send_trailers(trailers).map_err(failed)?,
         Some(None) => {}
         None => {
-            tokio::spawn(Pump {
-                body,
-                tx,
-                pending: None,
-            });
+            tokio::spawn(Pump::new(body, tx));
         }
     }
     let resp = response.await.map_err(failed)?;
@@ -1058,14 +1054,26 @@ fn take_ready(body: &mut Body) -> Result<(Vec<Bytes>, Option<Option<HeaderMap>>)
     }
 }
 
-/// Streams the rest of a request body to the part, one chunk at a time as the stream gets send
-/// capacity (the part's flow control is the client's backpressure), until the body ends, the
-/// part resets the stream, or the body fails (the stream is then reset).
-struct Pump {
+/// Streams the rest of a body to the peer, one chunk at a time as the stream gets send capacity
+/// (the receiver's flow control is the sender's backpressure), until the body ends, the peer
+/// resets the stream, or the body fails (the stream is then reset). Used both ways: a request
+/// body to a part, and a response body to a client (`h2_server`).
+pub(crate) struct Pump {
     body: Body,
     tx: h2::SendStream<Bytes>,
     /// A chunk waiting for send capacity, and whether it ends the stream.
     pending: Option<(Bytes, bool)>,
+}
+
+impl Pump {
+    /// Pipes `body` into `tx` (the headers are already sent, without END_STREAM).
+    pub(crate) fn new(body: Body, tx: h2::SendStream<Bytes>) -> Self {
+        Self {
+            body,
+            tx,
+            pending: None,
+        }
+    }
 }
 
 impl Future for Pump {
@@ -1076,7 +1084,7 @@ impl Future for Pump {
         loop {
             // Registered for RST_STREAM while waiting for the body or for capacity.
             if let Poll::Ready(reason) = this.tx.poll_reset(cx) {
-                debug!(?reason, "part reset a request stream");
+                debug!(?reason, "peer reset the stream");
                 return Poll::Ready(());
             }
             if let Some((chunk, eos)) = this.pending.take() {
@@ -1116,7 +1124,7 @@ impl Future for Pump {
                     }
                 },
                 Some(Err(status)) => {
-                    debug!(error = %status.message(), "client request stream failed; resetting the part's stream");
+                    debug!(error = %status.message(), "body failed; resetting the stream");
                     this.tx.send_reset(h2::Reason::CANCEL);
                     return Poll::Ready(());
                 }
@@ -1133,7 +1141,7 @@ impl Future for Pump {
 
 /// Pings the part every `interval`; returns when a ping goes unanswered for `timeout` (or the
 /// connection fails), which ends the connection task and so the connection.
-async fn keepalive(pings: Option<h2::PingPong>, interval: Duration, timeout: Duration) {
+pub(crate) async fn keepalive(pings: Option<h2::PingPong>, interval: Duration, timeout: Duration) {
     let Some(mut pings) = pings else {
         return std::future::pending().await;
     };

@@ -26,7 +26,7 @@ use tracing::{debug, info};
 use crate::auth::{Auth, PeerAddr, Principal};
 use crate::body::{
     ForwardBody, MeteredBody, ReplayWatch, ResponseBody, StreamRewrite, parse_grpc_timeout,
-    read_first_message,
+    read_first_message_routed,
 };
 use crate::config::Settings;
 use crate::error::{Fault, GatewayError};
@@ -101,6 +101,12 @@ impl CallStack {
     /// Serves `SignalingService` with `signaling` from now on (set once, at start).
     pub fn set_signaling(&self, signaling: Arc<Signaling>) {
         let _ = self.inner.signaling.set(signaling);
+    }
+
+    /// Serves one call: what `Service::call` does, without boxing the future (the front
+    /// door's own future is boxed already).
+    pub async fn serve(&self, req: http::Request<Body>) -> http::Response<Body> {
+        self.inner.clone().handle(req).await
     }
 
     /// The pool behind the stack.
@@ -335,10 +341,9 @@ impl Shared {
     ) -> Result<http::Response<Body>, GatewayError> {
         let (mut parts, mut body) = req.into_parts();
         let limit = self.max_message_size.load(Ordering::Relaxed);
-        let first = read_first_message(&mut body, limit).await?.ok_or_else(|| {
-            GatewayError::MissingName {
-                method: path.to_owned(),
-            }
+        let first = read_first_message_routed(&mut body, limit, field.first().copied()).await?;
+        let first = first.ok_or_else(|| GatewayError::MissingName {
+            method: path.to_owned(),
         })?;
         if first.header.compressed {
             return Err(GatewayError::Compressed);
@@ -376,13 +381,19 @@ impl Shared {
 
         let (segments, len) = frame::strip_name(&first.message, field, route.strip)
             .map_err(|e| GatewayError::MalformedFrame(frame_error_text(e)))?;
-        let queued = frame::frame_segments(segments, len);
+        // A large message's tail after the name was never copied; it follows the new head.
+        let mut queued = frame::frame_segments(segments, len + first.tail_len());
+        queued.extend(first.tail);
         // A call whose whole body is in hand can be replayed if the part rejects our token.
         // A call to a part we hold credentials for may have to be sent again (see
         // send_replayable): keep the first message, and watch whether it is the whole request.
         let replay = (part.has_credentials() && first.rest.is_empty())
             .then(|| (queued.clone(), Arc::new(ReplayWatch::default())));
-        let rewrite = (route.strip > 0).then(|| StreamRewrite::new(field, name, route.strip));
+        // Later messages need rewriting only if there can be any (not for a finished unary call).
+        let more = !first.rest.is_empty()
+            || (first.trailers.is_none() && !http_body::Body::is_end_stream(&body));
+        let rewrite =
+            (route.strip > 0 && more).then(|| StreamRewrite::new(field, name, route.strip));
         let mut forward =
             ForwardBody::new(queued, first.rest, body, first.trailers, rewrite).count_bytes(bytes);
         if let Some((_, watch)) = &replay {

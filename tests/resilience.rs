@@ -370,3 +370,121 @@ async fn silently_hung_part_is_detected_by_keepalive_and_recovers() {
         .await
         .expect("recovered");
 }
+
+const SET_POWER: &str = "/viam.component.motor.v1.MotorService/SetPower";
+
+/// A raw HTTP/2 client connection to the gateway (h2c), so a test controls its frames.
+async fn h2_connect(addr: std::net::SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// Opens a SetPower call on `send`, its one message sent and the request stream ended.
+fn start_set_power(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    addr: std::net::SocketAddr,
+    name: &str,
+) -> Result<(h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>), h2::Error> {
+    let head = http::Request::post(format!("http://{addr}{SET_POWER}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (resp, mut tx) = send.send_request(head, false)?;
+    let body = grpc_frame(false, &encode(&set_power(name, 0.5)));
+    tx.send_data(body.into(), true)?;
+    Ok((resp, tx))
+}
+
+/// Lines of the gateway's metrics for `name` that contain every one of `labels`.
+fn metric_lines(gateway: &partgate::Gateway, name: &str, labels: &[&str]) -> Vec<String> {
+    gateway
+        .metrics()
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn client_reset_before_the_answer_cancels_the_call_at_the_part() {
+    let mut slow = spec("slow", &["m"]);
+    slow.delay = Some(Duration::from_secs(3));
+    let fleet = fleet(vec![(slow, None)], None, |_| {}).await;
+    let send = h2_connect(fleet.addr()).await;
+    let mut send = send.ready().await.unwrap();
+    let (resp, tx) = start_set_power(&mut send, fleet.addr(), "slow:m").unwrap();
+    wait_for("call at the part", Duration::from_secs(5), || {
+        !fleet.part("slow").log().names_for("SetPower").is_empty()
+    })
+    .await;
+    // Dropping both halves of an open stream makes the client send RST_STREAM(CANCEL).
+    let reset_at = Instant::now();
+    drop((resp, tx));
+    let cancelled = ["part=\"slow\"", "code=\"CANCELLED\""];
+    wait_for(
+        "call cancelled at the gateway",
+        Duration::from_secs(2),
+        || !metric_lines(&fleet.gateway, "partgate_calls_finished_total", &cancelled).is_empty(),
+    )
+    .await;
+    // Well before the part would have answered: the gateway dropped the part's stream too, and
+    // the part's concurrency slot is free again.
+    assert!(reset_at.elapsed() < Duration::from_secs(2));
+    let in_flight = metric_lines(
+        &fleet.gateway,
+        "partgate_calls_in_flight",
+        &["part=\"slow\""],
+    );
+    assert!(in_flight.iter().all(|l| l.ends_with(" 0")), "{in_flight:?}");
+}
+
+#[tokio::test]
+async fn drain_sends_goaway_on_http2_and_finishes_open_streams() {
+    let mut slow = spec("slow", &["m"]);
+    slow.delay = Some(Duration::from_millis(700));
+    let fleet = fleet(vec![(slow, None)], None, |_| {}).await;
+    let addr = fleet.addr();
+    let send = h2_connect(addr).await;
+    let mut ready = send.clone().ready().await.unwrap();
+    let (in_flight, _tx) = start_set_power(&mut ready, addr, "slow:m").unwrap();
+    wait_for("call at the part", Duration::from_secs(5), || {
+        !fleet.part("slow").log().names_for("SetPower").is_empty()
+    })
+    .await;
+    let Fleet {
+        gateway,
+        parts: _parts,
+        ..
+    } = fleet;
+    let shutdown = tokio::spawn(gateway.shutdown());
+    // GOAWAY (and its ping round trip) reach the client well within this.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = match send.clone().ready().await {
+        Err(_) => true,
+        Ok(mut s) => match start_set_power(&mut s, addr, "slow:m") {
+            Err(_) => true,
+            Ok((resp, _tx)) => resp.await.is_err(),
+        },
+    };
+    assert!(refused, "a new stream was accepted after GOAWAY");
+    // The call that was open when the drain began still gets its whole answer.
+    let resp = in_flight
+        .await
+        .expect("in-flight call answered during drain");
+    assert_eq!(resp.status(), http::StatusCode::OK);
+    let mut body = resp.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .expect("drain finished once the open stream ended")
+        .unwrap();
+}

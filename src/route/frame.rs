@@ -130,6 +130,88 @@ fn locate(msg: &[u8], field: u32) -> Result<Option<FieldLoc>, FrameError> {
     Ok(found)
 }
 
+/// A message split over several buffers, read front to back without copying it.
+struct Chunked<'a> {
+    chunks: &'a [Bytes],
+    /// Index of the chunk holding `pos`, and the message offset where that chunk starts.
+    at: usize,
+    at_start: usize,
+    len: usize,
+}
+
+impl Chunked<'_> {
+    /// The byte at message offset `pos`; offsets never go backwards between calls.
+    fn byte(&mut self, pos: usize) -> Option<u8> {
+        while let Some(chunk) = self.chunks.get(self.at) {
+            if pos < self.at_start + chunk.len() {
+                return chunk.get(pos - self.at_start).copied();
+            }
+            self.at_start += chunk.len();
+            self.at += 1;
+        }
+        None
+    }
+
+    fn varint(&mut self, mut pos: usize) -> Result<(u64, usize), FrameError> {
+        let mut value = 0u64;
+        for shift in (0..70).step_by(7) {
+            let byte = self.byte(pos).ok_or(FrameError::BadVarint)?;
+            pos += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok((value, pos));
+            }
+        }
+        Err(FrameError::BadVarint)
+    }
+}
+
+/// Where the last top-level occurrence of length-delimited `field` ends in a message held as
+/// `chunks` (0 when it is absent), walking tags and lengths only: the same walk and the same
+/// errors as [`read_name`] over the message made contiguous, without copying it.
+pub fn locate_end_in_chunks(chunks: &[Bytes], field: u32) -> Result<usize, FrameError> {
+    let len = chunks.iter().map(Bytes::len).sum();
+    let mut msg = Chunked {
+        chunks,
+        at: 0,
+        at_start: 0,
+        len,
+    };
+    let mut pos = 0;
+    let mut found = 0;
+    while pos < msg.len {
+        let (tag, after_tag) = msg.varint(pos)?;
+        let number = tag >> 3;
+        if number == 0 || number > u64::from(u32::MAX >> 3) {
+            return Err(FrameError::BadTag);
+        }
+        pos = match tag & 7 {
+            0 => msg.varint(after_tag)?.1,
+            1 => after_tag.checked_add(8).ok_or(FrameError::Truncated)?,
+            5 => after_tag.checked_add(4).ok_or(FrameError::Truncated)?,
+            2 => {
+                let (value_len, value_start) = msg.varint(after_tag)?;
+                let value_len = usize::try_from(value_len).map_err(|_| FrameError::Truncated)?;
+                let value_end = value_start
+                    .checked_add(value_len)
+                    .ok_or(FrameError::Truncated)?;
+                if value_end > msg.len {
+                    return Err(FrameError::Truncated);
+                }
+                if number == u64::from(field) {
+                    found = value_end;
+                }
+                value_end
+            }
+            _ => return Err(FrameError::BadTag),
+        };
+        if pos > msg.len {
+            return Err(FrameError::Truncated);
+        }
+    }
+    Ok(found)
+}
+
 /// Reads the string at `path` (field numbers, outermost first). `Ok(None)` when absent.
 pub fn read_name<'a>(msg: &'a [u8], path: &[u32]) -> Result<Option<&'a str>, FrameError> {
     let Some((&field, rest)) = path.split_first() else {
