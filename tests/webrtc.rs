@@ -237,7 +237,12 @@ async fn ts_get(io: &mut ChannelIo, id: u64, deadline: Duration) -> (i64, Durati
     let took = start.elapsed();
     assert_eq!(code(&trailers), 0, "{trailers:?}");
     assert_eq!(messages.len(), 1);
-    (counter::GetResponse::decode(messages[0].clone()).unwrap().total, took)
+    (
+        counter::GetResponse::decode(messages[0].clone())
+            .unwrap()
+            .total,
+        took,
+    )
 }
 
 #[tokio::test]
@@ -266,11 +271,17 @@ async fn ts_style_unary_call_to_a_custom_api_completes_without_eos() {
         let answer = finish(&mut io, 2).await;
         (answer, start.elapsed())
     };
-    eprintln!("custom unary over the data channel: first {cold:?}, cached {warm:?}; built-in unary {builtin:?}");
+    eprintln!(
+        "custom unary over the data channel: first {cold:?}, cached {warm:?}; built-in unary {builtin:?}"
+    );
     // Concurrent first calls on a fresh cache: one lookup, at the part that owns the service.
     let cache = Arc::new(MethodCache::default());
     let (mut io, _task) = peer_with_cache(&fleet, cache);
-    let before = fleet.part("sub1").log().names_for("FileContainingSymbol").len();
+    let before = fleet
+        .part("sub1")
+        .log()
+        .names_for("FileContainingSymbol")
+        .len();
     let req = encode(&counter::GetRequest { name: "c1".into() });
     for id in 0..5 {
         io.outgoing
@@ -313,7 +324,10 @@ async fn custom_client_and_bidi_streams_are_not_half_closed_early() {
     })
     .await;
     assert_eq!(cache.known(ADD), Some(Requests::Stream));
-    assert!(quiet_for(&mut io, 0, Duration::from_millis(200)).await, "still open");
+    assert!(
+        quiet_for(&mut io, 0, Duration::from_millis(200)).await,
+        "still open"
+    );
     let req = encode(&counter::AddRequest {
         name: "c1".into(),
         value: 3,
@@ -326,7 +340,11 @@ async fn custom_client_and_bidi_streams_are_not_half_closed_early() {
     let (_, messages, trailers) = finish(&mut io, 0).await;
     assert_eq!(code(&trailers), 0, "{trailers:?}");
     let sum = counter::AddResponse::decode(messages[0].clone()).unwrap();
-    assert_eq!((sum.total, sum.count), (6, 3), "every message reached the part");
+    assert_eq!(
+        (sum.total, sum.count),
+        (6, 3),
+        "every message reached the part"
+    );
     // Bidi on a fresh cache: each message is answered, then eos ends it.
     let cache = Arc::new(MethodCache::default());
     let (mut io, _task) = peer_with_cache(&fleet, cache.clone());
