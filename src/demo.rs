@@ -63,6 +63,8 @@ pub struct PartSpec {
     pub no_sessions: bool,
     /// The heartbeat window the part grants (default 2 s, viam-server's).
     pub session_window: Option<Duration>,
+    /// Answer server reflection with UNIMPLEMENTED, like a part built without it.
+    pub no_reflection: bool,
 }
 
 /// A session a simulated part granted: the motors driven under it are stopped when it expires.
@@ -315,6 +317,9 @@ impl Sim {
             Ok(req) => req,
             Err(answer) => return Ok(answer),
         };
+        if self.spec.no_reflection && req.uri().path().starts_with("/grpc.reflection.") {
+            return Ok(Status::unimplemented("reflection is off").into_http());
+        }
         let sim = self;
         dispatch!(
             req,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use partgate::auth::Principal;
 use partgate::proto::rpc::webrtc::v1 as pb;
+use partgate::webrtc::cardinality::{MethodCache, Requests};
 use partgate::webrtc::channel::ChannelIo;
 use partgate::webrtc::client::{ClientOptions, WebRtcClient};
 use partgate::webrtc::server;
@@ -23,6 +24,11 @@ use tonic::Code;
 const SET_POWER: &str = "/viam.component.motor.v1.MotorService/SetPower";
 const CHAT: &str = "/acme.component.counter.v1.CounterService/Chat";
 const ECHO: &str = "/viam.component.testecho.v1.TestEchoService/Echo";
+/// A custom (module) API's unary and client-streaming methods: not built in, so their
+/// cardinality comes from reflection.
+const GET: &str = "/acme.component.counter.v1.CounterService/Get";
+const ADD: &str = "/acme.component.counter.v1.CounterService/Add";
+const COUNTER: &str = "acme.component.counter.v1.CounterService";
 
 /// The data-channel server for `principal` on one end of a pair; the other end.
 fn peer(fleet: &Fleet, principal: Principal) -> (ChannelIo, tokio::task::JoinHandle<()>) {
@@ -32,6 +38,22 @@ fn peer(fleet: &Fleet, principal: Principal) -> (ChannelIo, tokio::task::JoinHan
         fleet.gateway.stack(),
         principal,
         fleet.gateway.metrics().webrtc().clone(),
+    ));
+    (client_end, task)
+}
+
+/// Like [`peer`], with a cache of custom APIs' cardinality of the test's own.
+fn peer_with_cache(
+    fleet: &Fleet,
+    cache: Arc<MethodCache>,
+) -> (ChannelIo, tokio::task::JoinHandle<()>) {
+    let (server_end, client_end) = ChannelIo::pair();
+    let task = tokio::spawn(server::serve_with_cache(
+        server_end,
+        fleet.gateway.stack(),
+        Principal::anonymous(),
+        fleet.gateway.metrics().webrtc().clone(),
+        cache,
     ));
     (client_end, task)
 }
@@ -61,6 +83,45 @@ fn headers(id: u64, method: &str) -> Bytes {
         timeout: None,
     };
     wire::request(id, pb::request::Type::Headers(h))
+}
+
+/// Headers with a deadline, as the TS SDK sends them.
+fn headers_with_timeout(id: u64, method: &str, timeout: Duration) -> Bytes {
+    let h = pb::RequestHeaders {
+        method: method.into(),
+        metadata: None,
+        timeout: Some(timeout.try_into().unwrap()),
+    };
+    wire::request(id, pb::request::Type::Headers(h))
+}
+
+/// `has_message=false, eos=true`: the client's half-close on its own.
+fn eos(id: u64) -> Bytes {
+    let m = pb::RequestMessage {
+        has_message: false,
+        packet_message: None,
+        eos: true,
+    };
+    wire::request(id, pb::request::Type::Message(m))
+}
+
+/// Whether anything arrives for stream `id` within `wait`.
+async fn quiet_for(io: &mut ChannelIo, id: u64, wait: Duration) -> bool {
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(until, io.incoming.recv()).await {
+            Err(_) => return true,
+            Ok(None) => return false,
+            Ok(Some(frame)) => {
+                let resp = pb::Response::decode(frame).unwrap();
+                if resp.stream.map(|s| s.id) == Some(id)
+                    && matches!(resp.r#type, Some(pb::response::Type::Trailers(_)))
+                {
+                    return false;
+                }
+            }
+        }
+    }
 }
 
 fn packet(id: u64, data: Bytes, eom: bool, eos: bool) -> Bytes {
@@ -157,6 +218,226 @@ async fn ts_style_calls_without_eos_are_dispatched_on_their_first_message() {
         got.push_str(&r.unwrap().message);
     }
     assert_eq!(got, "abc");
+}
+
+/// One TS-style unary call (headers, one message, no eos) on stream `id`; its total and how
+/// long the answer took.
+async fn ts_get(io: &mut ChannelIo, id: u64, deadline: Duration) -> (i64, Duration) {
+    let start = std::time::Instant::now();
+    let req = encode(&counter::GetRequest { name: "c1".into() });
+    io.outgoing
+        .send(headers_with_timeout(id, GET, deadline))
+        .await
+        .unwrap();
+    io.outgoing
+        .send(packet(id, req.into(), true, false))
+        .await
+        .unwrap();
+    let (_, messages, trailers) = finish(io, id).await;
+    let took = start.elapsed();
+    assert_eq!(code(&trailers), 0, "{trailers:?}");
+    assert_eq!(messages.len(), 1);
+    (
+        counter::GetResponse::decode(messages[0].clone())
+            .unwrap()
+            .total,
+        took,
+    )
+}
+
+#[tokio::test]
+async fn ts_style_unary_call_to_a_custom_api_completes_without_eos() {
+    let fleet = demo().await;
+    let cache = Arc::new(MethodCache::default());
+    let (mut io, _task) = peer_with_cache(&fleet, cache.clone());
+    assert_eq!(cache.known(GET), None, "not built in");
+    // Without its cardinality the call would wait for eos until its 5 s deadline.
+    let deadline = Duration::from_secs(5);
+    let (_, cold) = ts_get(&mut io, 0, deadline).await;
+    assert!(cold < Duration::from_secs(1), "first call took {cold:?}");
+    assert_eq!(cache.known(GET), Some(Requests::Single));
+    let (_, warm) = ts_get(&mut io, 1, deadline).await;
+    let (_, builtin) = {
+        let start = std::time::Instant::now();
+        let req = encode(&echo::EchoRequest {
+            name: "echo1".into(),
+            message: "x".into(),
+        });
+        io.outgoing.send(headers(2, ECHO)).await.unwrap();
+        io.outgoing
+            .send(packet(2, req.into(), true, false))
+            .await
+            .unwrap();
+        let answer = finish(&mut io, 2).await;
+        (answer, start.elapsed())
+    };
+    eprintln!(
+        "custom unary over the data channel: first {cold:?}, cached {warm:?}; built-in unary {builtin:?}"
+    );
+    // Concurrent first calls on a fresh cache: one lookup, at the part that owns the service.
+    let cache = Arc::new(MethodCache::default());
+    let (mut io, _task) = peer_with_cache(&fleet, cache);
+    let before = fleet
+        .part("sub1")
+        .log()
+        .names_for("FileContainingSymbol")
+        .len();
+    let req = encode(&counter::GetRequest { name: "c1".into() });
+    for id in 0..5 {
+        io.outgoing
+            .send(headers_with_timeout(id, GET, deadline))
+            .await
+            .unwrap();
+        io.outgoing
+            .send(packet(id, req.clone().into(), true, false))
+            .await
+            .unwrap();
+    }
+    for id in 0..5 {
+        let (_, _, trailers) = finish(&mut io, id).await;
+        assert_eq!(code(&trailers), 0);
+    }
+    let asked = fleet.part("sub1").log().names_for("FileContainingSymbol");
+    assert_eq!(asked[before..], [COUNTER.to_owned()], "one shared lookup");
+    no_streams_left(&fleet).await;
+}
+
+#[tokio::test]
+async fn custom_client_and_bidi_streams_are_not_half_closed_early() {
+    let fleet = demo().await;
+    let cache = Arc::new(MethodCache::default());
+    let (mut io, _task) = peer_with_cache(&fleet, cache.clone());
+    // Client streaming: two messages without eos, the lookup settles, a third, then eos.
+    io.outgoing.send(headers(0, ADD)).await.unwrap();
+    for value in 1..=2 {
+        let req = encode(&counter::AddRequest {
+            name: "c1".into(),
+            value,
+        });
+        io.outgoing
+            .send(packet(0, req.into(), true, false))
+            .await
+            .unwrap();
+    }
+    wait_for("Add's cardinality learned", Duration::from_secs(3), || {
+        cache.known(ADD).is_some()
+    })
+    .await;
+    assert_eq!(cache.known(ADD), Some(Requests::Stream));
+    assert!(
+        quiet_for(&mut io, 0, Duration::from_millis(200)).await,
+        "still open"
+    );
+    let req = encode(&counter::AddRequest {
+        name: "c1".into(),
+        value: 3,
+    });
+    io.outgoing
+        .send(packet(0, req.into(), true, false))
+        .await
+        .unwrap();
+    io.outgoing.send(eos(0)).await.unwrap();
+    let (_, messages, trailers) = finish(&mut io, 0).await;
+    assert_eq!(code(&trailers), 0, "{trailers:?}");
+    let sum = counter::AddResponse::decode(messages[0].clone()).unwrap();
+    assert_eq!(
+        (sum.total, sum.count),
+        (6, 3),
+        "every message reached the part"
+    );
+    // Bidi on a fresh cache: each message is answered, then eos ends it.
+    let cache = Arc::new(MethodCache::default());
+    let (mut io, _task) = peer_with_cache(&fleet, cache.clone());
+    io.outgoing.send(headers(0, CHAT)).await.unwrap();
+    let mut replies = Vec::new();
+    for text in ["one", "two", "three"] {
+        let req = encode(&counter::ChatRequest {
+            name: "c1".into(),
+            text: text.into(),
+        });
+        io.outgoing
+            .send(packet(0, req.into(), true, false))
+            .await
+            .unwrap();
+        if text == "one" {
+            wait_for("Chat's cardinality learned", Duration::from_secs(3), || {
+                cache.known(CHAT).is_some()
+            })
+            .await;
+        }
+    }
+    io.outgoing.send(eos(0)).await.unwrap();
+    let (_, messages, trailers) = finish(&mut io, 0).await;
+    assert_eq!(code(&trailers), 0, "{trailers:?}");
+    for m in messages {
+        replies.push(counter::ChatResponse::decode(m).unwrap().text);
+    }
+    assert_eq!(replies, ["one", "two", "three"]);
+    assert_eq!(cache.known(CHAT), Some(Requests::Stream));
+}
+
+#[tokio::test]
+async fn without_reflection_a_custom_method_half_closes_on_eos() {
+    let part = PartSpec {
+        counters: vec!["c1".into()],
+        no_reflection: true,
+        ..spec("a", &[])
+    };
+    let fleet = fleet(vec![(part, None)], None, |_| {}).await;
+    let cache = Arc::new(MethodCache::default());
+    let (mut io, _task) = peer_with_cache(&fleet, cache.clone());
+    let req = encode(&counter::GetRequest { name: "c1".into() });
+    io.outgoing
+        .send(headers_with_timeout(0, GET, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    io.outgoing
+        .send(packet(0, req.into(), true, false))
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    wait_for("lookup failed", Duration::from_secs(1), || {
+        cache.known(GET).is_some()
+    })
+    .await;
+    assert_eq!(cache.known(GET), Some(Requests::Stream), "fallback");
+    assert!(start.elapsed() < Duration::from_secs(1));
+    // Today's behaviour: the call waits for eos...
+    assert!(quiet_for(&mut io, 0, Duration::from_millis(300)).await);
+    // ...and answers once it comes.
+    io.outgoing.send(eos(0)).await.unwrap();
+    let (_, messages, trailers) = finish(&mut io, 0).await;
+    assert_eq!((code(&trailers), messages.len()), (0, 1), "{trailers:?}");
+}
+
+#[tokio::test]
+async fn a_custom_method_whose_part_is_down_falls_back_fast() {
+    let part = PartSpec {
+        counters: vec!["c1".into()],
+        ..spec("a", &["m1"])
+    };
+    let other = spec("b", &["m2"]);
+    let mut fleet = fleet(vec![(part, None), (other, None)], None, |_| {}).await;
+    let _killed = fleet.kill("a").await;
+    let cache = Arc::new(MethodCache::default());
+    let (mut io, _task) = peer_with_cache(&fleet, cache.clone());
+    let start = std::time::Instant::now();
+    let req = encode(&counter::GetRequest { name: "c1".into() });
+    io.outgoing.send(headers(0, GET)).await.unwrap();
+    io.outgoing
+        .send(packet(0, req.into(), true, false))
+        .await
+        .unwrap();
+    wait_for("lookup failed", Duration::from_secs(1), || {
+        cache.known(GET).is_some()
+    })
+    .await;
+    assert_eq!(cache.known(GET), Some(Requests::Stream));
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    // The call itself fails on its own (no part for the name), whatever the cardinality.
+    let (_, _, trailers) = finish(&mut io, 0).await;
+    assert_ne!(code(&trailers), 0);
 }
 
 #[tokio::test]

@@ -12,10 +12,19 @@
 //! on `eos` (honoured only on a completing packet or a `has_message=false` frame); `rst_stream`
 //! drops the downstream call. When the peer goes, every stream is dropped and the task waits
 //! for all of them to end.
+//!
+//! Cardinality is settled at `headers`: built in or cached, at once; otherwise (a custom API
+//! seen for the first time) a reflection lookup starts right then, through the same call stack
+//! with the peer's identity (`FileContainingSymbol` for the service, which the gateway's fleet
+//! reflection sends to the part that owns it). The call is dispatched without waiting for it:
+//! messages flow as for a stream, and when the answer is "single" the body is half-closed then
+//! (at once if the first message is already in). A failed or slow lookup leaves the stream
+//! half-closing on `eos`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,12 +37,13 @@ use tokio::task::JoinSet;
 use tower::{Service, ServiceExt};
 use tracing::debug;
 
-use super::cardinality::{self, Requests};
+use super::cardinality::{self, LookupError, MethodCache, Requests};
 use super::channel::ChannelIo;
 use super::wire::{self, Deframer, Reassembly};
 use crate::auth::Principal;
 use crate::error::WebRtcError;
 use crate::metrics::WebRtcMetrics;
+use crate::proto::grpc::reflection::v1alpha as reflection;
 use crate::proto::rpc::webrtc::v1 as pb;
 
 type Body = tonic::body::Body;
@@ -52,9 +62,27 @@ const STALL_LIMIT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct ChannelPrincipal(pub(crate) Principal);
 
-/// Serves one peer until its channel ends; returns once every stream task has ended.
+/// Serves one peer until its channel ends; returns once every stream task has ended. Custom
+/// APIs' cardinality is cached process-wide ([`MethodCache::global`]).
 pub async fn serve<S>(io: ChannelIo, stack: S, principal: Principal, metrics: WebRtcMetrics)
 where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    serve_with_cache(io, stack, principal, metrics, MethodCache::global()).await;
+}
+
+/// [`serve`] with the given cache of custom APIs' cardinality.
+pub async fn serve_with_cache<S>(
+    io: ChannelIo,
+    stack: S,
+    principal: Principal,
+    metrics: WebRtcMetrics,
+    cache: Arc<MethodCache>,
+) where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
         + Clone
         + Send
@@ -73,6 +101,9 @@ where
         metrics,
         streams: HashMap::new(),
         tasks: JoinSet::new(),
+        cache,
+        lookups: JoinSet::new(),
+        next_lookup: 0,
     };
     loop {
         tokio::select! {
@@ -83,6 +114,11 @@ where
             Some(done) = peer.tasks.join_next(), if !peer.tasks.is_empty() => {
                 if let Ok(id) = done {
                     peer.streams.remove(&id);
+                }
+            }
+            Some(done) = peer.lookups.join_next(), if !peer.lookups.is_empty() => {
+                if let Ok((id, lookup, requests)) = done {
+                    peer.on_resolved(id, lookup, requests);
                 }
             }
         }
@@ -102,6 +138,18 @@ struct Peer<S> {
     metrics: WebRtcMetrics,
     streams: HashMap<u64, Entry>,
     tasks: JoinSet<u64>,
+    cache: Arc<MethodCache>,
+    /// Cardinality lookups of this peer's streams: (stream, lookup, answer).
+    lookups: JoinSet<(u64, u64, Requests)>,
+    next_lookup: u64,
+}
+
+/// What the reader knows of a stream's cardinality.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cardinality {
+    Known(Requests),
+    /// Lookup number `n` is under way: messages flow as for a stream meanwhile.
+    Pending(u64),
 }
 
 /// An open stream as the reader sees it.
@@ -109,7 +157,9 @@ struct Entry {
     /// The downstream request body; `None` once half-closed.
     body: Option<BodyTx>,
     reassembly: Reassembly,
-    requests: Requests,
+    requests: Cardinality,
+    /// Whether a complete message went downstream (a "single" answer then half-closes).
+    forwarded: bool,
     /// Tells the stream task to fail with a status; dropped, it makes the task end quietly.
     stop: Option<oneshot::Sender<WebRtcError>>,
 }
@@ -168,6 +218,10 @@ where
             Ok(req) => req,
             Err(err) => return refuse(&self.out, id, err).await,
         };
+        let requests = match self.cache.known(&headers.method) {
+            Some(requests) => Cardinality::Known(requests),
+            None => Cardinality::Pending(self.look_up(id, &headers.method)),
+        };
         let (stop_tx, stop_rx) = oneshot::channel();
         let call = self.stack.clone().oneshot(req);
         let out = self.out.clone();
@@ -182,10 +236,42 @@ where
             Entry {
                 body: Some(body_tx),
                 reassembly: Reassembly::default(),
-                requests: cardinality::requests(&headers.method),
+                requests,
+                forwarded: false,
                 stop: Some(stop_tx),
             },
         );
+    }
+
+    /// Starts learning `method`'s cardinality for stream `id`; returns the lookup's number.
+    fn look_up(&mut self, id: u64, method: &str) -> u64 {
+        let lookup = self.next_lookup;
+        self.next_lookup += 1;
+        let cache = self.cache.clone();
+        let stack = self.stack.clone();
+        let principal = self.principal.clone();
+        let method = method.to_owned();
+        self.lookups.spawn(async move {
+            let requests = cache
+                .resolve(&method, |service| reflect(stack, principal, service))
+                .await;
+            (id, lookup, requests)
+        });
+        lookup
+    }
+
+    /// A lookup answered: a single-request stream whose message is already in is half-closed.
+    fn on_resolved(&mut self, id: u64, lookup: u64, requests: Requests) {
+        let Some(entry) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if entry.requests != Cardinality::Pending(lookup) {
+            return;
+        }
+        entry.requests = Cardinality::Known(requests);
+        if requests == Requests::Single && entry.forwarded {
+            entry.body = None;
+        }
     }
 
     /// The stream as a standard gRPC request, tagged with the peer's principal.
@@ -247,10 +333,11 @@ where
                 return self.fail(id, WebRtcError::MessageTooLarge(wire::MAX_MESSAGE));
             }
         };
-        let half_close = message.eos || entry.requests == Requests::Single;
+        let half_close = message.eos || entry.requests == Cardinality::Known(Requests::Single);
         let Some(body) = entry.body.clone() else {
             return debug!(stream = id, "message after half-close; ignored");
         };
+        entry.forwarded = true;
         if half_close {
             entry.body = None;
         }
@@ -275,6 +362,45 @@ where
                 let _ = stop.send(err);
             }
         }
+    }
+}
+
+/// Asks the fleet, through the call stack and as the peer, for the file declaring `service`.
+async fn reflect<S>(
+    stack: S,
+    principal: Principal,
+    service: String,
+) -> Result<Vec<Vec<u8>>, LookupError>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use reflection::server_reflection_request::MessageRequest;
+    use reflection::server_reflection_response::MessageResponse;
+    let question = reflection::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(service.clone())),
+    };
+    let mut req = tonic::Request::new(tokio_stream::iter([question]));
+    req.set_timeout(cardinality::LOOKUP_TIMEOUT);
+    req.extensions_mut().insert(ChannelPrincipal(principal));
+    let call = |e: tonic::Status| LookupError::Call(format!("{:?}: {}", e.code(), e.message()));
+    let mut answers = reflection::server_reflection_client::ServerReflectionClient::new(stack)
+        .server_reflection_info(req)
+        .await
+        .map_err(call)?
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .map_err(call)?
+        .ok_or_else(|| LookupError::Call("no answer".into()))?;
+    match answer.message_response {
+        Some(MessageResponse::FileDescriptorResponse(files)) => Ok(files.file_descriptor_proto),
+        _ => Err(LookupError::NotFound(service)),
     }
 }
 
