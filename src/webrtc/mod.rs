@@ -13,7 +13,8 @@
 //!
 //! Files: `signaling` (the service), `server` (answering side of the data-channel protocol),
 //! `client` (caller side + `dial`), `wire` (packets, framing, metadata/status translation),
-//! `cardinality` (which methods take one request), `channel` (the seam), `transport` (str0m).
+//! `cardinality` (which methods take one request: built-in descriptors, custom APIs learned
+//! by reflection from the part that serves them), `channel` (the seam), `transport` (str0m).
 //!
 //! [`channel::ChannelIo`] is the seam between the transport and the protocol layers: the
 //! protocol never sees ICE or SCTP, and its tests run on [`channel::ChannelIo::pair`].
