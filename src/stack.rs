@@ -57,6 +57,9 @@ const DROPPED_HEADERS: [HeaderName; 7] = [
     HeaderName::from_static("keep-alive"),
 ];
 
+/// `grpc-timeout`, pre-parsed (a `&str` lookup parses the name on every call).
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
 /// The shared call stack, cheap to clone (one per connection).
 #[derive(Clone)]
 pub struct CallStack {
@@ -379,10 +382,9 @@ impl Shared {
             .on_call(path, &mut parts.headers, principal, &part, local)?;
         let permit = part.admit()?;
 
-        let (segments, len) = frame::strip_name(&first.message, field, route.strip)
-            .map_err(|e| GatewayError::MalformedFrame(frame_error_text(e)))?;
         // A large message's tail after the name was never copied; it follows the new head.
-        let mut queued = frame::frame_segments(segments, len + first.tail_len());
+        let mut queued = frame::strip_framed(&first.message, field, route.strip, first.tail_len())
+            .map_err(|e| GatewayError::MalformedFrame(frame_error_text(e)))?;
         queued.extend(first.tail);
         // A call whose whole body is in hand can be replayed if the part rejects our token.
         // A call to a part we hold credentials for may have to be sent again (see
@@ -428,7 +430,10 @@ impl Shared {
             )
         });
         let resp = self.send(part, req, permit).await?;
-        let rejected = resp.headers().get("grpc-status").is_some_and(|s| s == "16");
+        let rejected = resp
+            .headers()
+            .get(&crate::metrics::GRPC_STATUS)
+            .is_some_and(|s| s == "16");
         if !rejected {
             return Ok(resp);
         }
@@ -468,7 +473,7 @@ impl Shared {
             headers.remove(name);
         }
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        let client_deadline = headers.get("grpc-timeout").and_then(parse_grpc_timeout);
+        let client_deadline = headers.get(&GRPC_TIMEOUT).and_then(parse_grpc_timeout);
         part.target(&mut req);
 
         let expired = || GatewayError::DeadlineExceeded {
