@@ -230,17 +230,18 @@ fn assemble(
 #[derive(Debug)]
 pub struct StreamRewrite {
     path: &'static [u32],
-    original: Arc<str>,
+    /// The name as the client sent it: a slice of its first message (no copy).
+    original: Bytes,
     strip: usize,
     buf: BytesMut,
 }
 
 impl StreamRewrite {
     /// Rewrites `original` (as sent by the client) by dropping `strip` leading bytes.
-    pub fn new(path: &'static [u32], original: &str, strip: usize) -> Self {
+    pub fn new(path: &'static [u32], original: Bytes, strip: usize) -> Self {
         Self {
             path,
-            original: original.into(),
+            original,
             strip,
             buf: BytesMut::new(),
         }
@@ -257,7 +258,7 @@ impl StreamRewrite {
             let framed = self.buf.split_to(HEADER_LEN + header.len).freeze();
             let message = framed.slice(HEADER_LEN..);
             let same_name = !header.compressed
-                && matches!(frame::read_name(&message, self.path), Ok(Some(n)) if *n == *self.original);
+                && matches!(frame::read_name(&message, self.path), Ok(Some(n)) if n.as_bytes() == &self.original[..]);
             match same_name.then(|| frame::strip_framed(&message, self.path, self.strip, 0)) {
                 Some(Ok(framed)) => out.extend(framed),
                 _ => out.push_back(framed),
@@ -956,7 +957,11 @@ mod tests {
             Bytes::new(),
             inner,
             None,
-            Some(StreamRewrite::new(&[1], "sub1:echo", 5)),
+            Some(StreamRewrite::new(
+                &[1],
+                Bytes::from_static(b"sub1:echo"),
+                5,
+            )),
         );
         let out = body.collect().await.expect("ok").to_bytes();
         let mut expected = framed(&name_msg("echo"));

@@ -394,8 +394,16 @@ impl Shared {
         // Later messages need rewriting only if there can be any (not for a finished unary call).
         let more = !first.rest.is_empty()
             || (first.trailers.is_none() && !http_body::Body::is_end_stream(&body));
-        let rewrite =
-            (route.strip > 0 && more).then(|| StreamRewrite::new(field, name, route.strip));
+        let rewrite = (route.strip > 0 && more).then(|| {
+            // `name` borrows from the first message: a small one is kept as a slice of it (no
+            // allocation); from a large one it is copied, so the stream does not pin the message.
+            let original = if first.message.len() <= 4096 {
+                first.message.slice_ref(name.as_bytes())
+            } else {
+                bytes::Bytes::copy_from_slice(name.as_bytes())
+            };
+            StreamRewrite::new(field, original, route.strip)
+        });
         let mut forward =
             ForwardBody::new(queued, first.rest, body, first.trailers, rewrite).count_bytes(bytes);
         if let Some((_, watch)) = &replay {
@@ -503,8 +511,13 @@ impl Shared {
         };
         Ok(resp.map(|incoming| {
             Body::new(
-                ResponseBody::new(incoming, permit, body_deadline, part.name().into())
-                    .close_on(part.closing()),
+                ResponseBody::new(
+                    incoming,
+                    permit,
+                    body_deadline,
+                    part.metrics().name().clone(),
+                )
+                .close_on(part.closing()),
             )
         }))
     }
