@@ -18,7 +18,8 @@
 //! Experiments: `PARTGATE_BENCH_CASES`, `PARTGATE_BENCH_GATEWAY_WORKERS`,
 //! `PARTGATE_BENCH_GATEWAY_BIN` (another gateway binary), and `PARTGATE_BENCH_CALLGRIND=N`
 //! (instead of the timed run: gateway instructions per operation under callgrind, N operations
-//! per case).
+//! per case), or `PARTGATE_BENCH_SYSCALLS=N` (the gateway's system calls and context switches
+//! per operation, `perf stat` tracepoints over N operations per case).
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
