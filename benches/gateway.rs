@@ -18,7 +18,8 @@
 //! Experiments: `PARTGATE_BENCH_CASES`, `PARTGATE_BENCH_GATEWAY_WORKERS`,
 //! `PARTGATE_BENCH_GATEWAY_BIN` (another gateway binary), and `PARTGATE_BENCH_CALLGRIND=N`
 //! (instead of the timed run: gateway instructions per operation under callgrind, N operations
-//! per case).
+//! per case), or `PARTGATE_BENCH_SYSCALLS=N` (the gateway's system calls and context switches
+//! per operation, `perf stat` tracepoints over N operations per case).
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
@@ -157,9 +158,10 @@ fn main() -> ExitCode {
     let opts = Options::from_env();
     let procs = Procs::default();
     start_watchdog(procs.clone(), opts.hard_limit());
-    let outcome = match callgrind_ops() {
-        Some(ops) => instructions(&opts, &procs, ops),
-        None => orchestrate(&opts, &procs),
+    let outcome = match (callgrind_ops(), syscall_ops()) {
+        (Some(ops), _) => instructions(&opts, &procs, ops, Counter::Callgrind),
+        (None, Some(ops)) => instructions(&opts, &procs, ops, Counter::Syscalls),
+        (None, None) => orchestrate(&opts, &procs),
     };
     procs.kill_all();
     match outcome {
@@ -1088,6 +1090,74 @@ fn callgrind_ops() -> Option<u64> {
         .map(|n| n.min(1_000_000))
 }
 
+/// `PARTGATE_BENCH_SYSCALLS=N`: operations per case for the system-call count mode.
+fn syscall_ops() -> Option<u64> {
+    std::env::var("PARTGATE_BENCH_SYSCALLS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|n| *n > 0)
+        .map(|n| n.min(1_000_000))
+}
+
+/// What [`instructions`] counts around each case's N operations.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Counter {
+    /// User-space instructions: the gateway runs under callgrind.
+    Callgrind,
+    /// System calls and context switches of the (uninstrumented) gateway, with `perf stat`
+    /// tracepoints, which do not slow the traced process the way `strace` does.
+    Syscalls,
+}
+
+/// The system calls counted in syscall mode, then context switches.
+const SYSCALL_EVENTS: [(&str, &str); 7] = [
+    ("writev", "syscalls:sys_enter_writev"),
+    ("write", "syscalls:sys_enter_write"),
+    ("recvfrom", "syscalls:sys_enter_recvfrom"),
+    ("epoll_wait", "syscalls:sys_enter_epoll_wait"),
+    ("futex", "syscalls:sys_enter_futex"),
+    ("all syscalls", "raw_syscalls:sys_enter"),
+    ("switches", "context-switches"),
+];
+
+/// Starts `perf stat` on `pid` with [`SYSCALL_EVENTS`], writing CSV to `out`.
+fn start_perf(pid: u32, out: &std::path::Path) -> Res<Child> {
+    let events: Vec<&str> = SYSCALL_EVENTS.iter().map(|(_, e)| *e).collect();
+    let child = Command::new("perf")
+        .args(["stat", "-x", ",", "-o"])
+        .arg(out)
+        .args(["-e", &events.join(","), "-p", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // perf needs a moment to attach before the counted operations start.
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(child)
+}
+
+/// Stops `perf` (SIGINT, by its pid) and reads its counts in [`SYSCALL_EVENTS`] order.
+fn stop_perf(mut perf: Child, out: &std::path::Path) -> Res<Vec<u64>> {
+    let status = Command::new("kill")
+        .args(["-INT", &perf.id().to_string()])
+        .status()?;
+    if !status.success() {
+        let _ = perf.kill();
+    }
+    perf.wait()?;
+    let text = std::fs::read_to_string(out)?;
+    let _ = std::fs::remove_file(out);
+    SYSCALL_EVENTS
+        .iter()
+        .map(|(_, event)| {
+            text.lines()
+                .find(|l| l.split(',').nth(2) == Some(*event))
+                .and_then(|l| l.split(',').next())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| format!("perf counted no {event} (perf stat output: {text})").into())
+        })
+        .collect()
+}
+
 /// Runs `callgrind_control ARGS PID` and waits for it (bounded by vgdb's own timeouts).
 fn callgrind_control(args: &[&str], pid: u32) -> Res<()> {
     let status = Command::new("callgrind_control")
@@ -1144,22 +1214,34 @@ fn newest_dump_total(base: &std::path::Path) -> Res<u64> {
 /// its counters, and the report is gateway instructions per operation. Unlike CPU time this is
 /// repeatable on a loaded machine (valgrind serialises the gateway's threads, so the figure is
 /// work, not parallelism). Only the via path runs; the part is not instrumented.
-fn instructions(opts: &Options, procs: &Procs, ops: u64) -> Res<bool> {
+fn instructions(opts: &Options, procs: &Procs, ops: u64, counter: Counter) -> Res<bool> {
     let (_, backend_addr) = spawn_backend(procs)?;
     let config = write_config(backend_addr)?;
     let base =
         std::env::temp_dir().join(format!("partgate-bench-{}.callgrind", std::process::id()));
-    let started = spawn_gateway(procs, &config, Arc::new(AtomicU64::new(0)), Some(&base));
+    let perf_out = std::env::temp_dir().join(format!("partgate-bench-{}.perf", std::process::id()));
+    let callgrind = (counter == Counter::Callgrind).then_some(&base);
+    let started = spawn_gateway(procs, &config, Arc::new(AtomicU64::new(0)), callgrind);
     let _ = std::fs::remove_file(&config);
     let (gateway_pid, gateway_addr) = started?;
-    eprintln!("bench: gateway under callgrind, pid {gateway_pid}; {ops} operations per case");
+    eprintln!("bench: gateway pid {gateway_pid}; {ops} operations per case");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let payload = Arc::new("x".repeat(ECHO_BYTES));
-    let mut out = String::from(
-        "\n| case | operations | gateway instructions per operation | errors |\n|---|---|---|---|\n",
-    );
+    let mut out = match counter {
+        Counter::Callgrind => String::from(
+            "\n| case | operations | gateway instructions per operation | errors |\n|---|---|---|---|\n",
+        ),
+        Counter::Syscalls => {
+            let names: Vec<&str> = SYSCALL_EVENTS.iter().map(|(n, _)| *n).collect();
+            format!(
+                "\n| case | operations | {} (gateway, per operation) | errors |\n|---|---|{}---|\n",
+                names.join(" | "),
+                "---|".repeat(names.len())
+            )
+        }
+    };
     let mut errors = 0;
     runtime.block_on(async {
         let via = side(gateway_addr, true).await?;
@@ -1207,10 +1289,26 @@ fn instructions(opts: &Options, procs: &Procs, ops: u64) -> Res<bool> {
                 }
             };
             let warm = run((per_task / 10).max(1)).await;
-            callgrind_control(&["-z"], gateway_pid)?;
+            let perf = match counter {
+                Counter::Callgrind => {
+                    callgrind_control(&["-z"], gateway_pid)?;
+                    None
+                }
+                Counter::Syscalls => Some(start_perf(gateway_pid, &perf_out)?),
+            };
             let total = run(per_task).await;
-            callgrind_control(&["--dump"], gateway_pid)?;
-            let instructions = newest_dump_total(&base)?;
+            let per_op = |n: u64| n as f64 / total.ops.max(1) as f64;
+            let counted = match perf {
+                None => {
+                    callgrind_control(&["--dump"], gateway_pid)?;
+                    thousands(per_op(newest_dump_total(&base)?))
+                }
+                Some(perf) => stop_perf(perf, &perf_out)?
+                    .into_iter()
+                    .map(|n| format!("{:.2}", per_op(n)))
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+            };
             let errs = warm.errors + total.errors;
             errors += errs;
             if let Some(e) = total.first_error.as_ref().or(warm.first_error.as_ref()) {
@@ -1220,7 +1318,7 @@ fn instructions(opts: &Options, procs: &Procs, ops: u64) -> Res<bool> {
                 "| {} | {} | {} | {} |\n",
                 case.label(),
                 total.ops,
-                thousands(instructions as f64 / total.ops.max(1) as f64),
+                counted,
                 errs
             );
             eprint!("bench: {line}");

@@ -230,17 +230,18 @@ fn assemble(
 #[derive(Debug)]
 pub struct StreamRewrite {
     path: &'static [u32],
-    original: Arc<str>,
+    /// The name as the client sent it: a slice of its first message (no copy).
+    original: Bytes,
     strip: usize,
     buf: BytesMut,
 }
 
 impl StreamRewrite {
     /// Rewrites `original` (as sent by the client) by dropping `strip` leading bytes.
-    pub fn new(path: &'static [u32], original: &str, strip: usize) -> Self {
+    pub fn new(path: &'static [u32], original: Bytes, strip: usize) -> Self {
         Self {
             path,
-            original: original.into(),
+            original,
             strip,
             buf: BytesMut::new(),
         }
@@ -257,9 +258,9 @@ impl StreamRewrite {
             let framed = self.buf.split_to(HEADER_LEN + header.len).freeze();
             let message = framed.slice(HEADER_LEN..);
             let same_name = !header.compressed
-                && matches!(frame::read_name(&message, self.path), Ok(Some(n)) if *n == *self.original);
-            match same_name.then(|| frame::strip_name(&message, self.path, self.strip)) {
-                Some(Ok((segments, len))) => out.extend(frame::frame_segments(segments, len)),
+                && matches!(frame::read_name(&message, self.path), Ok(Some(n)) if n.as_bytes() == &self.original[..]);
+            match same_name.then(|| frame::strip_framed(&message, self.path, self.strip, 0)) {
+                Some(Ok(framed)) => out.extend(framed),
                 _ => out.push_back(framed),
             }
         }
@@ -447,8 +448,20 @@ pub struct ResponseBody {
     deadline: Option<Pin<Box<Sleep>>>,
     part: Arc<str>,
     done: bool,
-    closing: Option<WatchStream<bool>>,
+    closing: Closing,
     _permit: OwnedSemaphorePermit,
+}
+
+/// The reload signal a response body watches. Registering a waker with it boxes a future, so
+/// that happens only once the body has to wait for the part: a unary response, which usually
+/// arrives whole, just reads the signal's version (one atomic load).
+enum Closing {
+    /// Not watched.
+    Off,
+    /// Read on every poll, no waker registered yet.
+    Idle(watch::Receiver<bool>),
+    /// Registered: wakes the body when the signal changes.
+    Armed(WatchStream<bool>),
 }
 
 /// Any response body on its way to the client, metered: bytes counted, and the call's end
@@ -475,7 +488,7 @@ impl ResponseBody {
             deadline,
             part,
             done: false,
-            closing: None,
+            closing: Closing::Off,
             _permit: permit,
         }
     }
@@ -483,22 +496,56 @@ impl ResponseBody {
     /// Ends the call with UNAVAILABLE when `closing` turns true (the part was removed or
     /// replaced by a reload and its drain time is over).
     pub fn close_on(mut self, closing: watch::Receiver<bool>) -> Self {
-        self.closing = Some(WatchStream::from_changes(closing));
+        self.closing = Closing::Idle(closing);
         self
     }
 
-    /// Whether the reload signal says the call must end now (registers for the next change).
+    /// Whether the reload signal says the call must end now. Registers for the next change
+    /// only once armed (see [`Closing`]).
     fn closed(&mut self, cx: &mut Context<'_>) -> bool {
-        while let Some(closing) = self.closing.as_mut() {
-            match Pin::new(closing).poll_next(cx) {
-                Poll::Ready(Some(true)) => return true,
-                Poll::Ready(Some(false)) => continue,
-                // The part is gone without closing: nothing will ever signal.
-                Poll::Ready(None) => self.closing = None,
-                Poll::Pending => break,
+        loop {
+            match &mut self.closing {
+                Closing::Off => return false,
+                Closing::Idle(rx) => {
+                    return match rx.has_changed() {
+                        Ok(true) => *rx.borrow_and_update(),
+                        Ok(false) => false,
+                        // The part is gone without closing: nothing will ever signal.
+                        Err(_) => {
+                            self.closing = Closing::Off;
+                            false
+                        }
+                    };
+                }
+                Closing::Armed(stream) => match Pin::new(stream).poll_next(cx) {
+                    Poll::Ready(Some(true)) => return true,
+                    Poll::Ready(Some(false)) => {}
+                    Poll::Ready(None) => self.closing = Closing::Off,
+                    Poll::Pending => return false,
+                },
             }
         }
+    }
+
+    /// The body is about to wait for the part: from now on the reload signal must wake it.
+    /// Returns whether the signal already says to close.
+    fn arm_closing(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Closing::Idle(_) = self.closing
+            && let Closing::Idle(rx) = std::mem::replace(&mut self.closing, Closing::Off)
+        {
+            // Changes seen so far were read by `closed`; the stream yields only later ones.
+            self.closing = Closing::Armed(WatchStream::from_changes(rx));
+            return self.closed(cx);
+        }
         false
+    }
+
+    fn end_closing(&mut self) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let message = format!(
+            "part {} was removed or re-dialed by a configuration reload",
+            self.part
+        );
+        self.end_with(tonic::Code::Unavailable, &message)
     }
 
     fn end_with(
@@ -535,17 +582,21 @@ impl http_body::Body for ResponseBody {
             return this.end_with(tonic::Code::DeadlineExceeded, &message);
         }
         if this.closed(cx) {
-            let message = format!(
-                "part {} was removed or re-dialed by a configuration reload",
-                this.part
-            );
-            return this.end_with(tonic::Code::Unavailable, &message);
+            return this.end_closing();
         }
         let polled = loop {
-            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
                 // Same as requests: never pass on an empty DATA frame (see ForwardBody).
-                Some(Ok(frame)) if frame.data_ref().is_some_and(Bytes::is_empty) => continue,
-                other => break other,
+                Poll::Ready(Some(Ok(frame))) if frame.data_ref().is_some_and(Bytes::is_empty) => {
+                    continue;
+                }
+                Poll::Ready(other) => break other,
+                Poll::Pending => {
+                    if this.arm_closing(cx) {
+                        return this.end_closing();
+                    }
+                    return Poll::Pending;
+                }
             }
         };
         match polled {
@@ -687,7 +738,9 @@ impl http_body::Body for MeteredBody {
                     }
                 } else if let Some(trailers) = frame.trailers_ref() {
                     let code = grpc_status(trailers).unwrap_or(tonic::Code::Unknown);
-                    let message = trailers.get("grpc-message").and_then(|v| v.to_str().ok());
+                    let message = trailers
+                        .get(&crate::metrics::GRPC_MESSAGE)
+                        .and_then(|v| v.to_str().ok());
                     this.finish(code, message);
                 }
             }
@@ -904,7 +957,11 @@ mod tests {
             Bytes::new(),
             inner,
             None,
-            Some(StreamRewrite::new(&[1], "sub1:echo", 5)),
+            Some(StreamRewrite::new(
+                &[1],
+                Bytes::from_static(b"sub1:echo"),
+                5,
+            )),
         );
         let out = body.collect().await.expect("ok").to_bytes();
         let mut expected = framed(&name_msg("echo"));

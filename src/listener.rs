@@ -42,7 +42,9 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 4096;
 #[derive(Clone)]
 pub struct Frontend {
     grpc: CallStack,
-    web: tower_http::cors::Cors<tonic_web::GrpcWebService<CallStack>>,
+    /// Behind an `Arc`: the front door is cloned per request, and only gRPC-Web requests need
+    /// their own copy of the CORS service (its clone copies several header values).
+    web: Arc<tower_http::cors::Cors<tonic_web::GrpcWebService<CallStack>>>,
     admin: Option<Arc<crate::admin::Admin>>,
 }
 
@@ -61,7 +63,7 @@ impl Frontend {
                 header::HeaderName::from_static("viam-smrn"),
             ])
             .max_age(Duration::from_secs(24 * 3600));
-        let web = cors.layer(tonic_web::GrpcWebLayer::new().layer(grpc.clone()));
+        let web = Arc::new(cors.layer(tonic_web::GrpcWebLayer::new().layer(grpc.clone())));
         Self {
             grpc,
             web,
@@ -83,7 +85,8 @@ impl Frontend {
             .map(HeaderValue::as_bytes)
             .unwrap_or_default();
         if content_type.starts_with(b"application/grpc-web") || is_preflight(&req) {
-            return self.web.oneshot(req).await.map(|r| r.map(Body::new));
+            let web = tower_http::cors::Cors::clone(&self.web);
+            return web.oneshot(req).await.map(|r| r.map(Body::new));
         }
         if content_type.starts_with(b"application/grpc") {
             return Ok(self.grpc.serve(req).await);

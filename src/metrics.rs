@@ -942,9 +942,14 @@ fn server_side(code: Code) -> bool {
     )
 }
 
+/// `grpc-status`, pre-parsed: a lookup by a `&str` name parses the name on every call.
+pub const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+/// `grpc-message`, pre-parsed (see [`GRPC_STATUS`]).
+pub const GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
+
 /// Reads `grpc-status` from trailers (or trailers-only headers).
 pub fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?;
+    let value = headers.get(&GRPC_STATUS)?;
     let code = match value.as_bytes() {
         b"0" => 0,
         other => std::str::from_utf8(other).ok()?.parse::<i32>().ok()?,

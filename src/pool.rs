@@ -1027,12 +1027,42 @@ async fn send_on(
     Ok(resp.map(PartBody::new))
 }
 
+/// Chunks taken from a body: the first one inline, so the usual single chunk (a forwarded
+/// call's first message) costs no allocation.
+#[derive(Default)]
+struct Chunks {
+    first: Option<Bytes>,
+    more: Vec<Bytes>,
+}
+
+impl Chunks {
+    fn push(&mut self, chunk: Bytes) {
+        if self.first.is_none() {
+            self.first = Some(chunk);
+        } else {
+            self.more.push(chunk);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.more.len()
+    }
+
+    fn into_iter(self) -> impl Iterator<Item = Bytes> {
+        self.first.into_iter().chain(self.more)
+    }
+}
+
 /// Takes every frame of `body` that is ready without waiting: its data (empty chunks dropped,
 /// see body.rs) and, when it has ended, `Some(trailers)`; `None` while it is still open.
-fn take_ready(body: &mut Body) -> Result<(Vec<Bytes>, Option<Option<HeaderMap>>), tonic::Status> {
+fn take_ready(body: &mut Body) -> Result<(Chunks, Option<Option<HeaderMap>>), tonic::Status> {
     // A no-op waker: a pending body is polled again, with a real waker, by its pump task.
     let mut cx = Context::from_waker(Waker::noop());
-    let mut data = Vec::with_capacity(2);
+    let mut data = Chunks::default();
     loop {
         if body.is_end_stream() {
             return Ok((data, Some(None)));

@@ -57,6 +57,9 @@ const DROPPED_HEADERS: [HeaderName; 7] = [
     HeaderName::from_static("keep-alive"),
 ];
 
+/// `grpc-timeout`, pre-parsed (a `&str` lookup parses the name on every call).
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
 /// The shared call stack, cheap to clone (one per connection).
 #[derive(Clone)]
 pub struct CallStack {
@@ -379,10 +382,9 @@ impl Shared {
             .on_call(path, &mut parts.headers, principal, &part, local)?;
         let permit = part.admit()?;
 
-        let (segments, len) = frame::strip_name(&first.message, field, route.strip)
-            .map_err(|e| GatewayError::MalformedFrame(frame_error_text(e)))?;
         // A large message's tail after the name was never copied; it follows the new head.
-        let mut queued = frame::frame_segments(segments, len + first.tail_len());
+        let mut queued = frame::strip_framed(&first.message, field, route.strip, first.tail_len())
+            .map_err(|e| GatewayError::MalformedFrame(frame_error_text(e)))?;
         queued.extend(first.tail);
         // A call whose whole body is in hand can be replayed if the part rejects our token.
         // A call to a part we hold credentials for may have to be sent again (see
@@ -392,8 +394,16 @@ impl Shared {
         // Later messages need rewriting only if there can be any (not for a finished unary call).
         let more = !first.rest.is_empty()
             || (first.trailers.is_none() && !http_body::Body::is_end_stream(&body));
-        let rewrite =
-            (route.strip > 0 && more).then(|| StreamRewrite::new(field, name, route.strip));
+        let rewrite = (route.strip > 0 && more).then(|| {
+            // `name` borrows from the first message: a small one is kept as a slice of it (no
+            // allocation); from a large one it is copied, so the stream does not pin the message.
+            let original = if first.message.len() <= 4096 {
+                first.message.slice_ref(name.as_bytes())
+            } else {
+                bytes::Bytes::copy_from_slice(name.as_bytes())
+            };
+            StreamRewrite::new(field, original, route.strip)
+        });
         let mut forward =
             ForwardBody::new(queued, first.rest, body, first.trailers, rewrite).count_bytes(bytes);
         if let Some((_, watch)) = &replay {
@@ -428,7 +438,10 @@ impl Shared {
             )
         });
         let resp = self.send(part, req, permit).await?;
-        let rejected = resp.headers().get("grpc-status").is_some_and(|s| s == "16");
+        let rejected = resp
+            .headers()
+            .get(&crate::metrics::GRPC_STATUS)
+            .is_some_and(|s| s == "16");
         if !rejected {
             return Ok(resp);
         }
@@ -464,11 +477,15 @@ impl Shared {
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<http::Response<Body>, GatewayError> {
         let headers = req.headers_mut();
-        for name in &DROPPED_HEADERS {
-            headers.remove(name);
+        // One pass over the few headers a call carries finds the (rarely present) ones to drop;
+        // a `remove` per name would hash each of the seven every call.
+        if headers.keys().any(|name| DROPPED_HEADERS.contains(name)) {
+            for name in &DROPPED_HEADERS {
+                headers.remove(name);
+            }
         }
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        let client_deadline = headers.get("grpc-timeout").and_then(parse_grpc_timeout);
+        let client_deadline = headers.get(&GRPC_TIMEOUT).and_then(parse_grpc_timeout);
         part.target(&mut req);
 
         let expired = || GatewayError::DeadlineExceeded {
@@ -498,8 +515,13 @@ impl Shared {
         };
         Ok(resp.map(|incoming| {
             Body::new(
-                ResponseBody::new(incoming, permit, body_deadline, part.name().into())
-                    .close_on(part.closing()),
+                ResponseBody::new(
+                    incoming,
+                    permit,
+                    body_deadline,
+                    part.metrics().name().clone(),
+                )
+                .close_on(part.closing()),
             )
         }))
     }

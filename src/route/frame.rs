@@ -272,6 +272,82 @@ pub fn frame_segments(segments: Vec<Bytes>, len: usize) -> Vec<Bytes> {
     out
 }
 
+/// [`strip_name`] and [`frame_segments`] in one: the framed, rewritten message ready to send,
+/// its header counting `extra_len` more bytes that the caller sends after it (the uncopied tail
+/// of a large first message). A message of up to [`COALESCE_LIMIT`] bytes, the usual case, is
+/// written into one buffer (one allocation instead of five); a larger one keeps its big pieces
+/// as zero-copy slices.
+pub fn strip_framed(
+    msg: &Bytes,
+    path: &[u32],
+    strip: usize,
+    extra_len: usize,
+) -> Result<Vec<Bytes>, FrameError> {
+    if msg.len() > COALESCE_LIMIT {
+        let (segments, len) = strip_name(msg, path, strip)?;
+        return Ok(frame_segments(segments, len + extra_len));
+    }
+    let len = stripped_len(msg, path, strip)?;
+    let mut out = BytesMut::with_capacity(HEADER_LEN + len);
+    out.extend_from_slice(&FrameHeader::encode(len + extra_len));
+    write_stripped(msg, path, strip, &mut out)?;
+    Ok(vec![out.freeze()])
+}
+
+/// Bytes a varint of `value` takes.
+fn varint_len(value: u64) -> usize {
+    let bits = 64 - (value | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
+}
+
+/// The length of `msg` after [`splice`] (same walk, nothing built).
+fn stripped_len(msg: &[u8], path: &[u32], strip: usize) -> Result<usize, FrameError> {
+    let (Some((&field, rest)), true) = (path.split_first(), strip > 0) else {
+        return Ok(msg.len());
+    };
+    let Some(loc) = locate(msg, field)? else {
+        return Ok(msg.len());
+    };
+    let value = &msg[loc.value_start..loc.value_end];
+    let inner = if rest.is_empty() {
+        value.len() - strip.min(value.len())
+    } else {
+        stripped_len(value, rest, strip)?
+    };
+    let tag = varint_len(u64::from(field) << 3 | 2);
+    Ok(loc.start + tag + varint_len(inner as u64) + inner + (msg.len() - loc.value_end))
+}
+
+/// Appends `msg` after [`splice`] to `out` (copying; for small messages).
+fn write_stripped(
+    msg: &[u8],
+    path: &[u32],
+    strip: usize,
+    out: &mut BytesMut,
+) -> Result<(), FrameError> {
+    let (Some((&field, rest)), true) = (path.split_first(), strip > 0) else {
+        out.extend_from_slice(msg);
+        return Ok(());
+    };
+    let Some(loc) = locate(msg, field)? else {
+        out.extend_from_slice(msg);
+        return Ok(());
+    };
+    let value = &msg[loc.value_start..loc.value_end];
+    out.extend_from_slice(&msg[..loc.start]);
+    put_varint(out, u64::from(field) << 3 | 2);
+    if rest.is_empty() {
+        let kept = &value[strip.min(value.len())..];
+        put_varint(out, kept.len() as u64);
+        out.extend_from_slice(kept);
+    } else {
+        put_varint(out, stripped_len(value, rest, strip)? as u64);
+        write_stripped(value, rest, strip, out)?;
+    }
+    out.extend_from_slice(&msg[loc.value_end..]);
+    Ok(())
+}
+
 fn splice(
     msg: &Bytes,
     path: &[u32],

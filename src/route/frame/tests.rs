@@ -191,3 +191,43 @@ fn framing_coalesces_small_pieces_and_keeps_large_ones_zero_copy() {
     let (segments, len) = strip_name(&small, &[1], 2).expect("ok");
     assert_eq!(frame_segments(segments, len).len(), 1);
 }
+
+#[test]
+fn strip_framed_matches_strip_then_frame() {
+    let mut nested = field(3, b"x");
+    nested.extend(field(1, b"speakers:main:amp"));
+    nested.extend(varint_field(2, 300));
+    let mut outer = varint_field(4, 1);
+    outer.extend(field(1, &nested));
+    outer.extend(field(9, &[1u8; 200]));
+    let long_name = "p".repeat(200) + ":motor";
+    let cases: Vec<(Vec<u8>, &[u32], usize)> = vec![
+        (field(1, b"sub1:motor1"), &[1], 5),
+        (field(1, b"sub1:motor1"), &[1], 0),
+        (field(2, b"no name here"), &[1], 3),
+        (field(1, long_name.as_bytes()), &[1], 201),
+        (outer.clone(), &[1, 1], "speakers:".len()),
+        (outer, &[1, 1], 0),
+        (Vec::new(), &[1], 2),
+    ];
+    for (msg, path, strip) in cases {
+        let bytes = Bytes::from(msg);
+        for extra in [0, 17] {
+            let (segments, len) = strip_name(&bytes, path, strip).expect("ok");
+            let expected = join(&frame_segments(segments, len + extra));
+            let got = strip_framed(&bytes, path, strip, extra).expect("ok");
+            assert_eq!(got.len(), 1, "small messages are one buffer");
+            assert_eq!(join(&got), expected, "path {path:?} strip {strip}");
+        }
+    }
+    let mut big = field(1, b"sub1:motor1");
+    big.extend(field(2, &vec![7u8; 100 * 1024]));
+    let big = Bytes::from(big);
+    let (segments, len) = strip_name(&big, &[1], 5).expect("ok");
+    let expected = join(&frame_segments(segments, len));
+    assert_eq!(join(&strip_framed(&big, &[1], 5, 0).expect("ok")), expected);
+    assert_eq!(
+        strip_framed(&Bytes::from_static(&[0x0a, 0x09, b'a']), &[1], 1, 0),
+        Err(FrameError::Truncated)
+    );
+}
