@@ -520,7 +520,15 @@ fn run() -> Res<bool> {
 
     let payload = Arc::new("x".repeat(ECHO_BYTES));
     let mut rows = Vec::new();
-    for case in Case::ALL {
+    // PARTGATE_BENCH_CASES=echo,stream: only the cases whose label contains one of the words.
+    let filter = std::env::var("PARTGATE_BENCH_CASES").unwrap_or_default();
+    let wanted = |case: &Case| {
+        filter.is_empty()
+            || filter
+                .split(',')
+                .any(|w| !w.is_empty() && case.label().contains(w.trim()))
+    };
+    for case in Case::ALL.into_iter().filter(wanted) {
         let mut totals = [Totals::default(), Totals::default()];
         for round in 0..opts.rounds {
             // Warm both paths, then alternate which side goes first.

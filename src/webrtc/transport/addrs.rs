@@ -10,8 +10,32 @@ use tokio::net::UdpSocket;
 
 use super::{TransportConfig, TransportError};
 
-/// Binds `ip` on the first free port of `range` (inclusive), or on any port.
+/// Kernel send and receive buffer asked for on the endpoint's socket. Linux caps it at
+/// `net.core.{r,w}mem_max` (often 208 KiB-4 MiB); the default (~208 KiB) overflows when an SCTP
+/// burst of a few hundred datagrams arrives faster than the receive task drains it, and every
+/// lost datagram costs a retransmission timeout (at least str0m's 1 s minimum RTO) = a stall.
+pub(super) const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Binds `ip` on the first free port of `range` (inclusive), or on any port, with
+/// [`SOCKET_BUFFER`]-sized kernel buffers (as large as the kernel allows).
 pub(super) async fn bind_socket(ip: IpAddr, range: Option<(u16, u16)>) -> io::Result<UdpSocket> {
+    let socket = bind_port(ip, range).await?;
+    let sock = socket2::SockRef::from(&socket);
+    if let Err(e) = sock.set_recv_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "UDP receive buffer size not set");
+    }
+    if let Err(e) = sock.set_send_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "UDP send buffer size not set");
+    }
+    tracing::debug!(
+        recv = ?sock.recv_buffer_size().ok(),
+        send = ?sock.send_buffer_size().ok(),
+        "UDP socket buffers"
+    );
+    Ok(socket)
+}
+
+async fn bind_port(ip: IpAddr, range: Option<(u16, u16)>) -> io::Result<UdpSocket> {
     let Some((low, high)) = range else {
         return UdpSocket::bind(SocketAddr::new(ip, 0)).await;
     };
