@@ -109,7 +109,7 @@ impl CallStack {
     /// Serves one call: what `Service::call` does, without boxing the future (the front
     /// door's own future is boxed already).
     pub async fn serve(&self, req: http::Request<Body>) -> http::Response<Body> {
-        self.inner.clone().handle(req).await
+        self.inner.handle(req).await
     }
 
     /// The pool behind the stack.
@@ -166,7 +166,7 @@ impl tower::Service<http::Request<Body>> for CallStack {
 }
 
 impl Shared {
-    async fn handle(self: Arc<Self>, req: http::Request<Body>) -> http::Response<Body> {
+    async fn handle(self: &Arc<Self>, req: http::Request<Body>) -> http::Response<Body> {
         let path: Arc<str> = req.uri().path().into();
         let metrics = self.pool.metrics();
         let mut call = Call {
