@@ -18,7 +18,9 @@
 //! `PARTGATE_COMPARE_CASES`, `PARTGATE_COMPARE_PEERS`, `PARTGATE_COMPARE_QUICK=1` or `--quick`,
 //! `PARTGATE_COMPARE_KEEP=1`, and `PARTGATE_COMPARE_{NGINX,HAPROXY,ENVOY}` for the binaries.
 
-#[path = "compare/load.rs"]
+#[path = "compare/fleet.rs"]
+mod fleet;
+#[path = "common/load.rs"]
 mod load;
 #[path = "compare/peers.rs"]
 mod peers;
@@ -33,11 +35,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use partgate::demo::{PartSpec, SimPart};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use load::{Naming, TaskStats, Window};
+use fleet::Naming;
+use load::{Window, join_tasks, percentile_us, spawn_tasks};
 use peers::{Instance, Kind, Upstreams};
 use procs::{ProcMap, Procs};
 
@@ -488,22 +490,6 @@ impl Sample {
     }
 }
 
-fn percentile_us(sorted_ns: &[u64], q: f64) -> f64 {
-    if sorted_ns.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted_ns.len() as f64 - 1.0) * q).round() as usize;
-    sorted_ns[idx.min(sorted_ns.len() - 1)] as f64 / 1000.0
-}
-
-fn spawn_n<F, Fut>(n: usize, mut make: F) -> Vec<JoinHandle<TaskStats>>
-where
-    F: FnMut(usize) -> Fut,
-    Fut: std::future::Future<Output = TaskStats> + Send + 'static,
-{
-    (0..n).map(|i| tokio::spawn(make(i))).collect()
-}
-
 async fn measure(
     case: Case,
     path: &PathUnder,
@@ -522,27 +508,24 @@ async fn measure(
     let mut many: Vec<Channel> = Vec::new();
     if case == Case::Conns {
         rss_before = instance.and_then(procs::tree_rss);
-        match load::connect_many(path.single, MANY_CLIENTS).await {
+        match fleet::connect_many(path.single, MANY_CLIENTS).await {
             Ok(chs) => many = chs,
             Err(e) => return Sample::failed(format!("connecting {MANY_CLIENTS} clients: {e}")),
         }
     }
     let now = Instant::now();
     let start = now + Duration::from_secs_f64(warmup);
-    let w = Window {
-        start,
-        end: start + Duration::from_secs_f64(secs),
-    };
+    let w = Window::new(start, start + Duration::from_secs_f64(secs));
     let ch = |i: usize| path.channels[i % path.channels.len()].clone();
     let single = |r: &str| path.naming.single(r);
     let handles = match case {
-        Case::UnaryC1 => spawn_n(1, |i| load::unary_task(ch(i), single("motor1"), w)),
-        Case::UnaryC64 => spawn_n(64, |i| load::unary_task(ch(i), single("motor1"), w)),
-        Case::Echo1M => spawn_n(4, |i| {
+        Case::UnaryC1 => spawn_tasks(1, |i| load::unary_task(ch(i), single("motor1"), w)),
+        Case::UnaryC64 => spawn_tasks(64, |i| load::unary_task(ch(i), single("motor1"), w)),
+        Case::Echo1M => spawn_tasks(4, |i| {
             load::echo_task(ch(i), single("echo1"), payload.clone(), w)
         }),
-        Case::Watch => spawn_n(16, |i| load::watch_task(ch(i), single("c1"), w)),
-        Case::Chat => spawn_n(64, |i| load::chat_task(ch(i), single("c1"), w)),
+        Case::Watch => spawn_tasks(16, |i| load::watch_task(ch(i), single("c1"), w)),
+        Case::Chat => spawn_tasks(64, |i| load::chat_task(ch(i), single("c1"), w)),
         Case::Conns => {
             let n = many.len();
             let chans = std::mem::take(&mut many);
@@ -552,12 +535,18 @@ async fn measure(
                 .map(|(i, c)| {
                     // Spread the clients evenly over the period.
                     let first = now + MANY_PERIOD.mul_f64(i as f64 / n as f64);
-                    tokio::spawn(load::paced_task(c, single("motor1"), first, MANY_PERIOD, w))
+                    tokio::spawn(fleet::paced_task(
+                        c,
+                        single("motor1"),
+                        first,
+                        MANY_PERIOD,
+                        w,
+                    ))
                 })
                 .collect()
         }
-        Case::Fleet => spawn_n(64, |i| {
-            load::fleet_task(
+        Case::Fleet => spawn_tasks(64, |i| {
+            fleet::fleet_task(
                 path.fleet_channels.clone(),
                 path.kind.is_none(),
                 path.naming.clone(),
@@ -574,20 +563,7 @@ async fn measure(
     // Memory with the load's connections still open (1,000 of them in the Conns case).
     let rss_end = instance.and_then(procs::tree_rss);
 
-    let mut total = TaskStats::default();
-    let join_limit = Instant::now() + JOIN_GRACE;
-    for handle in handles {
-        let abort = handle.abort_handle();
-        match tokio::time::timeout_at(join_limit, handle).await {
-            Ok(Ok(stats)) => total.merge(stats),
-            Ok(Err(e)) => total.error(format!("load task failed: {e}")),
-            Err(_) => {
-                abort.abort();
-                total.error("load task did not stop in time");
-            }
-        }
-    }
-    total.latencies_ns.sort_unstable();
+    let total = join_tasks(handles, JOIN_GRACE).await;
     let seconds = (w.end - w.start).as_secs_f64();
     let busy = after.machine_busy - before.machine_busy;
     let ours = after.ours - before.ours;
@@ -628,7 +604,7 @@ async fn wait_ready(path: &PathUnder) -> Res<()> {
     for (ch, name, part) in checks {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let Err(last) = load::call_once(ch.clone(), &name, part.as_deref()).await else {
+            let Err(last) = fleet::call_once(ch.clone(), &name, part.as_deref()).await else {
                 break;
             };
             if Instant::now() >= deadline {
@@ -703,7 +679,7 @@ fn orchestrate(opts: &Options, procs: &Procs, dir: &std::path::Path) -> Res<bool
             single_pid: None,
             fleet_pid: None,
             naming: Naming { prefixed: false },
-            channels: load::connect_many(ups.single, CONNECTIONS).await?,
+            channels: fleet::connect_many(ups.single, CONNECTIONS).await?,
             fleet_channels: Arc::new(fleet_direct),
             idle_rss: None,
             fleet_idle_rss: None,
@@ -717,8 +693,8 @@ fn orchestrate(opts: &Options, procs: &Procs, dir: &std::path::Path) -> Res<bool
                 naming: Naming {
                     prefixed: *kind == Kind::Partgate,
                 },
-                channels: load::connect_many(single.addr, CONNECTIONS).await?,
-                fleet_channels: Arc::new(load::connect_many(fleet.addr, CONNECTIONS).await?),
+                channels: fleet::connect_many(single.addr, CONNECTIONS).await?,
+                fleet_channels: Arc::new(fleet::connect_many(fleet.addr, CONNECTIONS).await?),
                 idle_rss: None,
                 fleet_idle_rss: None,
             });

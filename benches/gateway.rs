@@ -21,7 +21,9 @@
 //! per case), or `PARTGATE_BENCH_SYSCALLS=N` (the gateway's system calls and context switches
 //! per operation, `perf stat` tracepoints over N operations per case).
 
-use std::future::Future;
+#[path = "common/load.rs"]
+mod load;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,12 +33,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use partgate::demo::{PartSpec, SimPart};
-use partgate::proto::acme::component::counter::v1 as counter;
 use partgate::proto::viam::component::motor::v1 as motor;
-use partgate::proto::viam::component::testecho::v1 as echo;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use load::{
+    CALL_TIMEOUT, ECHO_BYTES, TaskStats, WATCH_COUNT, Window, chat_task, connect, echo_task,
+    join_tasks, percentile_us, spawn_tasks, status_text, unary_task, watch_task,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
@@ -51,16 +55,6 @@ const COUNTER: &str = "c1";
 
 /// Client connections per side (tasks are spread over them round-robin).
 const CONNECTIONS: usize = 4;
-/// Payload of the large unary case.
-const ECHO_BYTES: usize = 1 << 20;
-/// Messages per server-streaming call.
-const WATCH_COUNT: i32 = 100;
-/// Any single call or message wait longer than this is an error (and ends that task).
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Per-task bounds, so that no loop can run away whatever the clock does.
-const MAX_OPS_PER_TASK: u64 = 20_000_000;
-const MAX_SAMPLES_PER_TASK: usize = 1 << 20;
-const MAX_ERRORS_PER_TASK: u64 = 50;
 /// How long after its window a side's tasks may take to finish before they are aborted.
 const JOIN_GRACE: Duration = Duration::from_secs(CALL_TIMEOUT.as_secs() + 10);
 /// Quick-mode failure threshold for unary c=64 (via / direct calls per second).
@@ -551,16 +545,6 @@ impl Side {
     }
 }
 
-async fn connect(addr: SocketAddr) -> Res<Channel> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-        .initial_stream_window_size(2 * 1024 * 1024)
-        .initial_connection_window_size(8 * 1024 * 1024)
-        .connect()
-        .await?)
-}
-
 async fn side(addr: SocketAddr, via: bool) -> Res<Side> {
     let mut channels = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS {
@@ -571,252 +555,6 @@ async fn side(addr: SocketAddr, via: bool) -> Res<Side> {
         channels,
         prefix: if via { "bench:" } else { "" },
     })
-}
-
-/// The measured part of a run: load starts before `start` (warm-up) and stops at `end`; only
-/// completions inside the window count.
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    start: Instant,
-    end: Instant,
-    /// Operations (calls, or Chat messages) per task at most.
-    limit: u64,
-}
-
-impl Window {
-    fn contains(&self, t: Instant) -> bool {
-        t >= self.start && t <= self.end
-    }
-}
-
-#[derive(Debug, Default)]
-struct TaskStats {
-    ops: u64,
-    errors: u64,
-    first_error: Option<String>,
-    latencies_ns: Vec<u64>,
-}
-
-impl TaskStats {
-    fn done(&mut self, w: &Window, started: Option<Instant>, finished: Instant) {
-        if !w.contains(finished) {
-            return;
-        }
-        self.ops += 1;
-        if let Some(started) = started
-            && self.latencies_ns.len() < MAX_SAMPLES_PER_TASK
-        {
-            let ns = finished.saturating_duration_since(started).as_nanos();
-            self.latencies_ns
-                .push(u64::try_from(ns).unwrap_or(u64::MAX));
-        }
-    }
-
-    fn error(&mut self, what: impl Into<String>) {
-        self.errors += 1;
-        if self.first_error.is_none() {
-            self.first_error = Some(what.into());
-        }
-    }
-
-    fn give_up(&self) -> bool {
-        self.errors >= MAX_ERRORS_PER_TASK
-    }
-
-    fn merge(&mut self, other: TaskStats) {
-        self.ops += other.ops;
-        self.errors += other.errors;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
-        self.latencies_ns.extend(other.latencies_ns);
-    }
-}
-
-fn status_text(status: &tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
-}
-
-async fn unary_task(ch: Channel, name: String, w: Window) -> TaskStats {
-    let mut client = motor::motor_service_client::MotorServiceClient::new(ch);
-    let mut st = TaskStats::default();
-    for _ in 0..w.limit {
-        let started = Instant::now();
-        if started >= w.end || st.give_up() {
-            break;
-        }
-        let req = motor::IsPoweredRequest {
-            name: name.clone(),
-            extra: None,
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, client.is_powered(req)).await {
-            Ok(Ok(_)) => st.done(&w, Some(started), Instant::now()),
-            Ok(Err(status)) => st.error(status_text(&status)),
-            Err(_) => st.error("IsPowered timed out"),
-        }
-    }
-    st
-}
-
-async fn echo_task(ch: Channel, name: String, payload: Arc<String>, w: Window) -> TaskStats {
-    let mut client = echo::test_echo_service_client::TestEchoServiceClient::new(ch)
-        .max_decoding_message_size(4 * ECHO_BYTES)
-        .max_encoding_message_size(4 * ECHO_BYTES);
-    let mut st = TaskStats::default();
-    for _ in 0..w.limit {
-        let started = Instant::now();
-        if started >= w.end || st.give_up() {
-            break;
-        }
-        let req = echo::EchoRequest {
-            name: name.clone(),
-            message: String::clone(&payload),
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, client.echo(req)).await {
-            Ok(Ok(resp)) if resp.get_ref().message.len() == payload.len() => {
-                st.done(&w, Some(started), Instant::now());
-            }
-            Ok(Ok(resp)) => st.error(format!(
-                "echo returned {} bytes, sent {}",
-                resp.get_ref().message.len(),
-                payload.len()
-            )),
-            Ok(Err(status)) => st.error(status_text(&status)),
-            Err(_) => st.error("Echo timed out"),
-        }
-    }
-    st
-}
-
-async fn watch_task(ch: Channel, name: String, w: Window) -> TaskStats {
-    let mut client = counter::counter_service_client::CounterServiceClient::new(ch);
-    let mut st = TaskStats::default();
-    for _ in 0..w.limit {
-        if Instant::now() >= w.end || st.give_up() {
-            break;
-        }
-        let req = counter::WatchRequest {
-            name: name.clone(),
-            count: WATCH_COUNT,
-        };
-        let mut stream = match tokio::time::timeout(CALL_TIMEOUT, client.watch(req)).await {
-            Ok(Ok(resp)) => resp.into_inner(),
-            Ok(Err(status)) => {
-                st.error(status_text(&status));
-                continue;
-            }
-            Err(_) => {
-                st.error("Watch timed out");
-                continue;
-            }
-        };
-        let mut received = 0;
-        // At most WATCH_COUNT messages and the end of stream; anything beyond is an error.
-        for _ in 0..=WATCH_COUNT {
-            match tokio::time::timeout(CALL_TIMEOUT, stream.message()).await {
-                Ok(Ok(Some(_))) => {
-                    received += 1;
-                    st.done(&w, None, Instant::now());
-                }
-                Ok(Ok(None)) => break,
-                Ok(Err(status)) => {
-                    st.error(status_text(&status));
-                    break;
-                }
-                Err(_) => {
-                    st.error("Watch message timed out");
-                    break;
-                }
-            }
-        }
-        if received != WATCH_COUNT && st.first_error.is_none() {
-            st.error(format!(
-                "Watch returned {received} of {WATCH_COUNT} messages"
-            ));
-        }
-    }
-    st
-}
-
-async fn chat_task(ch: Channel, name: String, w: Window) -> TaskStats {
-    let mut client = counter::counter_service_client::CounterServiceClient::new(ch);
-    let mut st = TaskStats::default();
-    let message = || counter::ChatRequest {
-        name: name.clone(),
-        text: "ping".into(),
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    // The gateway routes a stream on its first message and tonic waits for response headers
-    // before handing back the stream: queue the first message before making the call.
-    if tx.send(message()).await.is_err() {
-        st.error("request stream closed");
-        return st;
-    }
-    let mut sent_at = Instant::now();
-    let call = client.chat(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let mut inbound = match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(Ok(resp)) => resp.into_inner(),
-        Ok(Err(status)) => {
-            st.error(status_text(&status));
-            return st;
-        }
-        Err(_) => {
-            st.error("Chat did not start");
-            return st;
-        }
-    };
-    for _ in 0..w.limit {
-        match tokio::time::timeout(CALL_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(_))) => st.done(&w, Some(sent_at), Instant::now()),
-            Ok(Ok(None)) => {
-                st.error("Chat ended before the client half-closed");
-                break;
-            }
-            Ok(Err(status)) => {
-                st.error(status_text(&status));
-                break;
-            }
-            Err(_) => {
-                st.error("Chat reply timed out");
-                break;
-            }
-        }
-        sent_at = Instant::now();
-        if sent_at >= w.end || st.ops >= w.limit {
-            break;
-        }
-        if tx.send(message()).await.is_err() {
-            st.error("request stream closed");
-            break;
-        }
-    }
-    // Half-close and let the stream end cleanly (bounded in time and count).
-    drop(tx);
-    let drained = tokio::time::timeout(Duration::from_secs(5), async {
-        for _ in 0..16 {
-            match inbound.message().await {
-                Ok(Some(_)) => {}
-                Ok(None) => return Ok(()),
-                Err(status) => return Err(status_text(&status)),
-            }
-        }
-        Err("Chat kept sending after half-close".to_owned())
-    })
-    .await;
-    match drained {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => st.error(e),
-        Err(_) => st.error("Chat did not end after half-close"),
-    }
-    st
-}
-
-fn spawn_tasks<F, Fut>(n: usize, mut make: F) -> Vec<JoinHandle<TaskStats>>
-where
-    F: FnMut(usize) -> Fut,
-    Fut: Future<Output = TaskStats> + Send + 'static,
-{
-    (0..n).map(|i| tokio::spawn(make(i))).collect()
 }
 
 /// Result of one case on one side in one round.
@@ -867,14 +605,6 @@ impl Sample {
     }
 }
 
-fn percentile_us(sorted: &[u64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 * q) as usize).min(sorted.len() - 1);
-    sorted[idx] as f64 / 1000.0
-}
-
 async fn measure(
     case: Case,
     side: &Side,
@@ -884,11 +614,7 @@ async fn measure(
 ) -> Sample {
     let now = Instant::now();
     let start = now + Duration::from_secs_f64(opts.warmup);
-    let w = Window {
-        start,
-        end: start + Duration::from_secs_f64(opts.secs),
-        limit: MAX_OPS_PER_TASK,
-    };
+    let w = Window::new(start, start + Duration::from_secs_f64(opts.secs));
     let ch = |i: usize| side.channels[i % side.channels.len()].clone();
     let handles = match case {
         Case::UnaryC1 | Case::UnaryC64 => {
@@ -905,20 +631,7 @@ async fn measure(
     tokio::time::sleep_until(w.end).await;
     let after = probe.read();
 
-    let mut total = TaskStats::default();
-    let join_limit = Instant::now() + JOIN_GRACE;
-    for handle in handles {
-        let abort = handle.abort_handle();
-        match tokio::time::timeout_at(join_limit, handle).await {
-            Ok(Ok(stats)) => total.merge(stats),
-            Ok(Err(e)) => total.error(format!("load task failed: {e}")),
-            Err(_) => {
-                abort.abort();
-                total.error("load task did not stop in time");
-            }
-        }
-    }
-    total.latencies_ns.sort_unstable();
+    let total = join_tasks(handles, JOIN_GRACE).await;
     let seconds = (w.end - w.start).as_secs_f64();
     Sample {
         rate: total.ops as f64 / seconds,
@@ -1258,9 +971,8 @@ fn instructions(opts: &Options, procs: &Procs, ops: u64, counter: Counter) -> Re
             let run = |per_task: u64| {
                 let now = Instant::now();
                 let w = Window {
-                    start: now,
-                    end: now + Duration::from_secs(3600),
                     limit: per_task,
+                    ..Window::new(now, now + Duration::from_secs(3600))
                 };
                 let ch = |i: usize| via.channels[i % via.channels.len()].clone();
                 let handles = match case {

@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::load::PART_HEADER;
 use crate::procs::{Procs, lines};
 use crate::{Res, WORKERS};
 
@@ -69,9 +70,6 @@ impl Kind {
 pub fn part_name(i: usize) -> String {
     format!("p{i}")
 }
-
-/// Header the peers route fleet calls by (they cannot read the protobuf body).
-pub const PART_HEADER: &str = "x-part";
 
 /// Where the proxies send calls: the bench part, and the fleet's parts.
 pub struct Upstreams {

@@ -1,5 +1,6 @@
-//! The load: tonic clients, one task per concurrent caller, every call and message checked and
-//! bounded by a timeout; only completions inside the measured window count.
+//! The load both benches generate (`benches/gateway.rs` against partgate, `benches/compare.rs`
+//! against partgate and its peers): tonic clients, one task per concurrent caller, every call and
+//! message checked and bounded by a timeout; only completions inside the measured window count.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -13,8 +14,8 @@ use tokio::time::Instant;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::Res;
-use crate::peers::PART_HEADER;
+/// The header fleet calls carry their part in, for proxies that route by header (the peers).
+pub const PART_HEADER: &str = "x-part";
 
 /// Payload of the large unary case.
 pub const ECHO_BYTES: usize = 1 << 20;
@@ -23,11 +24,14 @@ pub const WATCH_COUNT: i32 = 100;
 /// Any single call or message wait longer than this is an error (and ends that call).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Per-task bounds, so that no loop can run away whatever the clock does.
-const MAX_OPS_PER_TASK: u64 = 20_000_000;
+pub const MAX_OPS_PER_TASK: u64 = 20_000_000;
 const MAX_SAMPLES_PER_TASK: usize = 1 << 20;
 const MAX_ERRORS_PER_TASK: u64 = 50;
 
-pub async fn connect(addr: SocketAddr) -> Res<Channel> {
+/// One h2c channel with the windows the gateway uses towards parts.
+pub async fn connect(
+    addr: SocketAddr,
+) -> Result<Channel, Box<dyn std::error::Error + Send + Sync>> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
@@ -37,60 +41,26 @@ pub async fn connect(addr: SocketAddr) -> Res<Channel> {
         .await?)
 }
 
-/// Connects `n` channels to `addr`, at most 64 handshakes at a time.
-pub async fn connect_many(addr: SocketAddr, n: usize) -> Res<Vec<Channel>> {
-    let gate = Arc::new(tokio::sync::Semaphore::new(64));
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let gate = gate.clone();
-        set.spawn(async move {
-            let _permit = gate.acquire_owned().await;
-            (i, connect(addr).await)
-        });
-    }
-    let mut out: Vec<Option<Channel>> = vec![None; n];
-    while let Some(joined) = set.join_next().await {
-        let (i, ch) = joined?;
-        out[i] = Some(ch?);
-    }
-    Ok(out.into_iter().flatten().collect())
-}
-
-/// How a call names its resource: `bench:motor1` / `p7:motor1` through partgate, plain
-/// `motor1` elsewhere; fleet calls also carry the part in a header for the peers.
-#[derive(Debug, Clone)]
-pub struct Naming {
-    /// partgate: names carry the part prefix.
-    pub prefixed: bool,
-}
-
-impl Naming {
-    pub fn single(&self, resource: &str) -> String {
-        if self.prefixed {
-            format!("bench:{resource}")
-        } else {
-            resource.to_owned()
-        }
-    }
-
-    pub fn fleet(&self, part: &str, resource: &str) -> String {
-        if self.prefixed {
-            format!("{part}:{resource}")
-        } else {
-            resource.to_owned()
-        }
-    }
-}
-
 /// The measured part of a run: load starts before `start` (warm-up) and stops at `end`.
 #[derive(Debug, Clone, Copy)]
 pub struct Window {
     pub start: Instant,
     pub end: Instant,
+    /// Operations (calls, or Chat messages) per task at most: [`MAX_OPS_PER_TASK`], or exactly
+    /// N for the instruction-count modes of the gateway bench.
+    pub limit: u64,
 }
 
 impl Window {
-    fn contains(&self, t: Instant) -> bool {
+    pub fn new(start: Instant, end: Instant) -> Self {
+        Self {
+            start,
+            end,
+            limit: MAX_OPS_PER_TASK,
+        }
+    }
+
+    pub fn contains(&self, t: Instant) -> bool {
         t >= self.start && t <= self.end
     }
 }
@@ -104,7 +74,7 @@ pub struct TaskStats {
 }
 
 impl TaskStats {
-    fn done(&mut self, w: &Window, started: Option<Instant>, finished: Instant) {
+    pub fn done(&mut self, w: &Window, started: Option<Instant>, finished: Instant) {
         if !w.contains(finished) {
             return;
         }
@@ -129,7 +99,7 @@ impl TaskStats {
         }
     }
 
-    fn give_up(&self) -> bool {
+    pub fn give_up(&self) -> bool {
         self.errors >= MAX_ERRORS_PER_TASK
     }
 
@@ -143,11 +113,11 @@ impl TaskStats {
     }
 }
 
-fn status_text(status: &tonic::Status) -> String {
+pub fn status_text(status: &tonic::Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
 }
 
-fn is_powered(name: &str, part: Option<&str>) -> tonic::Request<motor::IsPoweredRequest> {
+pub fn is_powered(name: &str, part: Option<&str>) -> tonic::Request<motor::IsPoweredRequest> {
     let mut req = tonic::Request::new(motor::IsPoweredRequest {
         name: name.to_owned(),
         extra: None,
@@ -160,104 +130,15 @@ fn is_powered(name: &str, part: Option<&str>) -> tonic::Request<motor::IsPowered
     req
 }
 
-/// One IsPowered call, checked.
-pub async fn call_once(ch: Channel, name: &str, part: Option<&str>) -> Result<(), String> {
-    let mut client = motor::motor_service_client::MotorServiceClient::new(ch);
-    match tokio::time::timeout(CALL_TIMEOUT, client.is_powered(is_powered(name, part))).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(status)) => Err(status_text(&status)),
-        Err(_) => Err("IsPowered timed out".into()),
-    }
-}
-
 /// Back-to-back IsPowered calls on one channel.
 pub async fn unary_task(ch: Channel, name: String, w: Window) -> TaskStats {
     let mut client = motor::motor_service_client::MotorServiceClient::new(ch);
     let mut st = TaskStats::default();
-    for _ in 0..MAX_OPS_PER_TASK {
+    for _ in 0..w.limit {
         let started = Instant::now();
         if started >= w.end || st.give_up() {
             break;
         }
-        match tokio::time::timeout(CALL_TIMEOUT, client.is_powered(is_powered(&name, None))).await {
-            Ok(Ok(_)) => st.done(&w, Some(started), Instant::now()),
-            Ok(Err(status)) => st.error(status_text(&status)),
-            Err(_) => st.error("IsPowered timed out"),
-        }
-    }
-    st
-}
-
-/// Back-to-back IsPowered calls to the fleet's parts in turn (starting at part `first`), with the
-/// part also in the `x-part` header. `channels` has one channel per part (direct) or a few to
-/// one proxy (used in turn by task index).
-pub async fn fleet_task(
-    channels: Arc<Vec<Channel>>,
-    per_part: bool,
-    naming: Naming,
-    task: usize,
-    parts: usize,
-    w: Window,
-) -> TaskStats {
-    let mut st = TaskStats::default();
-    let names: Vec<(String, String)> = (0..parts)
-        .map(|i| {
-            let part = crate::peers::part_name(i);
-            (naming.fleet(&part, "motor1"), part)
-        })
-        .collect();
-    let Some(first) = channels.first() else {
-        st.error("no channel");
-        return st;
-    };
-    let mut shared = motor::motor_service_client::MotorServiceClient::new(
-        channels.get(task % channels.len()).unwrap_or(first).clone(),
-    );
-    for k in 0..MAX_OPS_PER_TASK {
-        let started = Instant::now();
-        if started >= w.end || st.give_up() || parts == 0 {
-            break;
-        }
-        let i = (task + k as usize * 7) % parts;
-        let (name, part) = &names[i];
-        let req = is_powered(name, Some(part));
-        let call = async {
-            if per_part {
-                let ch = channels.get(i).unwrap_or(first).clone();
-                motor::motor_service_client::MotorServiceClient::new(ch)
-                    .is_powered(req)
-                    .await
-            } else {
-                shared.is_powered(req).await
-            }
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(Ok(_)) => st.done(&w, Some(started), Instant::now()),
-            Ok(Err(status)) => st.error(format!("{part}: {}", status_text(&status))),
-            Err(_) => st.error("IsPowered timed out"),
-        }
-    }
-    st
-}
-
-/// One client of many: an IsPowered call every `period`, the first at `first`.
-pub async fn paced_task(
-    ch: Channel,
-    name: String,
-    first: Instant,
-    period: Duration,
-    w: Window,
-) -> TaskStats {
-    let mut client = motor::motor_service_client::MotorServiceClient::new(ch);
-    let mut st = TaskStats::default();
-    let mut tick = tokio::time::interval_at(first, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    for _ in 0..MAX_OPS_PER_TASK {
-        let at = tick.tick().await;
-        if at >= w.end || st.give_up() {
-            break;
-        }
-        let started = Instant::now();
         match tokio::time::timeout(CALL_TIMEOUT, client.is_powered(is_powered(&name, None))).await {
             Ok(Ok(_)) => st.done(&w, Some(started), Instant::now()),
             Ok(Err(status)) => st.error(status_text(&status)),
@@ -273,7 +154,7 @@ pub async fn echo_task(ch: Channel, name: String, payload: Arc<String>, w: Windo
         .max_decoding_message_size(4 * ECHO_BYTES)
         .max_encoding_message_size(4 * ECHO_BYTES);
     let mut st = TaskStats::default();
-    for _ in 0..MAX_OPS_PER_TASK {
+    for _ in 0..w.limit {
         let started = Instant::now();
         if started >= w.end || st.give_up() {
             break;
@@ -302,7 +183,7 @@ pub async fn echo_task(ch: Channel, name: String, payload: Arc<String>, w: Windo
 pub async fn watch_task(ch: Channel, name: String, w: Window) -> TaskStats {
     let mut client = counter::counter_service_client::CounterServiceClient::new(ch);
     let mut st = TaskStats::default();
-    for _ in 0..MAX_OPS_PER_TASK {
+    for _ in 0..w.limit {
         let started = Instant::now();
         if started >= w.end || st.give_up() {
             break;
@@ -390,7 +271,7 @@ pub async fn chat_task(ch: Channel, name: String, w: Window) -> TaskStats {
             return st;
         }
     };
-    for _ in 0..MAX_OPS_PER_TASK {
+    for _ in 0..w.limit {
         match tokio::time::timeout(CALL_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(_))) => st.done(&w, Some(sent_at), Instant::now()),
             Ok(Ok(None)) => {
@@ -407,7 +288,7 @@ pub async fn chat_task(ch: Channel, name: String, w: Window) -> TaskStats {
             }
         }
         sent_at = Instant::now();
-        if sent_at >= w.end {
+        if sent_at >= w.end || st.ops >= w.limit {
             break;
         }
         if tx.send(message()).await.is_err() {
@@ -434,4 +315,44 @@ pub async fn chat_task(ch: Channel, name: String, w: Window) -> TaskStats {
         Err(_) => st.error("Chat did not end after half-close"),
     }
     st
+}
+/// Spawns `n` load tasks, `make(i)` for task `i`.
+pub fn spawn_tasks<F, Fut>(n: usize, mut make: F) -> Vec<tokio::task::JoinHandle<TaskStats>>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = TaskStats> + Send + 'static,
+{
+    (0..n).map(|i| tokio::spawn(make(i))).collect()
+}
+
+/// Joins the load tasks, each by `grace` at the latest (then aborted and counted as an error),
+/// and merges their stats with the latencies sorted.
+pub async fn join_tasks(
+    handles: Vec<tokio::task::JoinHandle<TaskStats>>,
+    grace: Duration,
+) -> TaskStats {
+    let mut total = TaskStats::default();
+    let join_limit = Instant::now() + grace;
+    for handle in handles {
+        let abort = handle.abort_handle();
+        match tokio::time::timeout_at(join_limit, handle).await {
+            Ok(Ok(stats)) => total.merge(stats),
+            Ok(Err(e)) => total.error(format!("load task failed: {e}")),
+            Err(_) => {
+                abort.abort();
+                total.error("load task did not stop in time");
+            }
+        }
+    }
+    total.latencies_ns.sort_unstable();
+    total
+}
+
+/// The `q` quantile of sorted nanosecond latencies, in microseconds (NaN when empty).
+pub fn percentile_us(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[idx.min(sorted.len() - 1)] as f64 / 1000.0
 }
