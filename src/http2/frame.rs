@@ -861,7 +861,7 @@ impl WriteQueue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const MAX_BLOCK: usize = 64 * 1024;

@@ -7,3 +7,5 @@
 //! in). The connection engine on top owns streams and flow control.
 
 pub mod frame;
+pub mod hpack;
+mod huffman;
