@@ -21,6 +21,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -166,6 +167,9 @@ pub(crate) struct Stream {
     /// END_STREAM received.
     pub(crate) recv_end: bool,
     pub(crate) recv_waker: Option<Waker>,
+    /// Nobody reads the response any more (its handle was dropped while the request body
+    /// still streams): data is discarded as it arrives.
+    pub(crate) recv_dropped: bool,
 }
 
 impl Stream {
@@ -188,6 +192,7 @@ impl Stream {
             trailers: None,
             recv_end: false,
             recv_waker: None,
+            recv_dropped: false,
         }
     }
 
@@ -221,7 +226,7 @@ pub(crate) struct State {
     /// Occupied slots of `streams`.
     live: usize,
     /// Open streams by id (closed ones are removed at once).
-    pub(crate) ids: HashMap<u32, usize>,
+    pub(crate) ids: IdMap,
     /// Client role: the next stream id we open (odd).
     pub(crate) next_id: u32,
     pub(crate) write: WriteQueue,
@@ -267,13 +272,73 @@ pub(crate) struct State {
 /// A waker to wake once the lock is released.
 pub(crate) type Wake = Option<Waker>;
 
+/// Wakers collected under the lock and woken after it: the first inline (usually the only one,
+/// so collecting it allocates nothing).
+#[derive(Default)]
+pub(crate) struct Wakers {
+    first: Option<Waker>,
+    rest: Vec<Waker>,
+}
+
+impl Wakers {
+    pub(crate) fn push(&mut self, waker: Waker) {
+        if self.first.is_none() {
+            self.first = Some(waker);
+        } else {
+            self.rest.push(waker);
+        }
+    }
+
+    /// Wakes and forgets them all (keeps the allocation for reuse).
+    pub(crate) fn wake_all(&mut self) {
+        if let Some(w) = self.first.take() {
+            w.wake();
+        }
+        for w in self.rest.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+impl Extend<Waker> for Wakers {
+    fn extend<T: IntoIterator<Item = Waker>>(&mut self, iter: T) {
+        for w in iter {
+            self.push(w);
+        }
+    }
+}
+
+/// Hashes stream ids for the id map: a multiply and a fold (ids are small, sequential, odd;
+/// SipHash would cost more than the rest of a frame's lookup).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u32(u32::from(b) ^ (self.0 as u32).rotate_left(8));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        let h = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 32);
+    }
+}
+
+type IdMap = HashMap<u32, usize, BuildHasherDefault<IdHasher>>;
+
 impl State {
     fn new(config: Config) -> Self {
         Self {
             streams: Vec::new(),
             free: Vec::new(),
             live: 0,
-            ids: HashMap::new(),
+            ids: IdMap::default(),
             next_id: 1,
             write: WriteQueue::new(),
             encoder: hpack::Encoder::new(),
@@ -369,7 +434,7 @@ impl State {
     }
 
     /// A waiter gave up (its future was dropped, or the connection refuses).
-    pub(crate) fn cancel_waiter(&mut self, id: u64, wakers: &mut Vec<Waker>) {
+    pub(crate) fn cancel_waiter(&mut self, id: u64, wakers: &mut Wakers) {
         if self.claim_grant(id) {
             self.release_slot(wakers);
         } else if let Some(i) = self.waiters.iter().position(|(w, _)| *w == id) {
@@ -378,12 +443,12 @@ impl State {
     }
 
     /// Gives a slot back and hands free slots to waiters, in order.
-    pub(crate) fn release_slot(&mut self, wakers: &mut Vec<Waker>) {
+    pub(crate) fn release_slot(&mut self, wakers: &mut Wakers) {
         self.active = self.active.saturating_sub(1);
         self.grant(wakers);
     }
 
-    fn grant(&mut self, wakers: &mut Vec<Waker>) {
+    fn grant(&mut self, wakers: &mut Wakers) {
         if !self.settings_received {
             return;
         }
@@ -518,7 +583,7 @@ impl State {
     }
 
     /// Serves streams waiting for the connection window, one frame each in turn.
-    fn serve_conn_blocked(&mut self, wakers: &mut Vec<Waker>) {
+    fn serve_conn_blocked(&mut self, wakers: &mut Wakers) {
         while self.conn_send_window > 0 {
             let Some(idx) = self.conn_blocked.pop_front() else {
                 return;
@@ -535,7 +600,7 @@ impl State {
 
     /// After sending on a stream: wakes a sender waiting for room, and closes the stream when
     /// both halves are done.
-    pub(crate) fn after_send(&mut self, idx: usize, wakers: &mut Vec<Waker>) {
+    pub(crate) fn after_send(&mut self, idx: usize, wakers: &mut Wakers) {
         let Some(s) = self.stream(idx) else {
             return;
         };
@@ -586,7 +651,7 @@ impl State {
 
     /// The stream is closed at the protocol level: out of the id map and the concurrency count;
     /// freed now if no handle refers to it.
-    pub(crate) fn close_stream(&mut self, idx: usize, wakers: &mut Vec<Waker>) {
+    pub(crate) fn close_stream(&mut self, idx: usize, wakers: &mut Wakers) {
         let Some(s) = self.streams.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
@@ -611,7 +676,7 @@ impl State {
         idx: usize,
         error: Error,
         send_rst: Option<Reason>,
-        wakers: &mut Vec<Waker>,
+        wakers: &mut Wakers,
     ) {
         let Some(s) = self.streams.get_mut(idx).and_then(Option::as_mut) else {
             return;
@@ -626,6 +691,35 @@ impl State {
             frame::put_rst_stream(self.write.scratch(), s.id, reason);
         }
         self.close_stream(idx, wakers);
+    }
+
+    /// A handle let go of a stream before its end. The last one to go resets a stream still
+    /// open (CANCEL: the peer sees the call cancelled); an earlier one leaves it to the other
+    /// half (a dropped response while the request body still streams discards the response's
+    /// data as it comes). Returns whether a frame was queued.
+    pub(crate) fn abandon(&mut self, idx: usize, recv: bool, wakers: &mut Wakers) -> bool {
+        let Some(s) = self.stream(idx) else {
+            return false;
+        };
+        let mut wrote = false;
+        if !s.closed {
+            if s.refs <= 1 {
+                self.reset_stream(
+                    idx,
+                    Error::Local(Reason::CANCEL, "call dropped"),
+                    Some(Reason::CANCEL),
+                    wakers,
+                );
+                wrote = true;
+            } else if recv && !s.recv_dropped {
+                s.recv_dropped = true;
+                let unread: usize = s.recv_q.drain(..).map(|b| b.len()).sum();
+                s.trailers = None;
+                wrote = self.release_conn(u32::try_from(unread).unwrap_or(u32::MAX));
+            }
+        }
+        self.drop_ref(idx);
+        wrote
     }
 
     /// A handle let go of a stream: frees it once closed and unreferenced.
@@ -653,7 +747,7 @@ impl State {
     }
 
     /// The connection ended: every stream and waiter fails with `error`.
-    fn fail_all(&mut self, error: &Error, wakers: &mut Vec<Waker>) {
+    fn fail_all(&mut self, error: &Error, wakers: &mut Wakers) {
         if self.closed.is_none() {
             self.closed = Some(error.clone());
         }
@@ -710,7 +804,7 @@ pub struct Connection<I> {
     out: WriteQueue,
     /// Written bytes not yet flushed.
     unflushed: bool,
-    wakers: Vec<Waker>,
+    wakers: Wakers,
     keepalive: Option<Keepalive>,
     /// Set once the connection failed or finished: write what is queued (GOAWAY), then end.
     ending: Option<Result<(), Error>>,
@@ -774,7 +868,7 @@ where
         decoder: hpack::Decoder::new(4096),
         out: WriteQueue::new(),
         unflushed: false,
-        wakers: Vec::new(),
+        wakers: Wakers::default(),
         keepalive,
         ending: None,
     };
@@ -898,9 +992,7 @@ where
                 ka.sleep.as_mut().reset(next);
                 let _ = ka.sleep.as_mut().poll(cx);
             }
-            for w in this.wakers.drain(..) {
-                w.wake();
-            }
+            this.wakers.wake_all();
             if let Some(result) = done {
                 if let Err(e) = &result {
                     debug!(error = %e, "HTTP/2 connection ended");
@@ -948,9 +1040,7 @@ where
             st.fail_all(&error, &mut self.wakers);
         }
         self.shared.accepting.store(false, Ordering::Release);
-        for w in self.wakers.drain(..) {
-            w.wake();
-        }
+        self.wakers.wake_all();
         self.ending = Some(Err(error));
     }
 
@@ -975,16 +1065,14 @@ where
 impl<I> Drop for Connection<I> {
     fn drop(&mut self) {
         self.shared.accepting.store(false, Ordering::Release);
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::default();
         {
             let mut st = self.shared.lock();
             if st.closed.is_none() {
                 st.fail_all(&Error::Closed, &mut wakers);
             }
         }
-        for w in wakers {
-            w.wake();
-        }
+        wakers.wake_all();
     }
 }
 
@@ -994,7 +1082,7 @@ fn handle_frames(
     st: &mut State,
     reader: &mut FrameReader,
     decoder: &mut hpack::Decoder,
-    wakers: &mut Vec<Waker>,
+    wakers: &mut Wakers,
     pong: &mut bool,
 ) -> Result<(), ConnError> {
     if st.closed.is_some() {
@@ -1076,7 +1164,7 @@ fn on_data(
     data: Bytes,
     end_stream: bool,
     flow_len: u32,
-    wakers: &mut Vec<Waker>,
+    wakers: &mut Wakers,
 ) -> Result<(), ConnError> {
     st.conn_recv_window -= i64::from(flow_len);
     if st.conn_recv_window < 0 {
@@ -1105,6 +1193,17 @@ fn on_data(
     if let Some((reason, detail)) = problem {
         st.release_conn(flow_len);
         st.reset_stream(idx, Error::Local(reason, detail), Some(reason), wakers);
+        return Ok(());
+    }
+    if s.recv_dropped {
+        // Nobody will read it: free at once, connection-wide.
+        if end_stream {
+            s.recv_end = true;
+        }
+        st.release_conn(flow_len);
+        if end_stream {
+            st.after_send(idx, wakers);
+        }
         return Ok(());
     }
     let padding = flow_len.saturating_sub(u32::try_from(data.len()).unwrap_or(u32::MAX));
@@ -1210,7 +1309,7 @@ fn on_headers(
     stream: u32,
     block: &Bytes,
     end_stream: bool,
-    wakers: &mut Vec<Waker>,
+    wakers: &mut Wakers,
 ) -> Result<(), ConnError> {
     let max_list = st.config.max_header_list_size as usize;
     let Some(&idx) = st.ids.get(&stream) else {
@@ -1293,7 +1392,7 @@ fn compression_error() -> ConnError {
 fn on_settings(
     st: &mut State,
     params: &[(u16, u32)],
-    wakers: &mut Vec<Waker>,
+    wakers: &mut Wakers,
 ) -> Result<(), ConnError> {
     for &(id, value) in params {
         match id {
@@ -1334,13 +1433,7 @@ fn on_settings(
     Ok(())
 }
 
-fn on_goaway(
-    st: &mut State,
-    last_stream: u32,
-    reason: Reason,
-    data: &[u8],
-    wakers: &mut Vec<Waker>,
-) {
+fn on_goaway(st: &mut State, last_stream: u32, reason: Reason, data: &[u8], wakers: &mut Wakers) {
     debug!(
         last_stream,
         %reason,
@@ -1372,7 +1465,7 @@ fn on_window_update(
     st: &mut State,
     stream: u32,
     increment: u32,
-    wakers: &mut Vec<Waker>,
+    wakers: &mut Wakers,
 ) -> Result<(), ConnError> {
     if stream == 0 {
         st.conn_send_window += i64::from(increment);
