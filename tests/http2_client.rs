@@ -607,7 +607,7 @@ async fn goaway_below_an_open_stream_refuses_it_and_finishes_the_other() {
         .send_request(&head, [Bytes::from_static(b"b")], End::Done)
         .await
         .unwrap();
-    let err = b.await.err().expect("b refused");
+    let err = b.await.expect_err("b refused");
     assert!(err.is_refused(), "{err}");
     let (data, trailers) = collect(a.await.unwrap().into_body()).await;
     assert_eq!(data, b"ok");
@@ -645,8 +645,7 @@ async fn unanswered_pings_close_the_connection_and_fail_streams() {
     let err = tokio::time::timeout(Duration::from_secs(5), resp)
         .await
         .expect("keepalive gave up in time")
-        .err()
-        .expect("failed");
+        .expect_err("failed");
     assert!(matches!(err, Error::KeepaliveTimeout), "{err}");
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(!send.is_accepting());
@@ -673,8 +672,7 @@ async fn connection_loss_fails_open_streams() {
     let err = tokio::time::timeout(Duration::from_secs(5), resp)
         .await
         .unwrap()
-        .err()
-        .expect("failed");
+        .expect_err("failed");
     assert!(!err.is_refused(), "{err}");
     let refused = send
         .send_request(
@@ -723,7 +721,7 @@ async fn bad_response_headers_reset_only_their_stream() {
             .send_request(&head, [Bytes::from_static(b"x")], End::Done)
             .await
             .unwrap();
-        let err = resp.await.err().expect("stream error");
+        let err = resp.await.expect_err("stream error");
         assert_eq!(err.reason(), Some(Reason::PROTOCOL_ERROR), "{err}");
     }
     let (resp, _) = send

@@ -1149,7 +1149,7 @@ fn handle_frames(
 /// Client role: a frame on a stream we never opened (or a server-initiated id) is a
 /// connection error; on one we closed it is ignored.
 fn check_not_idle(st: &State, stream: u32) -> Result<(), ConnError> {
-    if stream % 2 == 0 || stream >= st.next_id {
+    if stream.is_multiple_of(2) || stream >= st.next_id {
         return Err(ConnError {
             reason: Reason::PROTOCOL_ERROR,
             detail: "frame on an idle stream",
