@@ -9,7 +9,6 @@
 //! wake of the connection task; one lock per response poll (a unary response that arrived whole
 //! is taken in one go, data and trailers included, and the stream let go of at once).
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::conn::{self, SendEnd, Shared, State, Wakers, is_connection_specific};
+use super::conn::{self, Chunks, SendEnd, Shared, State, Wakers, is_connection_specific};
 pub use super::conn::{Config, Connection, Error};
 use super::frame::{self, Reason};
 
@@ -336,7 +335,7 @@ impl Future for ResponseFuture {
                     // go of the stream now, so the body needs no lock any more.
                     let data = std::mem::take(&mut s.recv_q);
                     let trailers = s.trailers.take();
-                    let len: usize = data.iter().map(Bytes::len).sum();
+                    let len = data.len();
                     if st.release(idx, len) {
                         wake = st.wake_task();
                     }
@@ -352,7 +351,7 @@ impl Future for ResponseFuture {
                 } else {
                     RecvBody {
                         stream: None,
-                        data: VecDeque::new(),
+                        data: Chunks::default(),
                         trailers: None,
                         ended: false,
                         done: false,
@@ -398,7 +397,7 @@ impl Future for ResponseFuture {
 pub struct RecvBody {
     stream: Option<RecvRef>,
     /// Data already taken off the stream.
-    data: VecDeque<Bytes>,
+    data: Chunks,
     trailers: Option<HeaderMap>,
     /// The stream has nothing more: what is left is in `data` and `trailers`.
     ended: bool,
@@ -419,7 +418,7 @@ impl RecvBody {
     pub fn empty() -> Self {
         Self {
             stream: None,
-            data: VecDeque::new(),
+            data: Chunks::default(),
             trailers: None,
             ended: true,
             done: true,

@@ -124,6 +124,51 @@ const PING_PAYLOAD: [u8; 8] = *b"partgate";
 /// Socket reads per connection-task poll before the task yields (fairness with other tasks).
 const READS_PER_POLL: usize = 8;
 
+/// A queue of chunks, the first one inline: a stream usually holds one chunk at a time, and
+/// then the queue allocates nothing.
+#[derive(Debug, Default)]
+pub(crate) struct Chunks {
+    /// Empty only when `rest` is empty too.
+    first: Option<Bytes>,
+    rest: VecDeque<Bytes>,
+}
+
+impl Chunks {
+    pub(crate) fn push_back(&mut self, chunk: Bytes) {
+        if self.first.is_none() {
+            self.first = Some(chunk);
+        } else {
+            self.rest.push_back(chunk);
+        }
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<Bytes> {
+        let first = self.first.take();
+        if first.is_some() {
+            self.first = self.rest.pop_front();
+        }
+        first
+    }
+
+    pub(crate) fn front_mut(&mut self) -> Option<&mut Bytes> {
+        self.first.as_mut()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.first = None;
+        self.rest.clear();
+    }
+
+    /// Total bytes queued.
+    pub(crate) fn len(&self) -> usize {
+        self.first.as_ref().map_or(0, Bytes::len) + self.rest.iter().map(Bytes::len).sum::<usize>()
+    }
+}
+
 /// How the sending half of a stream ends once its buffered data is out.
 #[derive(Debug)]
 pub(crate) enum SendEnd {
@@ -148,7 +193,7 @@ pub(crate) struct Stream {
 
     // Send half.
     pub(crate) send_window: i64,
-    pub(crate) send_buf: VecDeque<Bytes>,
+    pub(crate) send_buf: Chunks,
     pub(crate) send_end: SendEnd,
     /// In `State::conn_blocked` (waiting for the connection window).
     pub(crate) conn_queued: bool,
@@ -159,7 +204,7 @@ pub(crate) struct Stream {
     pub(crate) recv_window: i64,
     /// Consumed bytes not yet returned to the peer in a WINDOW_UPDATE.
     pub(crate) unreleased: u32,
-    pub(crate) recv_q: VecDeque<Bytes>,
+    pub(crate) recv_q: Chunks,
     /// The response head (client role), until the response future takes it.
     pub(crate) head: Option<http::Response<()>>,
     pub(crate) head_received: bool,
@@ -180,13 +225,13 @@ impl Stream {
             closed: false,
             error: None,
             send_window,
-            send_buf: VecDeque::new(),
+            send_buf: Chunks::default(),
             send_end: SendEnd::Open,
             conn_queued: false,
             send_waker: None,
             recv_window,
             unreleased: 0,
-            recv_q: VecDeque::new(),
+            recv_q: Chunks::default(),
             head: None,
             head_received: false,
             trailers: None,
@@ -713,7 +758,7 @@ impl State {
                 wrote = true;
             } else if recv && !s.recv_dropped {
                 s.recv_dropped = true;
-                let unread: usize = s.recv_q.drain(..).map(|b| b.len()).sum();
+                let unread = std::mem::take(&mut s.recv_q).len();
                 s.trailers = None;
                 wrote = self.release_conn(u32::try_from(unread).unwrap_or(u32::MAX));
             }
@@ -734,16 +779,21 @@ impl State {
     }
 
     fn free_stream(&mut self, idx: usize) {
-        if let Some(s) = self.streams.get_mut(idx).and_then(Option::take) {
-            // Data nobody will read still occupied the connection window.
-            let unread: usize = s.recv_q.iter().map(Bytes::len).sum();
-            let unread = u32::try_from(unread).unwrap_or(u32::MAX);
-            if unread > 0 {
-                self.release_conn(unread);
-            }
-            self.live -= 1;
-            self.free.push(idx);
+        let Some(slot) = self.streams.get_mut(idx) else {
+            return;
+        };
+        let Some(s) = slot.as_ref() else {
+            return;
+        };
+        // Data nobody will read still occupied the connection window.
+        let unread = u32::try_from(s.recv_q.len()).unwrap_or(u32::MAX);
+        // Dropped in place (a stream is a few hundred bytes: no move).
+        *slot = None;
+        if unread > 0 {
+            self.release_conn(unread);
         }
+        self.live -= 1;
+        self.free.push(idx);
     }
 
     /// The connection ended: every stream and waiter fails with `error`.
