@@ -644,8 +644,8 @@ fn head(len: usize, kind: u8, flags: u8, stream: u32) -> [u8; HEAD_LEN] {
     [l0, l1, l2, kind, flags, s0, s1, s2, s3]
 }
 
-/// Frame writers: each appends one frame (header + payload) to `dst`.
-///
+// Frame writers: each appends one whole frame (header + payload) to `dst`, reserving once.
+
 /// Appends a frame header; the caller appends `len` bytes of payload after it.
 pub fn put_head(dst: &mut BytesMut, len: usize, kind: u8, flags: u8, stream: u32) {
     debug_assert!(len <= MAX_FRAME_SIZE_LIMIT as usize);
