@@ -26,6 +26,9 @@ use crate::route::frame::{self, FrameHeader, HEADER_LEN};
 
 type Body = tonic::body::Body;
 
+/// How a part's stream can fail (a reset, a lost connection); never carries header values.
+type PartError = crate::http2::client::Error;
+
 /// The first message of a call, and whatever the client sent after it in the same reads.
 #[derive(Debug)]
 pub struct FirstMessage {
@@ -540,7 +543,7 @@ impl ResponseBody {
         false
     }
 
-    fn end_closing(&mut self) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+    fn end_closing(&mut self) -> Poll<Option<Result<Frame<Bytes>, PartError>>> {
         let message = format!(
             "part {} was removed or re-dialed by a configuration reload",
             self.part
@@ -552,7 +555,7 @@ impl ResponseBody {
         &mut self,
         code: tonic::Code,
         message: &str,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, PartError>>> {
         self.done = true;
         let mut trailers = HeaderMap::with_capacity(2);
         trailers.insert("grpc-status", HeaderValue::from(code as i32));
@@ -565,7 +568,7 @@ impl ResponseBody {
 
 impl http_body::Body for ResponseBody {
     type Data = Bytes;
-    type Error = h2::Error;
+    type Error = PartError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -623,18 +626,23 @@ impl http_body::Body for ResponseBody {
     }
 }
 
-/// A body straight off an h2 stream: data as it arrives, then trailers. A part's response, or
-/// a client's request on the HTTP/2 server (`h2_server`). Flow-control capacity is released as
-/// each chunk is handed on, so the sender is held back exactly as fast as the other side reads
-/// (each side only polls when it can write).
-pub struct PartBody {
+/// A part's response body, straight off a stream of the native HTTP/2 engine: data as it
+/// arrives, then trailers; flow-control capacity goes back to the part as each chunk is
+/// handed on (see [`crate::http2::client::RecvBody`]).
+pub type PartBody = crate::http2::client::RecvBody;
+
+/// A body straight off an h2 stream: data as it arrives, then trailers. A client's request on
+/// the HTTP/2 server (`h2_server`). Flow-control capacity is released as each chunk is handed
+/// on, so the sender is held back exactly as fast as the other side reads (each side only polls
+/// when it can write).
+pub struct H2Body {
     recv: h2::RecvStream,
     data_done: bool,
     done: bool,
 }
 
-impl PartBody {
-    /// Wraps the receiving half of a part's stream.
+impl H2Body {
+    /// Wraps the receiving half of an h2 stream.
     pub fn new(recv: h2::RecvStream) -> Self {
         Self {
             recv,
@@ -644,7 +652,7 @@ impl PartBody {
     }
 }
 
-impl http_body::Body for PartBody {
+impl http_body::Body for H2Body {
     type Data = Bytes;
     type Error = h2::Error;
 

@@ -17,8 +17,10 @@
 //! the body. Drain: when `shutdown` turns true the connection sends GOAWAY and keeps serving the
 //! streams already open until they finish.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,9 +33,8 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::auth::PeerAddr;
-use crate::body::PartBody;
+use crate::body::H2Body;
 use crate::listener::{Handler, MAX_CONCURRENT_STREAMS};
-use crate::pool::{Pump, keepalive};
 
 type Body = tonic::body::Body;
 
@@ -116,7 +117,7 @@ async fn serve_stream(
     peer: SocketAddr,
     handler: Handler,
 ) {
-    let mut req = req.map(|recv| Body::new(PartBody::new(recv)));
+    let mut req = req.map(|recv| Body::new(H2Body::new(recv)));
     req.extensions_mut().insert(PeerAddr(peer));
     let call = handler(req);
     let resp = tokio::select! {
@@ -142,5 +143,111 @@ async fn serve_stream(
         Ok(tx) if !end => Pump::new(body, tx).await,
         Ok(_) => {}
         Err(e) => debug!(peer = %peer, error = %e, "could not send response headers"),
+    }
+}
+
+// === h2 plumbing (the client-facing side stays on h2 for now) ===
+
+/// Streams the rest of a body to the peer, one chunk at a time as the stream gets send capacity
+/// (the receiver's flow control is the sender's backpressure), until the body ends, the peer
+/// resets the stream, or the body fails (the stream is then reset). (A response body to a client; request
+/// bodies to parts have the native engine's pump, `pool::RequestPump`.)
+pub(crate) struct Pump {
+    body: Body,
+    tx: h2::SendStream<Bytes>,
+    /// A chunk waiting for send capacity, and whether it ends the stream.
+    pending: Option<(Bytes, bool)>,
+}
+
+impl Pump {
+    /// Pipes `body` into `tx` (the headers are already sent, without END_STREAM).
+    pub(crate) fn new(body: Body, tx: h2::SendStream<Bytes>) -> Self {
+        Self {
+            body,
+            tx,
+            pending: None,
+        }
+    }
+}
+
+impl Future for Pump {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            // Registered for RST_STREAM while waiting for the body or for capacity.
+            if let Poll::Ready(reason) = this.tx.poll_reset(cx) {
+                debug!(?reason, "peer reset the stream");
+                return Poll::Ready(());
+            }
+            if let Some((chunk, eos)) = this.pending.take() {
+                while this.tx.capacity() == 0 {
+                    match this.tx.poll_capacity(cx) {
+                        Poll::Ready(Some(Ok(0))) => {}
+                        Poll::Ready(Some(Ok(_))) => break,
+                        Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+                        Poll::Pending => {
+                            this.pending = Some((chunk, eos));
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                if this.tx.send_data(chunk, eos).is_err() || eos {
+                    return Poll::Ready(());
+                }
+                continue;
+            }
+            match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    // Never an empty DATA frame without END_STREAM (see body.rs).
+                    Ok(chunk) if chunk.is_empty() => {}
+                    Ok(chunk) => {
+                        // Claim a little capacity, not the whole chunk: h2 raises the claim to
+                        // what is buffered, and a large claim per waiting stream could starve
+                        // the others on the connection window (as hyper does, hyper#4003).
+                        this.tx.reserve_capacity(1);
+                        this.pending = Some((chunk, this.body.is_end_stream()));
+                    }
+                    Err(frame) => {
+                        this.tx.reserve_capacity(0);
+                        if let Ok(trailers) = frame.into_trailers() {
+                            let _ = this.tx.send_trailers(trailers);
+                            return Poll::Ready(());
+                        }
+                    }
+                },
+                Some(Err(status)) => {
+                    debug!(error = %status.message(), "body failed; resetting the stream");
+                    this.tx.send_reset(h2::Reason::CANCEL);
+                    return Poll::Ready(());
+                }
+                None => {
+                    // Ended without trailers: END_STREAM on an empty DATA frame (allowed; only
+                    // empty frames *without* END_STREAM count against a flood limit).
+                    let _ = this.tx.send_data(Bytes::new(), true);
+                    return Poll::Ready(());
+                }
+            }
+        }
+    }
+}
+
+/// Pings the part every `interval`; returns when a ping goes unanswered for `timeout` (or the
+/// connection fails), which ends the connection task and so the connection.
+pub(crate) async fn keepalive(pings: Option<h2::PingPong>, interval: Duration, timeout: Duration) {
+    let Some(mut pings) = pings else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                debug!(error = %e, "keepalive ping failed");
+                return;
+            }
+            Err(_) => return,
+        }
     }
 }

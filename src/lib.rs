@@ -11,6 +11,7 @@ pub mod demo;
 pub mod error;
 pub mod gateway;
 pub mod h2_server;
+pub mod http2;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
