@@ -9,3 +9,5 @@
 pub mod frame;
 pub mod hpack;
 mod huffman;
+pub mod conn;
+pub mod client;

@@ -1,0 +1,1408 @@
+//! The connection core of the native HTTP/2: one task per connection owns the socket, reads and
+//! handles frames, and writes what everyone queued; callers share the rest of the state behind
+//! one mutex and write their own frames into the write queue (RFC 9113 sections 5, 6.5, 6.7,
+//! 6.8, 6.9).
+//!
+//! Receives bytes from the peer and frames queued by stream handles; hands on response heads,
+//! data and trailers to the stream handles, and sends WINDOW_UPDATEs as they consume data.
+//!
+//! Shape, for speed (see `src/pool.rs` for the numbers):
+//! - [`State`] holds the stream table (a slab indexed by a small handle, a map from stream id
+//!   for incoming frames), both sides' flow-control windows, the peer's settings, the HPACK
+//!   encoder and the [`WriteQueue`]. A caller encodes its HEADERS and DATA straight into the
+//!   queue under the lock and wakes the connection task at most once (`task_woken`).
+//! - The connection task reads as much as is ready, handles every frame of the batch under one
+//!   lock acquisition, wakes the stream handles after unlocking (each at most once per batch),
+//!   then writes the queue with vectored writes and flushes.
+//!
+//! The stream table, flow control, settings, ping and GOAWAY handling are role-neutral; what
+//! is client-specific (stream ids are odd and ours, HEADERS carry a response) is marked, so a
+//! server engine can reuse this core.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+use tracing::debug;
+
+use super::frame::{self, ConnError, Frame, FrameReader, Reason, WriteQueue, setting};
+use super::hpack;
+
+/// Connection settings (ours) and keepalive.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// SETTINGS_INITIAL_WINDOW_SIZE we advertise: how much a peer may send on one stream
+    /// before the consumer reads it.
+    pub initial_stream_window: u32,
+    /// The connection receive window (raised from 65,535 with a WINDOW_UPDATE at start).
+    pub initial_conn_window: u32,
+    /// SETTINGS_MAX_FRAME_SIZE we advertise.
+    pub max_frame_size: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE we advertise (and enforce per stream).
+    pub max_header_list_size: u32,
+    /// PING every `.0`; no ACK within `.1` closes the connection.
+    pub keepalive: Option<(Duration, Duration)>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            initial_stream_window: 2 * 1024 * 1024,
+            initial_conn_window: 8 * 1024 * 1024,
+            max_frame_size: 64 * 1024,
+            max_header_list_size: 16 * 1024 * 1024,
+            keepalive: None,
+        }
+    }
+}
+
+/// Why a stream or the connection failed. Display never includes header values.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The peer reset the stream.
+    #[error("stream reset by the peer: {0}")]
+    Reset(Reason),
+    /// We reset the stream (a protocol error on it, or the caller cancelled it).
+    #[error("stream reset: {0} ({1})")]
+    Local(Reason, &'static str),
+    /// The peer never processed the stream (GOAWAY before it, REFUSED_STREAM, or the
+    /// connection was already going away or closed): it may be sent again elsewhere.
+    #[error("stream refused: {0}")]
+    Refused(&'static str),
+    /// A connection error: ours (we sent GOAWAY) or the peer's GOAWAY closing the connection.
+    #[error("connection error: {0}")]
+    Conn(#[from] ConnError),
+    /// The peer closed the connection with a GOAWAY carrying an error.
+    #[error("connection closed by the peer: GOAWAY {0}")]
+    GoAway(Reason),
+    /// Reading or writing the socket failed.
+    #[error("connection lost: {0}")]
+    Io(std::io::ErrorKind),
+    /// The connection ended (EOF, or its task was stopped).
+    #[error("connection closed")]
+    Closed,
+    /// A keepalive PING went unanswered.
+    #[error("keepalive ping unanswered")]
+    KeepaliveTimeout,
+}
+
+impl Error {
+    /// The HTTP/2 error code, when there is one.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Error::Reset(r) | Error::Local(r, _) | Error::GoAway(r) => Some(*r),
+            Error::Refused(_) => Some(Reason::REFUSED_STREAM),
+            Error::Conn(e) => Some(e.reason),
+            Error::Io(_) | Error::Closed | Error::KeepaliveTimeout => None,
+        }
+    }
+
+    /// Whether the peer certainly did not process the stream (safe to send again).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Error::Refused(_) | Error::Reset(Reason::REFUSED_STREAM))
+    }
+}
+
+/// Largest stream id (RFC 9113 section 5.1.1).
+const MAX_STREAM_ID: u32 = (1 << 31) - 1;
+
+/// Our keepalive PING payload.
+const PING_PAYLOAD: [u8; 8] = *b"partgate";
+
+/// Socket reads per connection-task poll before the task yields (fairness with other tasks).
+const READS_PER_POLL: usize = 8;
+
+/// How the sending half of a stream ends once its buffered data is out.
+#[derive(Debug)]
+pub(crate) enum SendEnd {
+    /// More data may come.
+    Open,
+    /// END_STREAM after the buffered data: on the last DATA frame, or on trailers.
+    Pending(Option<HeaderMap>),
+    /// END_STREAM sent (or the stream is reset).
+    Done,
+}
+
+/// One stream. Lives in [`State::streams`] until it is closed *and* no handle refers to it.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    pub(crate) id: u32,
+    /// Live handles (receive half, send half).
+    pub(crate) refs: u8,
+    /// Closed at the protocol level: out of `ids` and of the concurrency count.
+    pub(crate) closed: bool,
+    /// Why the stream failed (reset either way, connection error, refused).
+    pub(crate) error: Option<Error>,
+
+    // Send half.
+    pub(crate) send_window: i64,
+    pub(crate) send_buf: VecDeque<Bytes>,
+    pub(crate) send_end: SendEnd,
+    /// In `State::conn_blocked` (waiting for the connection window).
+    pub(crate) conn_queued: bool,
+    pub(crate) send_waker: Option<Waker>,
+
+    // Receive half.
+    /// What the peer may still send before our next WINDOW_UPDATE.
+    pub(crate) recv_window: i64,
+    /// Consumed bytes not yet returned to the peer in a WINDOW_UPDATE.
+    pub(crate) unreleased: u32,
+    pub(crate) recv_q: VecDeque<Bytes>,
+    /// The response head (client role), until the response future takes it.
+    pub(crate) head: Option<http::Response<()>>,
+    pub(crate) head_received: bool,
+    pub(crate) trailers: Option<HeaderMap>,
+    /// END_STREAM received.
+    pub(crate) recv_end: bool,
+    pub(crate) recv_waker: Option<Waker>,
+}
+
+impl Stream {
+    fn new(id: u32, send_window: i64, recv_window: i64) -> Self {
+        Self {
+            id,
+            refs: 0,
+            closed: false,
+            error: None,
+            send_window,
+            send_buf: VecDeque::new(),
+            send_end: SendEnd::Open,
+            conn_queued: false,
+            send_waker: None,
+            recv_window,
+            unreleased: 0,
+            recv_q: VecDeque::new(),
+            head: None,
+            head_received: false,
+            trailers: None,
+            recv_end: false,
+            recv_waker: None,
+        }
+    }
+
+    fn send_done(&self) -> bool {
+        matches!(self.send_end, SendEnd::Done)
+    }
+}
+
+/// Everything shared between the connection task and the stream handles.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// False once the connection takes no new streams (GOAWAY, closed, ids exhausted): read
+    /// without the lock by the pool.
+    accepting: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+}
+
+/// The connection state behind the mutex.
+pub(crate) struct State {
+    pub(crate) streams: Vec<Option<Stream>>,
+    free: Vec<usize>,
+    /// Occupied slots of `streams`.
+    live: usize,
+    /// Open streams by id (closed ones are removed at once).
+    pub(crate) ids: HashMap<u32, usize>,
+    /// Client role: the next stream id we open (odd).
+    pub(crate) next_id: u32,
+    pub(crate) write: WriteQueue,
+    pub(crate) encoder: hpack::Encoder,
+    /// A header block being encoded (reused).
+    pub(crate) hbuf: BytesMut,
+
+    // Peer settings.
+    pub(crate) peer_max_frame: u32,
+    peer_initial_window: i64,
+    peer_max_streams: usize,
+    /// The peer's first SETTINGS arrived (new streams wait for it, to know the limits).
+    settings_received: bool,
+
+    // Flow control.
+    conn_send_window: i64,
+    /// Streams with data waiting for the connection window, served in turn.
+    conn_blocked: VecDeque<usize>,
+    conn_recv_window: i64,
+    conn_unreleased: u32,
+    config: Config,
+
+    // Concurrency: open streams plus slots granted to waiters not yet claimed.
+    active: usize,
+    waiters: VecDeque<(u64, Waker)>,
+    granted: Vec<u64>,
+    next_waiter: u64,
+
+    /// The peer's GOAWAY: last stream id it may process.
+    goaway: Option<u32>,
+    /// The connection ended (every stream failed with it).
+    pub(crate) closed: Option<Error>,
+    /// `SendRequest` handles alive; at 0 with no streams the connection closes.
+    pub(crate) senders: usize,
+    /// Woken when the connection stops accepting streams (the pool redials then).
+    pub(crate) drain_waker: Option<Waker>,
+
+    task_waker: Option<Waker>,
+    /// The connection task was woken and has not polled since: no need to wake it again.
+    task_woken: bool,
+}
+
+/// A waker to wake once the lock is released.
+pub(crate) type Wake = Option<Waker>;
+
+impl State {
+    fn new(config: Config) -> Self {
+        Self {
+            streams: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            ids: HashMap::new(),
+            next_id: 1,
+            write: WriteQueue::new(),
+            encoder: hpack::Encoder::new(),
+            hbuf: BytesMut::new(),
+            peer_max_frame: frame::DEFAULT_MAX_FRAME_SIZE,
+            peer_initial_window: i64::from(frame::DEFAULT_WINDOW),
+            peer_max_streams: usize::MAX,
+            settings_received: false,
+            conn_send_window: i64::from(frame::DEFAULT_WINDOW),
+            conn_blocked: VecDeque::new(),
+            conn_recv_window: i64::from(config.initial_conn_window.max(frame::DEFAULT_WINDOW)),
+            conn_unreleased: 0,
+            config,
+            active: 0,
+            waiters: VecDeque::new(),
+            granted: Vec::new(),
+            next_waiter: 0,
+            goaway: None,
+            closed: None,
+            senders: 1,
+            drain_waker: None,
+            task_waker: None,
+            task_woken: false,
+        }
+    }
+
+    /// The connection task's waker, if it needs waking (at most once until it polls again).
+    pub(crate) fn wake_task(&mut self) -> Wake {
+        if self.task_woken {
+            return None;
+        }
+        self.task_woken = true;
+        self.task_waker.take()
+    }
+
+    pub(crate) fn stream(&mut self, idx: usize) -> Option<&mut Stream> {
+        self.streams.get_mut(idx).and_then(Option::as_mut)
+    }
+
+    // === opening streams (client role) ===
+
+    /// Why no new stream can be opened now, if it cannot ever be on this connection.
+    pub(crate) fn refusal(&self) -> Option<Error> {
+        if self.closed.is_some() {
+            return Some(Error::Refused("connection closed"));
+        }
+        if self.goaway.is_some() {
+            return Some(Error::Refused("connection going away (GOAWAY)"));
+        }
+        if self.next_id > MAX_STREAM_ID {
+            return Some(Error::Refused("stream ids exhausted"));
+        }
+        None
+    }
+
+    /// Takes a concurrency slot now if one is free and nobody waits before us.
+    pub(crate) fn try_reserve(&mut self) -> bool {
+        if self.settings_received && self.waiters.is_empty() && self.active < self.peer_max_streams
+        {
+            self.active += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Queues a caller for a slot; returns its ticket.
+    pub(crate) fn enqueue_waiter(&mut self, waker: &Waker) -> u64 {
+        let id = self.next_waiter;
+        self.next_waiter += 1;
+        self.waiters.push_back((id, waker.clone()));
+        id
+    }
+
+    /// Whether waiter `id` was granted a slot (which it now owns).
+    pub(crate) fn claim_grant(&mut self, id: u64) -> bool {
+        match self.granted.iter().position(|&g| g == id) {
+            Some(i) => {
+                self.granted.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Refreshes a queued waiter's waker.
+    pub(crate) fn update_waiter(&mut self, id: u64, waker: &Waker) {
+        if let Some((_, w)) = self.waiters.iter_mut().find(|(i, _)| *i == id)
+            && !w.will_wake(waker)
+        {
+            *w = waker.clone();
+        }
+    }
+
+    /// A waiter gave up (its future was dropped, or the connection refuses).
+    pub(crate) fn cancel_waiter(&mut self, id: u64, wakers: &mut Vec<Waker>) {
+        if self.claim_grant(id) {
+            self.release_slot(wakers);
+        } else if let Some(i) = self.waiters.iter().position(|(w, _)| *w == id) {
+            self.waiters.remove(i);
+        }
+    }
+
+    /// Gives a slot back and hands free slots to waiters, in order.
+    pub(crate) fn release_slot(&mut self, wakers: &mut Vec<Waker>) {
+        self.active = self.active.saturating_sub(1);
+        self.grant(wakers);
+    }
+
+    fn grant(&mut self, wakers: &mut Vec<Waker>) {
+        if !self.settings_received {
+            return;
+        }
+        while self.active < self.peer_max_streams {
+            let Some((id, waker)) = self.waiters.pop_front() else {
+                return;
+            };
+            self.active += 1;
+            self.granted.push(id);
+            wakers.push(waker);
+        }
+    }
+
+    /// Allocates the next stream id and a table slot for it (its slot already reserved).
+    /// `refs`: the handles that will refer to it.
+    pub(crate) fn insert_stream(&mut self, refs: u8) -> (usize, u32) {
+        let id = self.next_id;
+        self.next_id = self.next_id.saturating_add(2);
+        let mut stream = Stream::new(
+            id,
+            self.peer_initial_window,
+            i64::from(self.config.initial_stream_window),
+        );
+        stream.refs = refs;
+        self.live += 1;
+        let idx = match self.free.pop() {
+            Some(idx) => {
+                self.streams[idx] = Some(stream);
+                idx
+            }
+            None => {
+                self.streams.push(Some(stream));
+                self.streams.len() - 1
+            }
+        };
+        self.ids.insert(id, idx);
+        (idx, id)
+    }
+
+    // === sending ===
+
+    /// Sends what the stream's windows allow of its buffered data (at most `budget` bytes),
+    /// then its end. Returns whether anything was queued for writing.
+    pub(crate) fn flush_stream(&mut self, idx: usize, mut budget: usize) -> bool {
+        let max_frame = self.peer_max_frame as usize;
+        let Some(s) = self.streams.get_mut(idx).and_then(Option::as_mut) else {
+            return false;
+        };
+        if s.error.is_some() || s.send_done() {
+            s.send_buf.clear();
+            return false;
+        }
+        let mut wrote = false;
+        while let Some(front) = s.send_buf.front_mut() {
+            if front.is_empty() {
+                s.send_buf.pop_front();
+                continue;
+            }
+            let allowed = s.send_window.min(self.conn_send_window);
+            if allowed <= 0 {
+                if s.send_window > 0 && !s.conn_queued {
+                    s.conn_queued = true;
+                    self.conn_blocked.push_back(idx);
+                }
+                return wrote;
+            }
+            if budget == 0 {
+                // Had its turn: to the back of the line.
+                if !s.conn_queued {
+                    s.conn_queued = true;
+                    self.conn_blocked.push_back(idx);
+                }
+                return wrote;
+            }
+            let n = front
+                .len()
+                .min(max_frame)
+                .min(budget)
+                .min(usize::try_from(allowed).unwrap_or(usize::MAX));
+            budget -= n;
+            let chunk = if n == front.len() {
+                s.send_buf.pop_front().unwrap_or_default()
+            } else {
+                front.split_to(n)
+            };
+            s.send_window -= n as i64;
+            self.conn_send_window -= n as i64;
+            let last = s.send_buf.is_empty() && matches!(s.send_end, SendEnd::Pending(None));
+            self.write.put_data(s.id, chunk, last);
+            wrote = true;
+            if last {
+                s.send_end = SendEnd::Done;
+                return true;
+            }
+        }
+        if let SendEnd::Pending(trailers) = std::mem::replace(&mut s.send_end, SendEnd::Done) {
+            let id = s.id;
+            match trailers {
+                None => self.write.put_data(id, Bytes::new(), true),
+                Some(trailers) => self.put_trailers(id, &trailers),
+            }
+            wrote = true;
+        }
+        wrote
+    }
+
+    /// Encodes a trailers HEADERS frame (END_STREAM) into the write queue.
+    pub(crate) fn put_trailers(&mut self, id: u32, trailers: &HeaderMap) {
+        self.hbuf.clear();
+        self.encoder.begin_block(&mut self.hbuf);
+        for (name, value) in trailers {
+            if is_connection_specific(name) {
+                continue;
+            }
+            self.encoder.encode(
+                name.as_str().as_bytes(),
+                value.as_bytes(),
+                value.is_sensitive(),
+                &mut self.hbuf,
+            );
+        }
+        frame::put_headers(
+            self.write.scratch(),
+            id,
+            &self.hbuf,
+            true,
+            self.peer_max_frame,
+        );
+    }
+
+    /// Serves streams waiting for the connection window, one frame each in turn.
+    fn serve_conn_blocked(&mut self, wakers: &mut Vec<Waker>) {
+        while self.conn_send_window > 0 {
+            let Some(idx) = self.conn_blocked.pop_front() else {
+                return;
+            };
+            let max_frame = self.peer_max_frame as usize;
+            match self.stream(idx) {
+                Some(s) if s.conn_queued => s.conn_queued = false,
+                _ => continue,
+            }
+            self.flush_stream(idx, max_frame);
+            self.after_send(idx, wakers);
+        }
+    }
+
+    /// After sending on a stream: wakes a sender waiting for room, and closes the stream when
+    /// both halves are done.
+    pub(crate) fn after_send(&mut self, idx: usize, wakers: &mut Vec<Waker>) {
+        let Some(s) = self.stream(idx) else {
+            return;
+        };
+        if s.send_buf.is_empty()
+            && let Some(w) = s.send_waker.take()
+        {
+            wakers.push(w);
+        }
+        if s.send_done() && s.recv_end && !s.closed {
+            self.close_stream(idx, wakers);
+        }
+    }
+
+    // === receiving ===
+
+    /// The consumer took `len` bytes of the stream's data: they count as free again, and a
+    /// WINDOW_UPDATE goes out once half a window is free (stream and connection separately).
+    /// Returns whether a frame was queued.
+    pub(crate) fn release(&mut self, idx: usize, len: usize) -> bool {
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        let half_stream = self.config.initial_stream_window / 2;
+        let mut wrote = false;
+        if let Some(s) = self.streams.get_mut(idx).and_then(Option::as_mut) {
+            s.unreleased = s.unreleased.saturating_add(len);
+            if s.unreleased >= half_stream && !s.recv_end && !s.closed {
+                frame::put_window_update(self.write.scratch(), s.id, s.unreleased);
+                s.recv_window += i64::from(s.unreleased);
+                s.unreleased = 0;
+                wrote = true;
+            }
+        }
+        self.release_conn(len) || wrote
+    }
+
+    /// Returns `len` bytes of connection window (data consumed or discarded).
+    fn release_conn(&mut self, len: u32) -> bool {
+        self.conn_unreleased = self.conn_unreleased.saturating_add(len);
+        if self.conn_unreleased >= self.config.initial_conn_window / 2 {
+            frame::put_window_update(self.write.scratch(), 0, self.conn_unreleased);
+            self.conn_recv_window += i64::from(self.conn_unreleased);
+            self.conn_unreleased = 0;
+            return true;
+        }
+        false
+    }
+
+    // === closing ===
+
+    /// The stream is closed at the protocol level: out of the id map and the concurrency count;
+    /// freed now if no handle refers to it.
+    pub(crate) fn close_stream(&mut self, idx: usize, wakers: &mut Vec<Waker>) {
+        let Some(s) = self.streams.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        if s.closed {
+            return;
+        }
+        s.closed = true;
+        s.send_buf.clear();
+        wakers.extend(s.recv_waker.take());
+        wakers.extend(s.send_waker.take());
+        let (id, refs) = (s.id, s.refs);
+        self.ids.remove(&id);
+        self.release_slot(wakers);
+        if refs == 0 {
+            self.free_stream(idx);
+        }
+    }
+
+    /// Fails and closes a stream, sending RST_STREAM(reason) when `send_rst`.
+    pub(crate) fn reset_stream(
+        &mut self,
+        idx: usize,
+        error: Error,
+        send_rst: Option<Reason>,
+        wakers: &mut Vec<Waker>,
+    ) {
+        let Some(s) = self.streams.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        if s.closed {
+            return;
+        }
+        if s.error.is_none() {
+            s.error = Some(error);
+        }
+        if let Some(reason) = send_rst {
+            frame::put_rst_stream(self.write.scratch(), s.id, reason);
+        }
+        self.close_stream(idx, wakers);
+    }
+
+    /// A handle let go of a stream: frees it once closed and unreferenced.
+    pub(crate) fn drop_ref(&mut self, idx: usize) {
+        let Some(s) = self.stream(idx) else {
+            return;
+        };
+        s.refs = s.refs.saturating_sub(1);
+        if s.refs == 0 && s.closed {
+            self.free_stream(idx);
+        }
+    }
+
+    fn free_stream(&mut self, idx: usize) {
+        if let Some(s) = self.streams.get_mut(idx).and_then(Option::take) {
+            // Data nobody will read still occupied the connection window.
+            let unread: usize = s.recv_q.iter().map(Bytes::len).sum();
+            let unread = u32::try_from(unread).unwrap_or(u32::MAX);
+            if unread > 0 {
+                self.release_conn(unread);
+            }
+            self.live -= 1;
+            self.free.push(idx);
+        }
+    }
+
+    /// The connection ended: every stream and waiter fails with `error`.
+    fn fail_all(&mut self, error: &Error, wakers: &mut Vec<Waker>) {
+        if self.closed.is_none() {
+            self.closed = Some(error.clone());
+        }
+        for (idx, slot) in self.streams.iter_mut().enumerate() {
+            let Some(s) = slot else { continue };
+            if s.closed {
+                continue;
+            }
+            s.closed = true;
+            if s.error.is_none() && !(s.recv_end && s.send_done()) {
+                s.error = Some(error.clone());
+            }
+            s.send_buf.clear();
+            wakers.extend(s.recv_waker.take());
+            wakers.extend(s.send_waker.take());
+            if s.refs == 0 {
+                *slot = None;
+                self.live -= 1;
+                self.free.push(idx);
+            }
+        }
+        self.ids.clear();
+        self.conn_blocked.clear();
+        self.active = 0;
+        wakers.extend(self.waiters.drain(..).map(|(_, w)| w));
+        self.granted.clear();
+        wakers.extend(self.drain_waker.take());
+    }
+
+    /// Streams still referenced or open.
+    fn has_streams(&self) -> bool {
+        self.live > 0
+    }
+}
+
+/// Header fields that are about one connection and never forwarded (RFC 9113 section 8.2.2).
+pub(crate) fn is_connection_specific(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" | "host"
+    )
+}
+
+// === the connection task ===
+
+/// Drives one connection: reads and handles frames, writes the queue, keeps it alive. Ends
+/// (Ok) when the peer closed it cleanly or nothing uses it any more; Err on a connection error.
+/// Dropped early, it fails every stream still open.
+pub struct Connection<I> {
+    io: I,
+    shared: Arc<Shared>,
+    reader: FrameReader,
+    decoder: hpack::Decoder,
+    out: WriteQueue,
+    /// Written bytes not yet flushed.
+    unflushed: bool,
+    wakers: Vec<Waker>,
+    keepalive: Option<Keepalive>,
+    /// Set once the connection failed or finished: write what is queued (GOAWAY), then end.
+    ending: Option<Result<(), Error>>,
+}
+
+struct Keepalive {
+    interval: Duration,
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+    /// A PING is in flight; `sleep` is its deadline.
+    waiting: bool,
+}
+
+/// Starts a client connection over `io` (already connected, TLS done): queues the preface,
+/// our SETTINGS and the connection WINDOW_UPDATE, which the connection task writes first.
+pub(crate) fn start<I>(io: I, config: Config) -> (Arc<Shared>, Connection<I>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut state = State::new(config.clone());
+    {
+        let out = state.write.scratch();
+        out.extend_from_slice(frame::PREFACE);
+        frame::put_settings(
+            out,
+            &[
+                (setting::ENABLE_PUSH, 0),
+                (setting::INITIAL_WINDOW_SIZE, config.initial_stream_window),
+                (setting::MAX_FRAME_SIZE, config.max_frame_size),
+                (setting::MAX_HEADER_LIST_SIZE, config.max_header_list_size),
+            ],
+        );
+        let extra = config
+            .initial_conn_window
+            .saturating_sub(frame::DEFAULT_WINDOW);
+        if extra > 0 {
+            frame::put_window_update(out, 0, extra);
+        }
+    }
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+        accepting: AtomicBool::new(true),
+    });
+    let keepalive = config.keepalive.map(|(interval, timeout)| Keepalive {
+        interval,
+        timeout,
+        sleep: Box::pin(tokio::time::sleep(interval)),
+        waiting: false,
+    });
+    let conn = Connection {
+        io,
+        shared: shared.clone(),
+        reader: FrameReader::new(
+            config.max_frame_size,
+            config.max_header_list_size as usize,
+        ),
+        decoder: hpack::Decoder::new(4096),
+        out: WriteQueue::new(),
+        unflushed: false,
+        wakers: Vec::new(),
+        keepalive,
+        ending: None,
+    };
+    (shared, conn)
+}
+
+impl<I> Future for Connection<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = Result<(), Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.ending.is_some() {
+            return this.poll_end(cx);
+        }
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            if rounds > 4 {
+                // Still busy: let other tasks run, and come back.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            // 1. Read whatever is ready.
+            let mut read_pending = false;
+            let mut eof = false;
+            let mut failed = None;
+            for _ in 0..READS_PER_POLL {
+                let buf = this.reader.buf_mut();
+                match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, buf) {
+                    Poll::Ready(Ok(0)) => {
+                        eof = true;
+                        break;
+                    }
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) => {
+                        failed = Some(Error::Io(e.kind()));
+                        break;
+                    }
+                    Poll::Pending => {
+                        read_pending = true;
+                        break;
+                    }
+                }
+            }
+            // 2. Keepalive.
+            let mut ping_due = false;
+            if let Some(ka) = this.keepalive.as_mut()
+                && ka.sleep.as_mut().poll(cx).is_ready()
+            {
+                if ka.waiting {
+                    failed.get_or_insert(Error::KeepaliveTimeout);
+                } else {
+                    ping_due = true;
+                    ka.waiting = true;
+                    let deadline = Instant::now() + ka.timeout;
+                    ka.sleep.as_mut().reset(deadline);
+                    // Registers the timer.
+                    let _ = ka.sleep.as_mut().poll(cx);
+                }
+            }
+            // 3. Handle the frames, under one lock.
+            let mut pong = false;
+            let done = {
+                let mut st = this.shared.lock();
+                let handled = handle_frames(
+                    &mut st,
+                    &mut this.reader,
+                    &mut this.decoder,
+                    &mut this.wakers,
+                    &mut pong,
+                );
+                if let Err(e) = handled {
+                    debug!(error = %e, "HTTP/2 connection error; sending GOAWAY");
+                    frame::put_goaway(st.write.scratch(), 0, e.reason, e.detail.as_bytes());
+                    failed.get_or_insert(Error::Conn(e));
+                }
+                if ping_due {
+                    frame::put_ping(st.write.scratch(), false, PING_PAYLOAD);
+                }
+                if eof && failed.is_none() {
+                    failed = Some(Error::Closed);
+                }
+                let mut done = None;
+                if let Some(e) = failed.take() {
+                    st.fail_all(&e, &mut this.wakers);
+                    done = Some(if eof && !st.has_streams() {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    });
+                } else if (st.senders == 0 || st.goaway.is_some()) && !st.has_streams() {
+                    // Nobody can use the connection any more: say goodbye.
+                    if st.goaway.is_none() {
+                        frame::put_goaway(st.write.scratch(), 0, Reason::NO_ERROR, b"");
+                    }
+                    st.fail_all(&Error::Closed, &mut this.wakers);
+                    done = Some(Ok(()));
+                }
+                if st.refusal().is_some() {
+                    if let Some(w) = st.drain_waker.take() {
+                        this.wakers.push(w);
+                    }
+                    this.shared.accepting.store(false, Ordering::Release);
+                }
+                if this.out.is_empty() {
+                    std::mem::swap(&mut this.out, &mut st.write);
+                }
+                st.task_woken = false;
+                match &st.task_waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => st.task_waker = Some(cx.waker().clone()),
+                }
+                done
+            };
+            if pong && let Some(ka) = this.keepalive.as_mut() {
+                ka.waiting = false;
+                let next = Instant::now() + ka.interval;
+                ka.sleep.as_mut().reset(next);
+                let _ = ka.sleep.as_mut().poll(cx);
+            }
+            for w in this.wakers.drain(..) {
+                w.wake();
+            }
+            if let Some(result) = done {
+                if let Err(e) = &result {
+                    debug!(error = %e, "HTTP/2 connection ended");
+                }
+                this.ending = Some(result);
+                return this.poll_end(cx);
+            }
+            // 4. Write and flush.
+            let mut write_pending = false;
+            if !this.out.is_empty() {
+                match this.out.poll_write(cx, Pin::new(&mut this.io)) {
+                    Poll::Ready(Ok(())) => this.unflushed = true,
+                    Poll::Ready(Err(e)) => {
+                        this.fail(Error::Io(e.kind()));
+                        return this.poll_end(cx);
+                    }
+                    Poll::Pending => write_pending = true,
+                }
+            }
+            if this.unflushed && !write_pending {
+                match Pin::new(&mut this.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => this.unflushed = false,
+                    Poll::Ready(Err(e)) => {
+                        this.fail(Error::Io(e.kind()));
+                        return this.poll_end(cx);
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if read_pending {
+                // Callers that queued frames meanwhile woke us (task_woken was cleared).
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl<I> Connection<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    fn fail(&mut self, error: Error) {
+        {
+            let mut st = self.shared.lock();
+            st.fail_all(&error, &mut self.wakers);
+        }
+        self.shared.accepting.store(false, Ordering::Release);
+        for w in self.wakers.drain(..) {
+            w.wake();
+        }
+        self.ending = Some(Err(error));
+    }
+
+    /// Writes what is left (a GOAWAY) without waiting for a slow peer, then ends.
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.shared.accepting.store(false, Ordering::Release);
+        {
+            let mut st = self.shared.lock();
+            if self.out.is_empty() {
+                std::mem::swap(&mut self.out, &mut st.write);
+            }
+        }
+        if !self.out.is_empty() {
+            let _ = self.out.poll_write(cx, Pin::new(&mut self.io));
+        }
+        let _ = Pin::new(&mut self.io).poll_flush(cx);
+        let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+        Poll::Ready(self.ending.take().unwrap_or(Ok(())))
+    }
+}
+
+impl<I> Drop for Connection<I> {
+    fn drop(&mut self) {
+        self.shared.accepting.store(false, Ordering::Release);
+        let mut wakers = Vec::new();
+        {
+            let mut st = self.shared.lock();
+            if st.closed.is_none() {
+                st.fail_all(&Error::Closed, &mut wakers);
+            }
+        }
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+// === frame handling (under the lock) ===
+
+fn handle_frames(
+    st: &mut State,
+    reader: &mut FrameReader,
+    decoder: &mut hpack::Decoder,
+    wakers: &mut Vec<Waker>,
+    pong: &mut bool,
+) -> Result<(), ConnError> {
+    if st.closed.is_some() {
+        return Ok(());
+    }
+    while let Some(frame) = reader.next()? {
+        match frame {
+            Frame::Data {
+                stream,
+                data,
+                end_stream,
+                flow_len,
+            } => on_data(st, stream, data, end_stream, flow_len, wakers)?,
+            Frame::Headers {
+                stream,
+                block,
+                end_stream,
+            } => on_headers(st, decoder, stream, &block, end_stream, wakers)?,
+            Frame::Priority { .. } | Frame::Unknown => {}
+            Frame::RstStream { stream, reason } => {
+                check_not_idle(st, stream)?;
+                if let Some(&idx) = st.ids.get(&stream) {
+                    let error = if reason == Reason::REFUSED_STREAM {
+                        Error::Refused("the peer refused the stream (REFUSED_STREAM)")
+                    } else {
+                        Error::Reset(reason)
+                    };
+                    st.reset_stream(idx, error, None, wakers);
+                }
+            }
+            Frame::Settings { ack, params } => {
+                if !ack {
+                    on_settings(st, &params, wakers)?;
+                }
+            }
+            Frame::PushPromise { .. } => {
+                return Err(ConnError {
+                    reason: Reason::PROTOCOL_ERROR,
+                    detail: "PUSH_PROMISE with push disabled",
+                });
+            }
+            Frame::Ping { ack, payload } => {
+                if ack {
+                    if payload == PING_PAYLOAD {
+                        *pong = true;
+                    }
+                } else {
+                    frame::put_ping(st.write.scratch(), true, payload);
+                }
+            }
+            Frame::GoAway {
+                last_stream,
+                reason,
+                debug,
+            } => on_goaway(st, last_stream, reason, &debug, wakers),
+            Frame::WindowUpdate { stream, increment } => {
+                on_window_update(st, stream, increment, wakers)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Client role: a frame on a stream we never opened (or a server-initiated id) is a
+/// connection error; on one we closed it is ignored.
+fn check_not_idle(st: &State, stream: u32) -> Result<(), ConnError> {
+    if stream % 2 == 0 || stream >= st.next_id {
+        return Err(ConnError {
+            reason: Reason::PROTOCOL_ERROR,
+            detail: "frame on an idle stream",
+        });
+    }
+    Ok(())
+}
+
+fn on_data(
+    st: &mut State,
+    stream: u32,
+    data: Bytes,
+    end_stream: bool,
+    flow_len: u32,
+    wakers: &mut Vec<Waker>,
+) -> Result<(), ConnError> {
+    st.conn_recv_window -= i64::from(flow_len);
+    if st.conn_recv_window < 0 {
+        return Err(ConnError {
+            reason: Reason::FLOW_CONTROL_ERROR,
+            detail: "DATA beyond the connection window",
+        });
+    }
+    let Some(&idx) = st.ids.get(&stream) else {
+        check_not_idle(st, stream)?;
+        // A stream we already closed: the bytes still count, and are free at once.
+        st.release_conn(flow_len);
+        return Ok(());
+    };
+    let Some(s) = st.stream(idx) else {
+        return Ok(());
+    };
+    let problem = if !s.head_received {
+        Some((Reason::PROTOCOL_ERROR, "DATA before the response headers"))
+    } else if s.recv_end {
+        Some((Reason::STREAM_CLOSED, "DATA after END_STREAM"))
+    } else {
+        s.recv_window -= i64::from(flow_len);
+        (s.recv_window < 0).then_some((Reason::FLOW_CONTROL_ERROR, "DATA beyond the stream window"))
+    };
+    if let Some((reason, detail)) = problem {
+        st.release_conn(flow_len);
+        st.reset_stream(idx, Error::Local(reason, detail), Some(reason), wakers);
+        return Ok(());
+    }
+    let padding = flow_len.saturating_sub(u32::try_from(data.len()).unwrap_or(u32::MAX));
+    if !data.is_empty() {
+        s.recv_q.push_back(data);
+    }
+    if end_stream {
+        s.recv_end = true;
+    }
+    wakers.extend(s.recv_waker.take());
+    if padding > 0 {
+        st.release(idx, padding as usize);
+    }
+    if end_stream {
+        st.after_send(idx, wakers);
+    }
+    Ok(())
+}
+
+/// Pre-made names for the fields responses usually carry (no allocation, no table lookup).
+fn known_name(name: &[u8]) -> Option<HeaderName> {
+    static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+    static GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
+    static GRPC_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("grpc-accept-encoding");
+    static GRPC_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
+    Some(match name {
+        b"content-type" => http::header::CONTENT_TYPE,
+        b"grpc-status" => GRPC_STATUS.clone(),
+        b"grpc-message" => GRPC_MESSAGE.clone(),
+        b"grpc-encoding" => GRPC_ENCODING.clone(),
+        b"grpc-accept-encoding" => GRPC_ACCEPT_ENCODING.clone(),
+        b"grpc-status-details-bin" => GRPC_DETAILS.clone(),
+        b"date" => http::header::DATE,
+        b"server" => http::header::SERVER,
+        b"content-length" => http::header::CONTENT_LENGTH,
+        b"te" => http::header::TE,
+        _ => return None,
+    })
+}
+
+/// A decoded header block: the `:status` pseudo-header and the regular fields, or what was
+/// wrong with it (a stream error).
+#[derive(Default)]
+struct Decoded {
+    status: Option<StatusCode>,
+    pseudo: bool,
+    headers: HeaderMap,
+    bad: Option<&'static str>,
+}
+
+impl Decoded {
+    fn field(&mut self, name: Bytes, value: Bytes) {
+        if self.bad.is_some() {
+            return;
+        }
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            if !self.headers.is_empty() {
+                self.bad = Some("pseudo-header after a regular field");
+            } else if pseudo != b"status" || self.status.is_some() {
+                self.bad = Some("unexpected pseudo-header in a response");
+            } else {
+                self.pseudo = true;
+                match StatusCode::from_bytes(&value) {
+                    Ok(status) => self.status = Some(status),
+                    Err(_) => self.bad = Some("malformed :status"),
+                }
+            }
+            return;
+        }
+        let name = match known_name(&name) {
+            Some(name) => name,
+            None => {
+                if name.iter().any(u8::is_ascii_uppercase) {
+                    self.bad = Some("uppercase header name");
+                    return;
+                }
+                match HeaderName::from_bytes(&name) {
+                    Ok(name) => name,
+                    Err(_) => {
+                        self.bad = Some("invalid header name");
+                        return;
+                    }
+                }
+            }
+        };
+        if is_connection_specific(&name) && name != http::header::HOST {
+            self.bad = Some("connection-specific header field");
+            return;
+        }
+        match HeaderValue::from_maybe_shared(value) {
+            Ok(value) => {
+                self.headers.append(name, value);
+            }
+            Err(_) => self.bad = Some("invalid header value"),
+        }
+    }
+}
+
+fn on_headers(
+    st: &mut State,
+    decoder: &mut hpack::Decoder,
+    stream: u32,
+    block: &Bytes,
+    end_stream: bool,
+    wakers: &mut Vec<Waker>,
+) -> Result<(), ConnError> {
+    let max_list = st.config.max_header_list_size as usize;
+    let Some(&idx) = st.ids.get(&stream) else {
+        check_not_idle(st, stream)?;
+        // A stream we closed: decode anyway, to keep the HPACK table in step.
+        return match decoder.decode(block, max_list, |_, _| {}) {
+            Ok(()) | Err(hpack::HpackError::ListTooLarge { .. }) => Ok(()),
+            Err(_) => Err(compression_error()),
+        };
+    };
+    let mut decoded = Decoded::default();
+    match decoder.decode(block, max_list, |n, v| decoded.field(n, v)) {
+        Ok(()) => {}
+        Err(hpack::HpackError::ListTooLarge { .. }) => {
+            decoded.bad = Some("header list larger than SETTINGS_MAX_HEADER_LIST_SIZE");
+        }
+        Err(_) => return Err(compression_error()),
+    }
+    let Some(s) = st.stream(idx) else {
+        return Ok(());
+    };
+    if decoded.bad.is_none() {
+        if !s.head_received {
+            match decoded.status {
+                None => decoded.bad = Some("response without :status"),
+                // Informational: the real response follows (101 is not allowed in HTTP/2).
+                Some(status) if status.is_informational() => {
+                    if end_stream || status == StatusCode::SWITCHING_PROTOCOLS {
+                        decoded.bad = Some("informational response ends the stream");
+                    } else {
+                        return Ok(());
+                    }
+                }
+                Some(status) => {
+                    let mut head = http::Response::new(());
+                    *head.status_mut() = status;
+                    *head.version_mut() = http::Version::HTTP_2;
+                    *head.headers_mut() = std::mem::take(&mut decoded.headers);
+                    s.head = Some(head);
+                    s.head_received = true;
+                }
+            }
+        } else if s.recv_end {
+            decoded.bad = Some("HEADERS after END_STREAM");
+        } else if !end_stream {
+            decoded.bad = Some("trailers without END_STREAM");
+        } else if decoded.pseudo {
+            decoded.bad = Some("pseudo-header in trailers");
+        } else {
+            s.trailers = Some(std::mem::take(&mut decoded.headers));
+        }
+    }
+    if let Some(detail) = decoded.bad {
+        debug!(stream, detail, "bad header block; resetting the stream");
+        st.reset_stream(
+            idx,
+            Error::Local(Reason::PROTOCOL_ERROR, detail),
+            Some(Reason::PROTOCOL_ERROR),
+            wakers,
+        );
+        return Ok(());
+    }
+    if end_stream {
+        s.recv_end = true;
+    }
+    wakers.extend(s.recv_waker.take());
+    if end_stream {
+        st.after_send(idx, wakers);
+    }
+    Ok(())
+}
+
+fn compression_error() -> ConnError {
+    ConnError {
+        reason: Reason::COMPRESSION_ERROR,
+        detail: "undecodable header block",
+    }
+}
+
+fn on_settings(
+    st: &mut State,
+    params: &[(u16, u32)],
+    wakers: &mut Vec<Waker>,
+) -> Result<(), ConnError> {
+    for &(id, value) in params {
+        match id {
+            setting::HEADER_TABLE_SIZE => st.encoder.set_max_table_size(value as usize),
+            setting::MAX_CONCURRENT_STREAMS => {
+                st.peer_max_streams = usize::try_from(value).unwrap_or(usize::MAX);
+            }
+            setting::INITIAL_WINDOW_SIZE => {
+                let delta = i64::from(value) - st.peer_initial_window;
+                st.peer_initial_window = i64::from(value);
+                if delta != 0 {
+                    for idx in 0..st.streams.len() {
+                        let Some(s) = st.stream(idx) else { continue };
+                        if s.closed {
+                            continue;
+                        }
+                        s.send_window += delta;
+                        if s.send_window > i64::from(frame::MAX_WINDOW) {
+                            return Err(ConnError {
+                                reason: Reason::FLOW_CONTROL_ERROR,
+                                detail: "SETTINGS_INITIAL_WINDOW_SIZE overflows a window",
+                            });
+                        }
+                        if delta > 0 && !s.send_buf.is_empty() {
+                            st.flush_stream(idx, usize::MAX);
+                            st.after_send(idx, wakers);
+                        }
+                    }
+                }
+            }
+            setting::MAX_FRAME_SIZE => st.peer_max_frame = value,
+            _ => {}
+        }
+    }
+    frame::put_settings_ack(st.write.scratch());
+    st.settings_received = true;
+    st.grant(wakers);
+    Ok(())
+}
+
+fn on_goaway(
+    st: &mut State,
+    last_stream: u32,
+    reason: Reason,
+    data: &[u8],
+    wakers: &mut Vec<Waker>,
+) {
+    debug!(
+        last_stream,
+        %reason,
+        debug_data = %String::from_utf8_lossy(&data[..data.len().min(256)]),
+        "peer sent GOAWAY"
+    );
+    let last = st.goaway.map_or(last_stream, |l| l.min(last_stream));
+    st.goaway = Some(last);
+    let refused: Vec<usize> = st
+        .ids
+        .iter()
+        .filter(|&(&id, _)| id > last)
+        .map(|(_, &idx)| idx)
+        .collect();
+    for idx in refused {
+        st.reset_stream(
+            idx,
+            Error::Refused("the peer sent GOAWAY before processing the stream"),
+            None,
+            wakers,
+        );
+    }
+    // Waiters for a slot will never get one here.
+    wakers.extend(st.waiters.drain(..).map(|(_, w)| w));
+    wakers.extend(st.drain_waker.take());
+}
+
+fn on_window_update(
+    st: &mut State,
+    stream: u32,
+    increment: u32,
+    wakers: &mut Vec<Waker>,
+) -> Result<(), ConnError> {
+    if stream == 0 {
+        st.conn_send_window += i64::from(increment);
+        if st.conn_send_window > i64::from(frame::MAX_WINDOW) {
+            return Err(ConnError {
+                reason: Reason::FLOW_CONTROL_ERROR,
+                detail: "connection window above 2^31-1",
+            });
+        }
+        st.serve_conn_blocked(wakers);
+        return Ok(());
+    }
+    let Some(&idx) = st.ids.get(&stream) else {
+        return check_not_idle(st, stream);
+    };
+    let Some(s) = st.stream(idx) else {
+        return Ok(());
+    };
+    if increment == 0 {
+        st.reset_stream(
+            idx,
+            Error::Local(Reason::PROTOCOL_ERROR, "WINDOW_UPDATE of 0"),
+            Some(Reason::PROTOCOL_ERROR),
+            wakers,
+        );
+        return Ok(());
+    }
+    s.send_window += i64::from(increment);
+    if s.send_window > i64::from(frame::MAX_WINDOW) {
+        st.reset_stream(
+            idx,
+            Error::Local(Reason::FLOW_CONTROL_ERROR, "stream window above 2^31-1"),
+            Some(Reason::FLOW_CONTROL_ERROR),
+            wakers,
+        );
+        return Ok(());
+    }
+    if !s.send_buf.is_empty() || matches!(s.send_end, SendEnd::Pending(_)) {
+        st.flush_stream(idx, usize::MAX);
+        st.after_send(idx, wakers);
+    }
+    Ok(())
+}
