@@ -56,7 +56,11 @@ impl Drop for SendRequest {
         let waker = {
             let mut st = self.shared.lock();
             st.senders = st.senders.saturating_sub(1);
-            if st.senders == 0 { st.wake_task() } else { None }
+            if st.senders == 0 {
+                st.wake_task()
+            } else {
+                None
+            }
         };
         if let Some(w) = waker {
             w.wake();
@@ -623,9 +627,7 @@ impl SendStream {
             match st.stream(self.idx) {
                 None => Err(Error::Closed),
                 Some(s) if s.error.is_some() => Err(s.error.clone().unwrap_or(Error::Closed)),
-                Some(s) if s.closed || !matches!(s.send_end, SendEnd::Open) => {
-                    Err(Error::Closed)
-                }
+                Some(s) if s.closed || !matches!(s.send_end, SendEnd::Open) => Err(Error::Closed),
                 Some(s) => {
                     update(s);
                     if st.flush_stream(self.idx, usize::MAX) {

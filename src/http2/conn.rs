@@ -928,10 +928,9 @@ where
                 let mut st = this.shared.lock();
                 // [server role] the client's preface comes first.
                 let preface = if this.preface_pending {
-                    this.reader.take_preface().map(|taken| {
-                        this.preface_pending = !taken;
-                        taken
-                    })
+                    this.reader
+                        .take_preface()
+                        .inspect(|&taken| this.preface_pending = !taken)
                 } else {
                     Ok(true)
                 };
@@ -1171,8 +1170,8 @@ fn handle_frames(
 fn check_not_idle(st: &State, stream: u32) -> Result<(), ConnError> {
     // [server role] the peer opens odd ids; beyond the highest it opened, a stream is idle.
     let idle = match st.role {
-        Role::Client => stream % 2 == 0 || stream >= st.next_id,
-        Role::Server => stream % 2 == 0 || stream > st.peer_last_id,
+        Role::Client => stream.is_multiple_of(2) || stream >= st.next_id,
+        Role::Server => stream.is_multiple_of(2) || stream > st.peer_last_id,
     };
     if idle {
         return Err(ConnError {

@@ -6,8 +6,9 @@
 //! payloads; [`hpack`] encodes and decodes header blocks (raw strings out, table-driven Huffman
 //! in). The connection engine on top owns streams and flow control.
 
+pub mod client;
+pub mod conn;
 pub mod frame;
 pub mod hpack;
 mod huffman;
-pub mod conn;
-pub mod client;
+pub mod server;
