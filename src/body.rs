@@ -26,6 +26,9 @@ use crate::route::frame::{self, FrameHeader, HEADER_LEN};
 
 type Body = tonic::body::Body;
 
+/// How a part's stream can fail (a reset, a lost connection); never carries header values.
+type PartError = crate::http2::client::Error;
+
 /// The first message of a call, and whatever the client sent after it in the same reads.
 #[derive(Debug)]
 pub struct FirstMessage {
@@ -540,7 +543,7 @@ impl ResponseBody {
         false
     }
 
-    fn end_closing(&mut self) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+    fn end_closing(&mut self) -> Poll<Option<Result<Frame<Bytes>, PartError>>> {
         let message = format!(
             "part {} was removed or re-dialed by a configuration reload",
             self.part
@@ -552,7 +555,7 @@ impl ResponseBody {
         &mut self,
         code: tonic::Code,
         message: &str,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, PartError>>> {
         self.done = true;
         let mut trailers = HeaderMap::with_capacity(2);
         trailers.insert("grpc-status", HeaderValue::from(code as i32));
@@ -565,7 +568,7 @@ impl ResponseBody {
 
 impl http_body::Body for ResponseBody {
     type Data = Bytes;
-    type Error = h2::Error;
+    type Error = PartError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -623,68 +626,10 @@ impl http_body::Body for ResponseBody {
     }
 }
 
-/// A body straight off an h2 stream: data as it arrives, then trailers. A part's response, or
-/// a client's request on the HTTP/2 server (`h2_server`). Flow-control capacity is released as
-/// each chunk is handed on, so the sender is held back exactly as fast as the other side reads
-/// (each side only polls when it can write).
-pub struct PartBody {
-    recv: h2::RecvStream,
-    data_done: bool,
-    done: bool,
-}
-
-impl PartBody {
-    /// Wraps the receiving half of a part's stream.
-    pub fn new(recv: h2::RecvStream) -> Self {
-        Self {
-            recv,
-            data_done: false,
-            done: false,
-        }
-    }
-}
-
-impl http_body::Body for PartBody {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        if this.done {
-            return Poll::Ready(None);
-        }
-        if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                // RST_STREAM(NO_ERROR) after a complete response ends the body without failing
-                // it (RFC 9113 section 8.1), as hyper treats it.
-                Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => {
-                    this.done = true;
-                    return Poll::Ready(None);
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => this.data_done = true,
-            }
-        }
-        let trailers = ready!(this.recv.poll_trailers(cx));
-        this.done = true;
-        match trailers {
-            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
-            Err(e) if e.reason() == Some(h2::Reason::NO_ERROR) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done || self.recv.is_end_stream()
-    }
-}
+/// A part's response body, straight off a stream of the native HTTP/2 engine: data as it
+/// arrives, then trailers; flow-control capacity goes back to the part as each chunk is
+/// handed on (see [`crate::http2::client::RecvBody`]).
+pub type PartBody = crate::http2::client::RecvBody;
 
 // === impl MeteredBody ===
 

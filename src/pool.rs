@@ -10,7 +10,7 @@ use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -25,6 +25,8 @@ use tracing::{debug, info, warn};
 use crate::body::PartBody;
 use crate::config::{PartSpec, Settings};
 use crate::error::GatewayError;
+use crate::http2::client::{self as http2, End};
+use crate::http2::frame::Reason;
 use crate::metrics::{Metrics, PartMetrics};
 use crate::proto::viam::robot::v1 as robot;
 use crate::route::resource_name::Naming;
@@ -34,11 +36,11 @@ use crate::route::{PartResources, RouteTable};
 type Body = tonic::body::Body;
 type Sender = Arc<Conn>;
 
-/// One HTTP/2 connection to a part, driven with `h2` directly rather than through hyper's
-/// client: a call then writes its HEADERS and first message together and awaits the response
-/// in its own task, with no dispatch task or per-call body task in between (bench/README.md).
+/// One HTTP/2 connection to a part, driven by the native engine ([`crate::http2::client`]): a
+/// call writes its HEADERS and first message together and awaits the response in its own task,
+/// with no dispatch task or per-call body task in between (bench/README.md).
 pub struct Conn {
-    send: h2::client::SendRequest<Bytes>,
+    send: http2::SendRequest,
     /// Set when the connection task ended.
     closed: Arc<AtomicBool>,
     /// Set when the connection refused a new stream (GOAWAY): calls already on it may finish.
@@ -48,12 +50,15 @@ pub struct Conn {
 impl Conn {
     /// Whether new calls must wait for another connection.
     fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire) || self.refused.load(Ordering::Acquire)
+        self.closed.load(Ordering::Acquire)
+            || self.refused.load(Ordering::Acquire)
+            || !self.send.is_accepting()
     }
 
     /// Whether the connection only stopped taking new calls (it drains by itself).
     fn is_draining(&self) -> bool {
-        self.refused.load(Ordering::Acquire) && !self.closed.load(Ordering::Acquire)
+        (self.refused.load(Ordering::Acquire) || !self.send.is_accepting())
+            && !self.closed.load(Ordering::Acquire)
     }
 }
 
@@ -445,30 +450,18 @@ impl Part {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let address = &self.spec.address;
-        let (send, mut conn) = h2::client::Builder::new()
-            .initial_window_size(2 * 1024 * 1024)
-            .initial_connection_window_size(8 * 1024 * 1024)
-            .max_frame_size(64 * 1024)
-            .max_header_list_size(16 * 1024 * 1024)
-            .enable_push(false)
-            .handshake::<_, Bytes>(io)
-            .await
-            .map_err(|e| format!("HTTP/2 handshake with {address} failed: {e}"))?;
-        let pings = conn.ping_pong();
+        let config = http2::Config {
+            keepalive: Some((self.dial.keepalive_interval, self.dial.keepalive_timeout)),
+            ..http2::Config::default()
+        };
+        let (send, conn) = http2::handshake(io, config);
         let closed = Arc::new(AtomicBool::new(false));
         let on_end = ClosedOnDrop(closed.clone());
         let part = self.spec.name.clone();
-        let (interval, timeout) = (self.dial.keepalive_interval, self.dial.keepalive_timeout);
         let driver = tokio::spawn(async move {
             let _on_end = on_end;
-            tokio::select! {
-                ended = conn => if let Err(e) = ended {
-                    debug!(part = %part, error = %e, "part connection ended");
-                },
-                () = keepalive(pings, interval, timeout) => {
-                    debug!(part = %part, "keepalive ping unanswered; dropping the part connection");
-                }
+            if let Err(e) = conn.await {
+                debug!(part = %part, error = %e, "part connection ended");
             }
         });
         let conn = Conn {
@@ -639,6 +632,8 @@ impl Part {
                         };
                         tokio::select! {
                             _ = &mut driver => break,
+                            // GOAWAY: redial now; the old connection finishes its calls.
+                            () = sender.send.draining() => break,
                             _ = tokio::time::sleep(pause) => {}
                             _ = self.wake.notified() => {
                                 if self.conn.load().as_ref().is_none_or(|c| c.is_closed()) { break; }
@@ -975,15 +970,15 @@ impl PartChannel {
     }
 }
 
-// === h2 plumbing ===
+// === HTTP/2 plumbing ===
 
 /// Why a request did not get a response.
 #[derive(Debug, thiserror::Error)]
 enum SendError {
-    /// The connection would not open a stream (GOAWAY, closed): the request was not sent and
+    /// The connection did not process the stream (GOAWAY, REFUSED_STREAM, closed): the request
     /// comes back for a retry on another connection.
     #[error("connection refused the stream: {1}")]
-    Refused(Box<http::Request<Body>>, h2::Error),
+    Refused(Box<http::Request<Body>>, http2::Error),
     /// The request was sent (in part) and failed, or its body failed.
     #[error("{0}")]
     Failed(String),
@@ -991,40 +986,54 @@ enum SendError {
 
 /// Sends `req` (already targeted) on one connection and awaits the response headers. Whatever
 /// of the body is ready now (the buffered first message, for forwarded calls) goes out with
-/// the headers, so h2 writes them together; a body still streaming is pumped by its own task.
+/// the headers in one write; a body still streaming is pumped by its own task. A request the
+/// part certainly did not process comes back whole as [`SendError::Refused`] when its body was
+/// complete (or not started streaming).
 async fn send_on(
     conn: &Conn,
     req: http::Request<Body>,
 ) -> Result<http::Response<PartBody>, SendError> {
-    let send = match conn.send.clone().ready().await {
-        Ok(send) => send,
-        Err(e) => return Err(SendError::Refused(Box::new(req), e)),
-    };
     let (head, mut body) = req.into_parts();
     let (data, end) = take_ready(&mut body)
         .map_err(|s| SendError::Failed(format!("request body failed: {}", s.message())))?;
-    let finished = matches!(end, Some(None));
-    let head = http::Request::from_parts(head, ());
-    let mut send = send;
-    let (response, mut tx) = send
-        .send_request(head, finished && data.is_empty())
-        .map_err(|e| SendError::Failed(e.to_string()))?;
-    let failed = |e: h2::Error| SendError::Failed(e.to_string());
-    let count = data.len();
-    for (i, chunk) in data.into_iter().enumerate() {
-        // h2 buffers data beyond the stream's send window, so the first message never waits.
-        tx.send_data(chunk, finished && i + 1 == count)
-            .map_err(failed)?;
-    }
-    match end {
-        Some(Some(trailers)) => tx.send_trailers(trailers).map_err(failed)?,
-        Some(None) => {}
-        None => {
-            tokio::spawn(Pump::new(body, tx));
+    let opening = match &end {
+        None => End::Open,
+        Some(None) => End::Done,
+        Some(Some(trailers)) => End::Trailers(trailers),
+    };
+    let (response, tx) = match conn.send.send_request(&head, data.iter(), opening).await {
+        Ok(opened) => opened,
+        Err(e) if e.is_refused() => {
+            return Err(SendError::Refused(again(head, data, end, body), e));
         }
+        Err(e) => return Err(SendError::Failed(e.to_string())),
+    };
+    let streaming = tx.is_some();
+    if let Some(tx) = tx {
+        tokio::spawn(RequestPump::new(body, tx));
     }
-    let resp = response.await.map_err(failed)?;
-    Ok(resp.map(PartBody::new))
+    match response.await {
+        Ok(resp) => Ok(resp),
+        // Refused after sending (GOAWAY below its id, REFUSED_STREAM): the part never saw it.
+        Err(e) if e.is_refused() && !streaming => {
+            Err(SendError::Refused(again(head, data, end, Body::empty()), e))
+        }
+        Err(e) => Err(SendError::Failed(e.to_string())),
+    }
+}
+
+/// The request again, for a retry: its head, the chunks already taken, and the rest of its body
+/// (or its trailers).
+fn again(
+    head: http::request::Parts,
+    data: Chunks,
+    end: Option<Option<HeaderMap>>,
+    rest: Body,
+) -> Box<http::Request<Body>> {
+    let trailers = end.clone().flatten();
+    let rest = if end.is_some() { Body::empty() } else { rest };
+    let body = crate::body::ForwardBody::new(data.into_vec(), Bytes::new(), rest, trailers, None);
+    Box::new(http::Request::from_parts(head, Body::new(body)))
 }
 
 /// Chunks taken from a body: the first one inline, so the usual single chunk (a forwarded
@@ -1044,16 +1053,13 @@ impl Chunks {
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.first.is_none()
+    /// The chunks in order (cloned: a reference count each).
+    fn iter(&self) -> impl Iterator<Item = Bytes> + '_ {
+        self.first.iter().chain(&self.more).cloned()
     }
 
-    fn len(&self) -> usize {
-        usize::from(self.first.is_some()) + self.more.len()
-    }
-
-    fn into_iter(self) -> impl Iterator<Item = Bytes> {
-        self.first.into_iter().chain(self.more)
+    fn into_vec(self) -> Vec<Bytes> {
+        self.first.into_iter().chain(self.more).collect()
     }
 }
 
@@ -1084,20 +1090,19 @@ fn take_ready(body: &mut Body) -> Result<(Chunks, Option<Option<HeaderMap>>), to
     }
 }
 
-/// Streams the rest of a body to the peer, one chunk at a time as the stream gets send capacity
-/// (the receiver's flow control is the sender's backpressure), until the body ends, the peer
-/// resets the stream, or the body fails (the stream is then reset). Used both ways: a request
-/// body to a part, and a response body to a client (`h2_server`).
-pub(crate) struct Pump {
+/// Streams the rest of a request body to the part, one chunk at a time as the stream's send
+/// buffer empties into the part's flow-control windows (the part's flow control is the
+/// client's backpressure), until the body ends, the part resets the stream, or the body fails
+/// (the stream is then reset).
+struct RequestPump {
     body: Body,
-    tx: h2::SendStream<Bytes>,
-    /// A chunk waiting for send capacity, and whether it ends the stream.
+    tx: http2::SendStream,
+    /// A chunk waiting for the stream to take it, and whether it ends the body.
     pending: Option<(Bytes, bool)>,
 }
 
-impl Pump {
-    /// Pipes `body` into `tx` (the headers are already sent, without END_STREAM).
-    pub(crate) fn new(body: Body, tx: h2::SendStream<Bytes>) -> Self {
+impl RequestPump {
+    fn new(body: Body, tx: http2::SendStream) -> Self {
         Self {
             body,
             tx,
@@ -1106,27 +1111,22 @@ impl Pump {
     }
 }
 
-impl Future for Pump {
+impl Future for RequestPump {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         loop {
-            // Registered for RST_STREAM while waiting for the body or for capacity.
-            if let Poll::Ready(reason) = this.tx.poll_reset(cx) {
-                debug!(?reason, "peer reset the stream");
-                return Poll::Ready(());
-            }
             if let Some((chunk, eos)) = this.pending.take() {
-                while this.tx.capacity() == 0 {
-                    match this.tx.poll_capacity(cx) {
-                        Poll::Ready(Some(Ok(0))) => {}
-                        Poll::Ready(Some(Ok(_))) => break,
-                        Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
-                        Poll::Pending => {
-                            this.pending = Some((chunk, eos));
-                            return Poll::Pending;
-                        }
+                match this.tx.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => {
+                        debug!(error = %e, "part stream closed while sending the request body");
+                        return Poll::Ready(());
+                    }
+                    Poll::Pending => {
+                        this.pending = Some((chunk, eos));
+                        return Poll::Pending;
                     }
                 }
                 if this.tx.send_data(chunk, eos).is_err() || eos {
@@ -1134,19 +1134,23 @@ impl Future for Pump {
                 }
                 continue;
             }
-            match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+            let frame = match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    // Also wake up if the part resets the stream meanwhile.
+                    if let Poll::Ready(e) = this.tx.poll_reset(cx) {
+                        debug!(error = %e, "part stream ended before the request body");
+                        return Poll::Ready(());
+                    }
+                    return Poll::Pending;
+                }
+            };
+            match frame {
                 Some(Ok(frame)) => match frame.into_data() {
                     // Never an empty DATA frame without END_STREAM (see body.rs).
                     Ok(chunk) if chunk.is_empty() => {}
-                    Ok(chunk) => {
-                        // Claim a little capacity, not the whole chunk: h2 raises the claim to
-                        // what is buffered, and a large claim per waiting stream could starve
-                        // the others on the connection window (as hyper does, hyper#4003).
-                        this.tx.reserve_capacity(1);
-                        this.pending = Some((chunk, this.body.is_end_stream()));
-                    }
+                    Ok(chunk) => this.pending = Some((chunk, this.body.is_end_stream())),
                     Err(frame) => {
-                        this.tx.reserve_capacity(0);
                         if let Ok(trailers) = frame.into_trailers() {
                             let _ = this.tx.send_trailers(trailers);
                             return Poll::Ready(());
@@ -1154,36 +1158,16 @@ impl Future for Pump {
                     }
                 },
                 Some(Err(status)) => {
-                    debug!(error = %status.message(), "body failed; resetting the stream");
-                    this.tx.send_reset(h2::Reason::CANCEL);
+                    debug!(error = %status.message(), "request body failed; resetting the stream");
+                    this.tx.reset(Reason::CANCEL);
                     return Poll::Ready(());
                 }
                 None => {
-                    // Ended without trailers: END_STREAM on an empty DATA frame (allowed; only
-                    // empty frames *without* END_STREAM count against a flood limit).
+                    // Ended without trailers: END_STREAM on an empty DATA frame.
                     let _ = this.tx.send_data(Bytes::new(), true);
                     return Poll::Ready(());
                 }
             }
-        }
-    }
-}
-
-/// Pings the part every `interval`; returns when a ping goes unanswered for `timeout` (or the
-/// connection fails), which ends the connection task and so the connection.
-pub(crate) async fn keepalive(pings: Option<h2::PingPong>, interval: Duration, timeout: Duration) {
-    let Some(mut pings) = pings else {
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::time::sleep(interval).await;
-        match tokio::time::timeout(timeout, pings.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                debug!(error = %e, "keepalive ping failed");
-                return;
-            }
-            Err(_) => return,
         }
     }
 }

@@ -518,10 +518,10 @@ impl State {
                 return true;
             }
         }
-        // (Fix: only a pending end becomes Done; an open stream stays open.)
-        if matches!(s.send_end, SendEnd::Pending(_))
-            && let SendEnd::Pending(trailers) = std::mem::replace(&mut s.send_end, SendEnd::Done)
-        {
+        if !matches!(s.send_end, SendEnd::Pending(_)) {
+            return wrote;
+        }
+        if let SendEnd::Pending(trailers) = std::mem::replace(&mut s.send_end, SendEnd::Done) {
             let id = s.id;
             match trailers {
                 None => self.write.put_data(id, Bytes::new(), true),
@@ -804,7 +804,14 @@ where
     let conn = Connection {
         io,
         shared: shared.clone(),
-        reader: FrameReader::new(config.max_frame_size, config.max_header_list_size as usize),
+        // A block somewhat over the list limit is still decoded (to keep HPACK in step) and
+        // refused for its stream alone; only a far larger one is a connection error.
+        reader: FrameReader::new(
+            config.max_frame_size,
+            (config.max_header_list_size as usize)
+                .saturating_mul(2)
+                .max(64 * 1024),
+        ),
         decoder: hpack::Decoder::new(4096),
         out: WriteQueue::new(),
         unflushed: false,
@@ -852,15 +859,6 @@ where
             frame::put_window_update(out, 0, extra);
         }
     }
-    // A header block may be larger than the decoded list it carries only by a little: allow
-    // some slack, so that an oversized list is refused per stream (after decoding it) rather
-    // than as a connection error.
-    conn.reader = FrameReader::new(
-        config.max_frame_size,
-        (config.max_header_list_size as usize)
-            .saturating_mul(4)
-            .max(64 * 1024),
-    );
     conn.preface_pending = true;
     (shared, conn)
 }

@@ -15,8 +15,11 @@
 //!
 //! Cancellation: a client RST_STREAM before the response drops the handler's future (which
 //! cancels the call at the part); after the response started, the pump stops and drops the
-//! body. A response that ends before the request body does resets the stream with NO_ERROR
-//! (RFC 9113 section 8.1), as h2 does.
+//! body. A response that ends before the request body does not reset the stream: the rest of
+//! the request is discarded as it comes (its flow-control capacity released at once) until the
+//! client ends or resets it; gRPC clients keep their request stream after the status (the
+//! call's error is read from the response), and h2 did not reset while a part still held the
+//! request body either.
 //!
 //! Rapid reset (CVE-2023-44487): a client that resets more than [`RESET_BUDGET`] streams it had
 //! not yet been answered on within [`RESET_WINDOW`] gets GOAWAY(ENHANCE_YOUR_CALM) and the
@@ -741,29 +744,18 @@ impl Drop for Call {
         let mut wakers = Vec::new();
         {
             let mut st = self.shared.lock();
+            // Dropped before the response ended (the connection is going, or the handler's
+            // future was dropped): the client learns the call is over.
             if let Some(s) = st.stream(self.idx)
                 && !s.closed
+                && matches!(s.send_end, SendEnd::Open)
             {
-                match s.send_end {
-                    // Dropped before the response ended (the connection is going, or the
-                    // handler's future was dropped).
-                    SendEnd::Open => st.reset_stream(
-                        self.idx,
-                        Error::Local(Reason::CANCEL, "call dropped"),
-                        Some(Reason::CANCEL),
-                        &mut wakers,
-                    ),
-                    // The response is complete, the request goes on and nobody reads it any
-                    // more: tell the client to stop sending (RFC 9113 section 8.1), as h2 does
-                    // once every handle of the stream is gone.
-                    SendEnd::Done if !s.recv_end && s.refs == 1 => st.reset_stream(
-                        self.idx,
-                        Error::Local(Reason::NO_ERROR, "response complete"),
-                        Some(Reason::NO_ERROR),
-                        &mut wakers,
-                    ),
-                    _ => {}
-                }
+                st.reset_stream(
+                    self.idx,
+                    Error::Local(Reason::CANCEL, "call dropped"),
+                    Some(Reason::CANCEL),
+                    &mut wakers,
+                );
                 wakers.extend(st.wake_task());
             }
             st.drop_ref(self.idx);
@@ -890,20 +882,6 @@ impl RequestBody {
             let mut st = shared.lock();
             let idx = self.idx;
             if let Some(s) = st.stream(idx)
-                && !s.recv_end
-                && !s.closed
-                && s.refs == 1
-                && matches!(s.send_end, SendEnd::Done)
-            {
-                // The response is complete and the call gone: stop the client sending.
-                st.reset_stream(
-                    idx,
-                    Error::Local(Reason::NO_ERROR, "response complete"),
-                    Some(Reason::NO_ERROR),
-                    &mut Vec::new(),
-                );
-                wake = st.wake_task();
-            } else if let Some(s) = st.stream(idx)
                 && !s.recv_end
                 && !s.closed
             {
