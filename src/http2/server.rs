@@ -253,7 +253,7 @@ pub(crate) fn on_request_headers(
         };
     }
     st.peer_last_id = stream;
-    let mut req = RequestDecoder::default();
+    let mut req = RequestDecoder::new();
     match decoder.decode(block, max_list, |n, v| req.field(n, v)) {
         Ok(()) => {}
         Err(hpack::HpackError::ListTooLarge { .. }) => {
@@ -341,7 +341,6 @@ fn known_name(name: &[u8]) -> Option<HeaderName> {
 }
 
 /// A request header block being decoded, or what was wrong with it (a stream error).
-#[derive(Default)]
 struct RequestDecoder {
     method: Option<Method>,
     scheme: Option<Bytes>,
@@ -353,6 +352,19 @@ struct RequestDecoder {
 }
 
 impl RequestDecoder {
+    fn new() -> Self {
+        Self {
+            method: None,
+            scheme: None,
+            authority: None,
+            path: None,
+            // Room for a gRPC request's fields without regrowing the map.
+            headers: HeaderMap::with_capacity(12),
+            regular: false,
+            bad: None,
+        }
+    }
+
     fn field(&mut self, name: Bytes, value: Bytes) {
         if self.bad.is_some() {
             return;
