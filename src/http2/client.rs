@@ -9,18 +9,17 @@
 //! wake of the connection task; one lock per response poll (a unary response that arrived whole
 //! is taken in one go, data and trailers included, and the stream let go of at once).
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::conn::{self, SendEnd, Shared, State, is_connection_specific};
+use super::conn::{self, Chunks, SendEnd, Shared, State, Wakers, is_connection_specific};
 pub use super::conn::{Config, Connection, Error};
 use super::frame::{self, Reason};
 
@@ -160,14 +159,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::default();
         let result = {
             let mut st = this.shared.lock();
             this.try_open(&mut st, cx, &mut wakers)
         };
-        for w in wakers {
-            w.wake();
-        }
+        wakers.wake_all();
         result
     }
 }
@@ -180,7 +177,7 @@ where
         &mut self,
         st: &mut State,
         cx: &mut Context<'_>,
-        wakers: &mut Vec<Waker>,
+        wakers: &mut Wakers,
     ) -> Poll<Result<(ResponseFuture, Option<SendStream>), Error>> {
         if let Some(refused) = st.refusal() {
             if let Some(id) = self.waiter.take() {
@@ -225,7 +222,6 @@ where
         let send = streaming.then(|| SendStream {
             shared: shared.clone(),
             idx,
-            done: false,
         });
         let recv = RecvRef {
             shared,
@@ -239,11 +235,9 @@ where
 impl<D> Drop for Opening<'_, D> {
     fn drop(&mut self) {
         if let Some(id) = self.waiter.take() {
-            let mut wakers = Vec::new();
+            let mut wakers = Wakers::default();
             self.shared.lock().cancel_waiter(id, &mut wakers);
-            for w in wakers {
-                w.wake();
-            }
+            wakers.wake_all();
         }
     }
 }
@@ -292,8 +286,9 @@ fn encode_request(st: &mut State, id: u32, head: &http::request::Parts, end_stre
     frame::put_headers(write.scratch(), id, hbuf, end_stream, *peer_max_frame);
 }
 
-/// The receiving half's hold on its stream: dropped before the response ended, it resets the
-/// stream (CANCEL), so the server sees the call cancelled.
+/// The receiving half's hold on its stream: dropped before the response ended (and with no
+/// request body still streaming), it resets the stream (CANCEL), so the server sees the call
+/// cancelled.
 struct RecvRef {
     shared: Arc<Shared>,
     idx: usize,
@@ -306,26 +301,14 @@ impl Drop for RecvRef {
         if !self.live {
             return;
         }
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::default();
         {
             let mut st = self.shared.lock();
-            let cancel = st
-                .stream(self.idx)
-                .is_some_and(|s| !s.closed && !s.recv_end);
-            if cancel {
-                st.reset_stream(
-                    self.idx,
-                    Error::Local(Reason::CANCEL, "response dropped"),
-                    Some(Reason::CANCEL),
-                    &mut wakers,
-                );
+            if st.abandon(self.idx, true, &mut wakers) {
                 wakers.extend(st.wake_task());
             }
-            st.drop_ref(self.idx);
         }
-        for w in wakers {
-            w.wake();
-        }
+        wakers.wake_all();
     }
 }
 
@@ -352,7 +335,7 @@ impl Future for ResponseFuture {
                     // go of the stream now, so the body needs no lock any more.
                     let data = std::mem::take(&mut s.recv_q);
                     let trailers = s.trailers.take();
-                    let len: usize = data.iter().map(Bytes::len).sum();
+                    let len = data.len();
                     if st.release(idx, len) {
                         wake = st.wake_task();
                     }
@@ -368,7 +351,7 @@ impl Future for ResponseFuture {
                 } else {
                     RecvBody {
                         stream: None,
-                        data: VecDeque::new(),
+                        data: Chunks::default(),
                         trailers: None,
                         ended: false,
                         done: false,
@@ -414,7 +397,7 @@ impl Future for ResponseFuture {
 pub struct RecvBody {
     stream: Option<RecvRef>,
     /// Data already taken off the stream.
-    data: VecDeque<Bytes>,
+    data: Chunks,
     trailers: Option<HeaderMap>,
     /// The stream has nothing more: what is left is in `data` and `trailers`.
     ended: bool,
@@ -435,7 +418,7 @@ impl RecvBody {
     pub fn empty() -> Self {
         Self {
             stream: None,
-            data: VecDeque::new(),
+            data: Chunks::default(),
             trailers: None,
             ended: true,
             done: true,
@@ -547,12 +530,10 @@ impl http_body::Body for RecvBody {
 }
 
 /// The sending half of a stream whose request body was still streaming when it opened.
-/// Dropped before the body ended, the stream is reset (CANCEL).
+/// Dropped while the response is no longer read either, the stream is reset (CANCEL).
 pub struct SendStream {
     shared: Arc<Shared>,
     idx: usize,
-    /// END_STREAM (or trailers, or a reset) was queued.
-    done: bool,
 }
 
 impl SendStream {
@@ -608,20 +589,16 @@ impl SendStream {
             if end {
                 s.send_end = SendEnd::Pending(None);
             }
-        })?;
-        self.done |= end;
-        Ok(())
+        })
     }
 
     /// Ends the body with trailers.
     pub fn send_trailers(&mut self, trailers: HeaderMap) -> Result<(), Error> {
-        self.send(|s| s.send_end = SendEnd::Pending(Some(trailers)))?;
-        self.done = true;
-        Ok(())
+        self.send(|s| s.send_end = SendEnd::Pending(Some(trailers)))
     }
 
     fn send(&mut self, update: impl FnOnce(&mut conn::Stream)) -> Result<(), Error> {
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::default();
         let result = {
             let mut st = self.shared.lock();
             match st.stream(self.idx) {
@@ -638,15 +615,13 @@ impl SendStream {
                 }
             }
         };
-        for w in wakers {
-            w.wake();
-        }
+        wakers.wake_all();
         result
     }
 
     /// Resets the stream (the request body failed).
     pub fn reset(&mut self, reason: Reason) {
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::default();
         {
             let mut st = self.shared.lock();
             st.reset_stream(
@@ -657,35 +632,19 @@ impl SendStream {
             );
             wakers.extend(st.wake_task());
         }
-        self.done = true;
-        for w in wakers {
-            w.wake();
-        }
+        wakers.wake_all();
     }
 }
 
 impl Drop for SendStream {
     fn drop(&mut self) {
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::default();
         {
             let mut st = self.shared.lock();
-            let cancel = !self.done
-                && st
-                    .stream(self.idx)
-                    .is_some_and(|s| !s.closed && !matches!(s.send_end, SendEnd::Done));
-            if cancel {
-                st.reset_stream(
-                    self.idx,
-                    Error::Local(Reason::CANCEL, "request body dropped"),
-                    Some(Reason::CANCEL),
-                    &mut wakers,
-                );
+            if st.abandon(self.idx, false, &mut wakers) {
                 wakers.extend(st.wake_task());
             }
-            st.drop_ref(self.idx);
         }
-        for w in wakers {
-            w.wake();
-        }
+        wakers.wake_all();
     }
 }

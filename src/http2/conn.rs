@@ -21,6 +21,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -123,6 +124,51 @@ const PING_PAYLOAD: [u8; 8] = *b"partgate";
 /// Socket reads per connection-task poll before the task yields (fairness with other tasks).
 const READS_PER_POLL: usize = 8;
 
+/// A queue of chunks, the first one inline: a stream usually holds one chunk at a time, and
+/// then the queue allocates nothing.
+#[derive(Debug, Default)]
+pub(crate) struct Chunks {
+    /// Empty only when `rest` is empty too.
+    first: Option<Bytes>,
+    rest: VecDeque<Bytes>,
+}
+
+impl Chunks {
+    pub(crate) fn push_back(&mut self, chunk: Bytes) {
+        if self.first.is_none() {
+            self.first = Some(chunk);
+        } else {
+            self.rest.push_back(chunk);
+        }
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<Bytes> {
+        let first = self.first.take();
+        if first.is_some() {
+            self.first = self.rest.pop_front();
+        }
+        first
+    }
+
+    pub(crate) fn front_mut(&mut self) -> Option<&mut Bytes> {
+        self.first.as_mut()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.first = None;
+        self.rest.clear();
+    }
+
+    /// Total bytes queued.
+    pub(crate) fn len(&self) -> usize {
+        self.first.as_ref().map_or(0, Bytes::len) + self.rest.iter().map(Bytes::len).sum::<usize>()
+    }
+}
+
 /// How the sending half of a stream ends once its buffered data is out.
 #[derive(Debug)]
 pub(crate) enum SendEnd {
@@ -147,7 +193,7 @@ pub(crate) struct Stream {
 
     // Send half.
     pub(crate) send_window: i64,
-    pub(crate) send_buf: VecDeque<Bytes>,
+    pub(crate) send_buf: Chunks,
     pub(crate) send_end: SendEnd,
     /// In `State::conn_blocked` (waiting for the connection window).
     pub(crate) conn_queued: bool,
@@ -158,7 +204,7 @@ pub(crate) struct Stream {
     pub(crate) recv_window: i64,
     /// Consumed bytes not yet returned to the peer in a WINDOW_UPDATE.
     pub(crate) unreleased: u32,
-    pub(crate) recv_q: VecDeque<Bytes>,
+    pub(crate) recv_q: Chunks,
     /// The response head (client role), until the response future takes it.
     pub(crate) head: Option<http::Response<()>>,
     pub(crate) head_received: bool,
@@ -166,12 +212,13 @@ pub(crate) struct Stream {
     /// END_STREAM received.
     pub(crate) recv_end: bool,
     pub(crate) recv_waker: Option<Waker>,
+    /// Nobody reads the response any more (its handle was dropped while the request body
+    /// still streams): data is discarded as it arrives.
+    pub(crate) recv_dropped: bool,
 
     // [server role] (see `super::server`)
     /// The response HEADERS went out (a reset before that counts against rapid resets).
     pub(crate) answered: bool,
-    /// Nobody reads the received data any more: it is released as it arrives.
-    pub(crate) recv_discard: bool,
 }
 
 impl Stream {
@@ -182,20 +229,20 @@ impl Stream {
             closed: false,
             error: None,
             send_window,
-            send_buf: VecDeque::new(),
+            send_buf: Chunks::default(),
             send_end: SendEnd::Open,
             conn_queued: false,
             send_waker: None,
             recv_window,
             unreleased: 0,
-            recv_q: VecDeque::new(),
+            recv_q: Chunks::default(),
             head: None,
             head_received: false,
             trailers: None,
             recv_end: false,
             recv_waker: None,
+            recv_dropped: false,
             answered: false,
-            recv_discard: false,
         }
     }
 
@@ -229,7 +276,7 @@ pub(crate) struct State {
     /// Occupied slots of `streams`.
     live: usize,
     /// Open streams by id (closed ones are removed at once).
-    pub(crate) ids: HashMap<u32, usize>,
+    pub(crate) ids: IdMap,
     /// Client role: the next stream id we open (odd).
     pub(crate) next_id: u32,
     pub(crate) write: WriteQueue,
@@ -295,13 +342,73 @@ pub(crate) enum Role {
 /// A waker to wake once the lock is released.
 pub(crate) type Wake = Option<Waker>;
 
+/// Wakers collected under the lock and woken after it: the first inline (usually the only one,
+/// so collecting it allocates nothing).
+#[derive(Default)]
+pub(crate) struct Wakers {
+    first: Option<Waker>,
+    rest: Vec<Waker>,
+}
+
+impl Wakers {
+    pub(crate) fn push(&mut self, waker: Waker) {
+        if self.first.is_none() {
+            self.first = Some(waker);
+        } else {
+            self.rest.push(waker);
+        }
+    }
+
+    /// Wakes and forgets them all (keeps the allocation for reuse).
+    pub(crate) fn wake_all(&mut self) {
+        if let Some(w) = self.first.take() {
+            w.wake();
+        }
+        for w in self.rest.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+impl Extend<Waker> for Wakers {
+    fn extend<T: IntoIterator<Item = Waker>>(&mut self, iter: T) {
+        for w in iter {
+            self.push(w);
+        }
+    }
+}
+
+/// Hashes stream ids for the id map: a multiply and a fold (ids are small, sequential, odd;
+/// SipHash would cost more than the rest of a frame's lookup).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u32(u32::from(b) ^ (self.0 as u32).rotate_left(8));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        let h = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 32);
+    }
+}
+
+type IdMap = HashMap<u32, usize, BuildHasherDefault<IdHasher>>;
+
 impl State {
     fn new(config: Config) -> Self {
         Self {
             streams: Vec::new(),
             free: Vec::new(),
             live: 0,
-            ids: HashMap::new(),
+            ids: IdMap::default(),
             next_id: 1,
             write: WriteQueue::new(),
             encoder: hpack::Encoder::new(),
@@ -403,7 +510,7 @@ impl State {
     }
 
     /// A waiter gave up (its future was dropped, or the connection refuses).
-    pub(crate) fn cancel_waiter(&mut self, id: u64, wakers: &mut Vec<Waker>) {
+    pub(crate) fn cancel_waiter(&mut self, id: u64, wakers: &mut Wakers) {
         if self.claim_grant(id) {
             self.release_slot(wakers);
         } else if let Some(i) = self.waiters.iter().position(|(w, _)| *w == id) {
@@ -412,12 +519,12 @@ impl State {
     }
 
     /// Gives a slot back and hands free slots to waiters, in order.
-    pub(crate) fn release_slot(&mut self, wakers: &mut Vec<Waker>) {
+    pub(crate) fn release_slot(&mut self, wakers: &mut Wakers) {
         self.active = self.active.saturating_sub(1);
         self.grant(wakers);
     }
 
-    fn grant(&mut self, wakers: &mut Vec<Waker>) {
+    fn grant(&mut self, wakers: &mut Wakers) {
         if !self.settings_received {
             return;
         }
@@ -557,7 +664,7 @@ impl State {
     }
 
     /// Serves streams waiting for the connection window, one frame each in turn.
-    fn serve_conn_blocked(&mut self, wakers: &mut Vec<Waker>) {
+    fn serve_conn_blocked(&mut self, wakers: &mut Wakers) {
         while self.conn_send_window > 0 {
             let Some(idx) = self.conn_blocked.pop_front() else {
                 return;
@@ -574,7 +681,7 @@ impl State {
 
     /// After sending on a stream: wakes a sender waiting for room, and closes the stream when
     /// both halves are done.
-    pub(crate) fn after_send(&mut self, idx: usize, wakers: &mut Vec<Waker>) {
+    pub(crate) fn after_send(&mut self, idx: usize, wakers: &mut Wakers) {
         let Some(s) = self.stream(idx) else {
             return;
         };
@@ -625,7 +732,7 @@ impl State {
 
     /// The stream is closed at the protocol level: out of the id map and the concurrency count;
     /// freed now if no handle refers to it.
-    pub(crate) fn close_stream(&mut self, idx: usize, wakers: &mut Vec<Waker>) {
+    pub(crate) fn close_stream(&mut self, idx: usize, wakers: &mut Wakers) {
         let Some(s) = self.streams.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
@@ -650,7 +757,7 @@ impl State {
         idx: usize,
         error: Error,
         send_rst: Option<Reason>,
-        wakers: &mut Vec<Waker>,
+        wakers: &mut Wakers,
     ) {
         let Some(s) = self.streams.get_mut(idx).and_then(Option::as_mut) else {
             return;
@@ -667,6 +774,35 @@ impl State {
         self.close_stream(idx, wakers);
     }
 
+    /// A handle let go of a stream before its end. The last one to go resets a stream still
+    /// open (CANCEL: the peer sees the call cancelled); an earlier one leaves it to the other
+    /// half (a dropped response while the request body still streams discards the response's
+    /// data as it comes). Returns whether a frame was queued.
+    pub(crate) fn abandon(&mut self, idx: usize, recv: bool, wakers: &mut Wakers) -> bool {
+        let Some(s) = self.stream(idx) else {
+            return false;
+        };
+        let mut wrote = false;
+        if !s.closed {
+            if s.refs <= 1 {
+                self.reset_stream(
+                    idx,
+                    Error::Local(Reason::CANCEL, "call dropped"),
+                    Some(Reason::CANCEL),
+                    wakers,
+                );
+                wrote = true;
+            } else if recv && !s.recv_dropped {
+                s.recv_dropped = true;
+                let unread = std::mem::take(&mut s.recv_q).len();
+                s.trailers = None;
+                wrote = self.release_conn(u32::try_from(unread).unwrap_or(u32::MAX));
+            }
+        }
+        self.drop_ref(idx);
+        wrote
+    }
+
     /// A handle let go of a stream: frees it once closed and unreferenced.
     pub(crate) fn drop_ref(&mut self, idx: usize) {
         let Some(s) = self.stream(idx) else {
@@ -679,20 +815,25 @@ impl State {
     }
 
     fn free_stream(&mut self, idx: usize) {
-        if let Some(s) = self.streams.get_mut(idx).and_then(Option::take) {
-            // Data nobody will read still occupied the connection window.
-            let unread: usize = s.recv_q.iter().map(Bytes::len).sum();
-            let unread = u32::try_from(unread).unwrap_or(u32::MAX);
-            if unread > 0 {
-                self.release_conn(unread);
-            }
-            self.live -= 1;
-            self.free.push(idx);
+        let Some(slot) = self.streams.get_mut(idx) else {
+            return;
+        };
+        let Some(s) = slot.as_ref() else {
+            return;
+        };
+        // Data nobody will read still occupied the connection window.
+        let unread = u32::try_from(s.recv_q.len()).unwrap_or(u32::MAX);
+        // Dropped in place (a stream is a few hundred bytes: no move).
+        *slot = None;
+        if unread > 0 {
+            self.release_conn(unread);
         }
+        self.live -= 1;
+        self.free.push(idx);
     }
 
     /// The connection ended: every stream and waiter fails with `error`.
-    fn fail_all(&mut self, error: &Error, wakers: &mut Vec<Waker>) {
+    fn fail_all(&mut self, error: &Error, wakers: &mut Wakers) {
         if self.closed.is_none() {
             self.closed = Some(error.clone());
         }
@@ -749,7 +890,7 @@ pub struct Connection<I> {
     out: WriteQueue,
     /// Written bytes not yet flushed.
     unflushed: bool,
-    wakers: Vec<Waker>,
+    wakers: Wakers,
     keepalive: Option<Keepalive>,
     /// Set once the connection failed or finished: write what is queued (GOAWAY), then end.
     ending: Option<Result<(), Error>>,
@@ -815,7 +956,7 @@ where
         decoder: hpack::Decoder::new(4096),
         out: WriteQueue::new(),
         unflushed: false,
-        wakers: Vec::new(),
+        wakers: Wakers::default(),
         keepalive,
         ending: None,
         preface_pending: false,
@@ -999,9 +1140,7 @@ where
                 ka.sleep.as_mut().reset(next);
                 let _ = ka.sleep.as_mut().poll(cx);
             }
-            for w in this.wakers.drain(..) {
-                w.wake();
-            }
+            this.wakers.wake_all();
             if let Some(result) = done {
                 if let Err(e) = &result {
                     debug!(error = %e, "HTTP/2 connection ended");
@@ -1049,9 +1188,7 @@ where
             st.fail_all(&error, &mut self.wakers);
         }
         self.shared.accepting.store(false, Ordering::Release);
-        for w in self.wakers.drain(..) {
-            w.wake();
-        }
+        self.wakers.wake_all();
         self.ending = Some(Err(error));
     }
 
@@ -1076,16 +1213,14 @@ where
 impl<I> Drop for Connection<I> {
     fn drop(&mut self) {
         self.shared.accepting.store(false, Ordering::Release);
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::default();
         {
             let mut st = self.shared.lock();
             if st.closed.is_none() {
                 st.fail_all(&Error::Closed, &mut wakers);
             }
         }
-        for w in wakers {
-            w.wake();
-        }
+        wakers.wake_all();
     }
 }
 
@@ -1095,7 +1230,7 @@ fn handle_frames(
     st: &mut State,
     reader: &mut FrameReader,
     decoder: &mut hpack::Decoder,
-    wakers: &mut Vec<Waker>,
+    wakers: &mut Wakers,
     pong: &mut bool,
 ) -> Result<(), ConnError> {
     if st.closed.is_some() {
@@ -1186,7 +1321,7 @@ fn on_data(
     data: Bytes,
     end_stream: bool,
     flow_len: u32,
-    wakers: &mut Vec<Waker>,
+    wakers: &mut Wakers,
 ) -> Result<(), ConnError> {
     st.conn_recv_window -= i64::from(flow_len);
     if st.conn_recv_window < 0 {
@@ -1217,11 +1352,19 @@ fn on_data(
         st.reset_stream(idx, Error::Local(reason, detail), Some(reason), wakers);
         return Ok(());
     }
-    let mut padding = flow_len.saturating_sub(u32::try_from(data.len()).unwrap_or(u32::MAX));
-    if s.recv_discard {
-        // [server role] nobody reads the request body any more: free at once.
-        padding = flow_len;
-    } else if !data.is_empty() {
+    if s.recv_dropped {
+        // Nobody will read it: free at once, connection-wide.
+        if end_stream {
+            s.recv_end = true;
+        }
+        st.release_conn(flow_len);
+        if end_stream {
+            st.after_send(idx, wakers);
+        }
+        return Ok(());
+    }
+    let padding = flow_len.saturating_sub(u32::try_from(data.len()).unwrap_or(u32::MAX));
+    if !data.is_empty() {
         s.recv_q.push_back(data);
     }
     if end_stream {
@@ -1323,7 +1466,7 @@ fn on_headers(
     stream: u32,
     block: &Bytes,
     end_stream: bool,
-    wakers: &mut Vec<Waker>,
+    wakers: &mut Wakers,
 ) -> Result<(), ConnError> {
     let max_list = st.config.max_header_list_size as usize;
     if st.role == Role::Server && !st.ids.contains_key(&stream) {
@@ -1410,7 +1553,7 @@ fn compression_error() -> ConnError {
 fn on_settings(
     st: &mut State,
     params: &[(u16, u32)],
-    wakers: &mut Vec<Waker>,
+    wakers: &mut Wakers,
 ) -> Result<(), ConnError> {
     for &(id, value) in params {
         match id {
@@ -1451,13 +1594,7 @@ fn on_settings(
     Ok(())
 }
 
-fn on_goaway(
-    st: &mut State,
-    last_stream: u32,
-    reason: Reason,
-    data: &[u8],
-    wakers: &mut Vec<Waker>,
-) {
+fn on_goaway(st: &mut State, last_stream: u32, reason: Reason, data: &[u8], wakers: &mut Wakers) {
     debug!(
         last_stream,
         %reason,
@@ -1494,7 +1631,7 @@ fn on_window_update(
     st: &mut State,
     stream: u32,
     increment: u32,
-    wakers: &mut Vec<Waker>,
+    wakers: &mut Wakers,
 ) -> Result<(), ConnError> {
     if stream == 0 {
         st.conn_send_window += i64::from(increment);

@@ -28,7 +28,6 @@
 //! handler at all, and the budget bounds the resets of calls in progress, which are what cost
 //! work at the parts.)
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
@@ -49,7 +48,9 @@ use tokio::time::Instant;
 use tracing::debug;
 
 pub use super::conn::Error;
-use super::conn::{self, Config, Connection, SendEnd, Shared, State, Wake, is_connection_specific};
+use super::conn::{
+    self, Chunks, Config, Connection, SendEnd, Shared, State, Wake, Wakers, is_connection_specific,
+};
 use super::frame::{self, ConnError, Reason};
 use super::hpack;
 use crate::auth::PeerAddr;
@@ -228,7 +229,7 @@ pub(crate) fn on_request_headers(
     stream: u32,
     block: &Bytes,
     end_stream: bool,
-    wakers: &mut Vec<std::task::Waker>,
+    wakers: &mut Wakers,
 ) -> Result<(), ConnError> {
     let _ = wakers;
     let max_list = st.config.max_header_list_size as usize;
@@ -578,7 +579,7 @@ impl Call {
         cx: &mut Context<'_>,
     ) -> bool {
         let idx = self.idx;
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::default();
         let ended = got.end.is_some();
         let over = {
             let mut st = self.shared.lock();
@@ -600,7 +601,9 @@ impl Call {
             if header_end && head.is_some() {
                 s.send_end = SendEnd::Done;
             } else {
-                s.send_buf.extend(got.data);
+                for chunk in got.data {
+                    s.send_buf.push_back(chunk);
+                }
                 if let Some(end) = got.end {
                     s.send_end = SendEnd::Pending(end);
                 }
@@ -629,9 +632,7 @@ impl Call {
                 _ => true,
             }
         };
-        for w in wakers {
-            w.wake();
-        }
+        wakers.wake_all();
         over
     }
 
@@ -753,7 +754,7 @@ impl Drop for Call {
     fn drop(&mut self) {
         // The handler's future or the body goes first (a part's stream is cancelled with it).
         self.state = CallState::Done;
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::default();
         {
             let mut st = self.shared.lock();
             // Dropped before the response ended (the connection is going, or the handler's
@@ -772,9 +773,7 @@ impl Drop for Call {
             }
             st.drop_ref(self.idx);
         }
-        for w in wakers {
-            w.wake();
-        }
+        wakers.wake_all();
     }
 }
 
@@ -788,7 +787,7 @@ pub struct RequestBody {
     shared: Option<Arc<Shared>>,
     idx: usize,
     /// Taken off the stream at its end in one go.
-    data: VecDeque<Bytes>,
+    data: Chunks,
     trailers: Option<HeaderMap>,
     /// Nothing more from the stream: what is left is in `data` and `trailers`.
     ended: bool,
@@ -809,7 +808,7 @@ impl RequestBody {
         Self {
             shared: Some(shared),
             idx,
-            data: VecDeque::new(),
+            data: Chunks::default(),
             trailers: None,
             ended: false,
             done: false,
@@ -832,7 +831,7 @@ impl RequestBody {
                     // All of it is here: take it in one go and let go of the stream.
                     let mut data = std::mem::take(&mut s.recv_q);
                     self.trailers = s.trailers.take();
-                    let len: usize = data.iter().map(Bytes::len).sum();
+                    let len = data.len();
                     if len > 0 && st.release(idx, len) {
                         wake = st.wake_task();
                     }
@@ -897,9 +896,9 @@ impl RequestBody {
                 && !s.recv_end
                 && !s.closed
             {
-                s.recv_discard = true;
+                s.recv_dropped = true;
                 let unread = std::mem::take(&mut s.recv_q);
-                let len: usize = unread.iter().map(Bytes::len).sum();
+                let len = unread.len();
                 if len > 0 && st.release(idx, len) {
                     wake = st.wake_task();
                 }
