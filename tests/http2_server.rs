@@ -815,6 +815,11 @@ async fn malformed_requests_reset_the_stream_only() {
         base(""),
         {
             let mut f = base("/x");
+            f.push(("content-length", "12a"));
+            f
+        },
+        {
+            let mut f = base("/x");
             f.push(("x-bad", "a\u{1}b"));
             f
         },
@@ -1035,4 +1040,45 @@ async fn client_goaway_finishes_open_streams() {
         other => panic!("expected the response, got {other:?}"),
     }
     timeout(T, s.done).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn request_data_must_match_its_content_length() {
+    let h = handler(|req: Request<Body>| async move {
+        let ok = req.into_body().collect().await.is_ok();
+        let mut resp = Response::new(Body::empty());
+        let status = if ok { "0" } else { "13" };
+        resp.headers_mut()
+            .insert("grpc-status", HeaderValue::from_static(status));
+        resp
+    });
+    let mut s = serve(h);
+    let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+    // Matching: answered.
+    raw.request(1, &[("content-length", "5")], false).await;
+    raw.send(|b| {
+        frame::put_head(b, 5, kind::DATA, flag::END_STREAM, 1);
+        b.extend_from_slice(b"12345");
+    })
+    .await;
+    match raw.next_significant().await {
+        Some(Frame::Headers { stream: 1, .. }) => {}
+        other => panic!("expected the response, got {other:?}"),
+    }
+    // Short: the stream is reset.
+    raw.request(3, &[("content-length", "10")], false).await;
+    raw.send(|b| {
+        frame::put_head(b, 5, kind::DATA, flag::END_STREAM, 3);
+        b.extend_from_slice(b"12345");
+    })
+    .await;
+    expect_reset(&mut raw, 3, Reason::PROTOCOL_ERROR).await;
+    // Long: the stream is reset.
+    raw.request(5, &[("content-length", "2")], false).await;
+    raw.send(|b| {
+        frame::put_head(b, 5, kind::DATA, flag::END_STREAM, 5);
+        b.extend_from_slice(b"12345");
+    })
+    .await;
+    expect_reset(&mut raw, 5, Reason::PROTOCOL_ERROR).await;
 }

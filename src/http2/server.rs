@@ -167,7 +167,12 @@ where
                 let mut st = self.shared.lock();
                 while let Some((idx, req)) = st.accepted.pop_front() {
                     if st.stream(idx).is_some_and(|s| s.error.is_none()) {
-                        let body = RequestBody::new(self.shared.clone(), idx);
+                        let mut body = RequestBody::new(self.shared.clone(), idx);
+                        // (Well-formed: checked when decoded.)
+                        body.expect_len = req
+                            .headers()
+                            .get(header::CONTENT_LENGTH)
+                            .and_then(|v| v.to_str().ok()?.parse().ok());
                         let mut req = req.map(|()| Body::new(body));
                         req.extensions_mut().insert(PeerAddr(self.peer));
                         dropped.push((idx, req));
@@ -418,7 +423,12 @@ impl RequestDecoder {
                 }
             },
         };
-        if name == header::TE {
+        if name == header::CONTENT_LENGTH {
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) || value.len() > 19 {
+                self.bad = Some("malformed content-length");
+                return;
+            }
+        } else if name == header::TE {
             if value != "trailers" {
                 self.bad = Some("te other than \"trailers\"");
                 return;
@@ -792,6 +802,10 @@ pub struct RequestBody {
     /// Nothing more from the stream: what is left is in `data` and `trailers`.
     ended: bool,
     done: bool,
+    /// The request's content-length, which the data must match (RFC 9113 section 8.1.1).
+    expect_len: Option<u64>,
+    /// Data bytes handed on so far.
+    seen: u64,
 }
 
 impl std::fmt::Debug for RequestBody {
@@ -812,7 +826,55 @@ impl RequestBody {
             trailers: None,
             ended: false,
             done: false,
+            expect_len: None,
+            seen: 0,
         }
+    }
+
+    /// Checks the body against its content-length: more data than announced, or an end before
+    /// all of it, fails the body and resets the stream (PROTOCOL_ERROR), as h2 did.
+    fn check_len(
+        &mut self,
+        polled: Poll<Option<Result<Frame<Bytes>, Error>>>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let Some(expect) = self.expect_len else {
+            return polled;
+        };
+        let bad = match &polled {
+            Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+                Some(data) => {
+                    self.seen += data.len() as u64;
+                    self.seen > expect
+                }
+                None => self.seen != expect,
+            },
+            Poll::Ready(None) => self.seen != expect,
+            _ => false,
+        };
+        if !bad {
+            return polled;
+        }
+        self.done = true;
+        self.data.clear();
+        self.trailers = None;
+        if let Some(shared) = self.shared.as_ref() {
+            let mut wakers = Wakers::default();
+            {
+                let mut st = shared.lock();
+                st.reset_stream(
+                    self.idx,
+                    Error::Local(Reason::PROTOCOL_ERROR, "content-length mismatch"),
+                    Some(Reason::PROTOCOL_ERROR),
+                    &mut wakers,
+                );
+                wakers.extend(st.wake_task());
+            }
+            wakers.wake_all();
+        }
+        Poll::Ready(Some(Err(Error::Local(
+            Reason::PROTOCOL_ERROR,
+            "request data does not match its content-length",
+        ))))
     }
 
     fn poll_stream(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
@@ -836,7 +898,8 @@ impl RequestBody {
                         wake = st.wake_task();
                     }
                     self.ended = true;
-                    let_go = true;
+                    // (With a content-length to check, kept until then: a mismatch resets.)
+                    let_go = self.expect_len.is_none();
                     match data.pop_front() {
                         Some(first) => {
                             self.data = data;
@@ -929,22 +992,28 @@ impl http_body::Body for RequestBody {
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(data) = this.data.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(data))));
-        }
-        if this.ended {
+        let polled = if let Some(data) = this.data.pop_front() {
+            Poll::Ready(Some(Ok(Frame::data(data))))
+        } else if this.ended {
             this.done = true;
-            return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
-        }
-        let polled = this.poll_stream(cx);
-        if matches!(polled, Poll::Ready(None)) {
-            this.done = true;
-        }
-        polled
+            Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))))
+        } else {
+            let polled = this.poll_stream(cx);
+            if matches!(polled, Poll::Ready(None)) {
+                this.done = true;
+            }
+            polled
+        };
+        this.check_len(polled)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || (self.ended && self.data.is_empty() && self.trailers.is_none())
+        // (A body short of its content-length is not over: the next poll fails it.)
+        self.done
+            || (self.ended
+                && self.data.is_empty()
+                && self.trailers.is_none()
+                && self.expect_len.is_none_or(|e| e == self.seen))
     }
 
     fn size_hint(&self) -> SizeHint {
