@@ -4,6 +4,12 @@
 //!
 //! Receives a routed request for part N; hands back the part's response (headers now, body and
 //! trailers streaming), or fails fast with UNAVAILABLE when the part is not connected.
+//!
+//! The connections to parts run on the native HTTP/2 client ([`crate::http2::client`]), not on
+//! `h2`: `h2`'s client side was the largest cost per proxied call (~30k of ~80k user-space
+//! instructions per unary call at c=64: connection task, `send_request`/`Pump`, HPACK, stream
+//! state transitions, priority queues). The native engine costs ~9k (callgrind, bench c=64:
+//! 79.8k -> 63.2k instructions per call through the gateway; c=1 97.8k -> 78.1k).
 
 use std::future::Future;
 use std::ops::Deref;
