@@ -631,69 +631,6 @@ impl http_body::Body for ResponseBody {
 /// handed on (see [`crate::http2::client::RecvBody`]).
 pub type PartBody = crate::http2::client::RecvBody;
 
-/// A body straight off an h2 stream: data as it arrives, then trailers. A client's request on
-/// the HTTP/2 server (`h2_server`). Flow-control capacity is released as each chunk is handed
-/// on, so the sender is held back exactly as fast as the other side reads (each side only polls
-/// when it can write).
-pub struct H2Body {
-    recv: h2::RecvStream,
-    data_done: bool,
-    done: bool,
-}
-
-impl H2Body {
-    /// Wraps the receiving half of an h2 stream.
-    pub fn new(recv: h2::RecvStream) -> Self {
-        Self {
-            recv,
-            data_done: false,
-            done: false,
-        }
-    }
-}
-
-impl http_body::Body for H2Body {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        if this.done {
-            return Poll::Ready(None);
-        }
-        if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                // RST_STREAM(NO_ERROR) after a complete response ends the body without failing
-                // it (RFC 9113 section 8.1), as hyper treats it.
-                Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => {
-                    this.done = true;
-                    return Poll::Ready(None);
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => this.data_done = true,
-            }
-        }
-        let trailers = ready!(this.recv.poll_trailers(cx));
-        this.done = true;
-        match trailers {
-            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
-            Err(e) if e.reason() == Some(h2::Reason::NO_ERROR) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done || self.recv.is_end_stream()
-    }
-}
-
 // === impl MeteredBody ===
 
 impl MeteredBody {

@@ -215,6 +215,10 @@ pub(crate) struct Stream {
     /// Nobody reads the response any more (its handle was dropped while the request body
     /// still streams): data is discarded as it arrives.
     pub(crate) recv_dropped: bool,
+
+    // [server role] (see `super::server`)
+    /// The response HEADERS went out (a reset before that counts against rapid resets).
+    pub(crate) answered: bool,
 }
 
 impl Stream {
@@ -238,6 +242,7 @@ impl Stream {
             recv_end: false,
             recv_waker: None,
             recv_dropped: false,
+            answered: false,
         }
     }
 
@@ -292,16 +297,16 @@ pub(crate) struct State {
     conn_blocked: VecDeque<usize>,
     conn_recv_window: i64,
     conn_unreleased: u32,
-    config: Config,
+    pub(crate) config: Config,
 
     // Concurrency: open streams plus slots granted to waiters not yet claimed.
-    active: usize,
+    pub(crate) active: usize,
     waiters: VecDeque<(u64, Waker)>,
     granted: Vec<u64>,
     next_waiter: u64,
 
     /// The peer's GOAWAY: last stream id it may process.
-    goaway: Option<u32>,
+    pub(crate) goaway: Option<u32>,
     /// The connection ended (every stream failed with it).
     pub(crate) closed: Option<Error>,
     /// `SendRequest` handles alive; at 0 with no streams the connection closes.
@@ -311,7 +316,27 @@ pub(crate) struct State {
 
     task_waker: Option<Waker>,
     /// The connection task was woken and has not polled since: no need to wake it again.
-    task_woken: bool,
+    pub(crate) task_woken: bool,
+
+    // [server role] (see `super::server`); unused by the client role.
+    pub(crate) role: Role,
+    /// Highest stream id the peer opened.
+    pub(crate) peer_last_id: u32,
+    /// Streams the peer opened, with their request heads, not yet taken by the server.
+    pub(crate) accepted: VecDeque<(usize, http::Request<()>)>,
+    /// Our SETTINGS_MAX_CONCURRENT_STREAMS (over it a new stream is refused).
+    pub(crate) max_peer_streams: usize,
+    /// We sent GOAWAY (graceful shutdown): no new streams; the connection ends with the last.
+    pub(crate) local_goaway: Option<u32>,
+    /// Rapid-reset accounting: resets of unanswered streams in the window starting at `.0`.
+    pub(crate) resets: (Instant, u32),
+}
+
+/// Which end of the connection we are. [server role hook]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Client,
+    Server,
 }
 
 /// A waker to wake once the lock is released.
@@ -407,6 +432,12 @@ impl State {
             drain_waker: None,
             task_waker: None,
             task_woken: false,
+            role: Role::Client,
+            peer_last_id: 0,
+            accepted: VecDeque::new(),
+            max_peer_streams: 0,
+            local_goaway: None,
+            resets: (Instant::now(), 0),
         }
     }
 
@@ -512,6 +543,11 @@ impl State {
     pub(crate) fn insert_stream(&mut self, refs: u8) -> (usize, u32) {
         let id = self.next_id;
         self.next_id = self.next_id.saturating_add(2);
+        (self.insert_stream_id(id, refs), id)
+    }
+
+    /// A table slot for stream `id` (either role; its concurrency slot already counted).
+    pub(crate) fn insert_stream_id(&mut self, id: u32, refs: u8) -> usize {
         let mut stream = Stream::new(
             id,
             self.peer_initial_window,
@@ -530,7 +566,7 @@ impl State {
             }
         };
         self.ids.insert(id, idx);
-        (idx, id)
+        idx
     }
 
     // === sending ===
@@ -681,7 +717,7 @@ impl State {
     }
 
     /// Returns `len` bytes of connection window (data consumed or discarded).
-    fn release_conn(&mut self, len: u32) -> bool {
+    pub(crate) fn release_conn(&mut self, len: u32) -> bool {
         self.conn_unreleased = self.conn_unreleased.saturating_add(len);
         if self.conn_unreleased >= self.config.initial_conn_window / 2 {
             frame::put_window_update(self.write.scratch(), 0, self.conn_unreleased);
@@ -858,6 +894,8 @@ pub struct Connection<I> {
     keepalive: Option<Keepalive>,
     /// Set once the connection failed or finished: write what is queued (GOAWAY), then end.
     ending: Option<Result<(), Error>>,
+    /// [server role] the client's preface is still to be read.
+    preface_pending: bool,
 }
 
 struct Keepalive {
@@ -921,7 +959,48 @@ where
         wakers: Wakers::default(),
         keepalive,
         ending: None,
+        preface_pending: false,
     };
+    (shared, conn)
+}
+
+/// [server role] Starts serving a client connection over `io`, whose first bytes are the
+/// client's preface (checked by the connection task): queues our SETTINGS (no ENABLE_PUSH:
+/// servers do not send it) and the connection WINDOW_UPDATE. `max_streams`: our
+/// SETTINGS_MAX_CONCURRENT_STREAMS. New streams go to [`State::accepted`].
+pub(crate) fn start_server<I>(
+    io: I,
+    config: Config,
+    max_streams: u32,
+) -> (Arc<Shared>, Connection<I>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (shared, mut conn) = start(io, config.clone());
+    {
+        let mut st = shared.lock();
+        st.role = Role::Server;
+        st.max_peer_streams = max_streams as usize;
+        st.settings_received = true;
+        let out = st.write.scratch();
+        out.clear();
+        frame::put_settings(
+            out,
+            &[
+                (setting::MAX_CONCURRENT_STREAMS, max_streams),
+                (setting::INITIAL_WINDOW_SIZE, config.initial_stream_window),
+                (setting::MAX_FRAME_SIZE, config.max_frame_size),
+                (setting::MAX_HEADER_LIST_SIZE, config.max_header_list_size),
+            ],
+        );
+        let extra = config
+            .initial_conn_window
+            .saturating_sub(frame::DEFAULT_WINDOW);
+        if extra > 0 {
+            frame::put_window_update(out, 0, extra);
+        }
+    }
+    conn.preface_pending = true;
     (shared, conn)
 }
 
@@ -986,16 +1065,33 @@ where
             let mut pong = false;
             let done = {
                 let mut st = this.shared.lock();
-                let handled = handle_frames(
-                    &mut st,
-                    &mut this.reader,
-                    &mut this.decoder,
-                    &mut this.wakers,
-                    &mut pong,
-                );
+                // [server role] the client's preface comes first.
+                let preface = if this.preface_pending {
+                    this.reader
+                        .take_preface()
+                        .inspect(|&taken| this.preface_pending = !taken)
+                } else {
+                    Ok(true)
+                };
+                let handled = match preface {
+                    Ok(true) => handle_frames(
+                        &mut st,
+                        &mut this.reader,
+                        &mut this.decoder,
+                        &mut this.wakers,
+                        &mut pong,
+                    ),
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = handled {
                     debug!(error = %e, "HTTP/2 connection error; sending GOAWAY");
-                    frame::put_goaway(st.write.scratch(), 0, e.reason, e.detail.as_bytes());
+                    // [server role] GOAWAY names the last client stream we may have processed.
+                    let last = match st.role {
+                        Role::Client => 0,
+                        Role::Server => st.peer_last_id,
+                    };
+                    frame::put_goaway(st.write.scratch(), last, e.reason, e.detail.as_bytes());
                     failed.get_or_insert(Error::Conn(e));
                 }
                 if ping_due {
@@ -1012,9 +1108,11 @@ where
                     } else {
                         Err(e)
                     });
-                } else if (st.senders == 0 || st.goaway.is_some()) && !st.has_streams() {
+                } else if (st.senders == 0 || st.goaway.is_some() || st.local_goaway.is_some())
+                    && !st.has_streams()
+                {
                     // Nobody can use the connection any more: say goodbye.
-                    if st.goaway.is_none() {
+                    if st.goaway.is_none() && st.local_goaway.is_none() {
                         frame::put_goaway(st.write.scratch(), 0, Reason::NO_ERROR, b"");
                     }
                     st.fail_all(&Error::Closed, &mut this.wakers);
@@ -1155,6 +1253,10 @@ fn handle_frames(
             Frame::RstStream { stream, reason } => {
                 check_not_idle(st, stream)?;
                 if let Some(&idx) = st.ids.get(&stream) {
+                    if st.role == Role::Server {
+                        // [server role] rapid-reset protection.
+                        super::server::count_reset(st, idx)?;
+                    }
                     let error = if reason == Reason::REFUSED_STREAM {
                         Error::Refused("the peer refused the stream (REFUSED_STREAM)")
                     } else {
@@ -1199,7 +1301,12 @@ fn handle_frames(
 /// Client role: a frame on a stream we never opened (or a server-initiated id) is a
 /// connection error; on one we closed it is ignored.
 fn check_not_idle(st: &State, stream: u32) -> Result<(), ConnError> {
-    if stream.is_multiple_of(2) || stream >= st.next_id {
+    // [server role] the peer opens odd ids; beyond the highest it opened, a stream is idle.
+    let idle = match st.role {
+        Role::Client => stream.is_multiple_of(2) || stream >= st.next_id,
+        Role::Server => stream.is_multiple_of(2) || stream > st.peer_last_id,
+    };
+    if idle {
         return Err(ConnError {
             reason: Reason::PROTOCOL_ERROR,
             detail: "frame on an idle stream",
@@ -1362,6 +1469,10 @@ fn on_headers(
     wakers: &mut Wakers,
 ) -> Result<(), ConnError> {
     let max_list = st.config.max_header_list_size as usize;
+    if st.role == Role::Server && !st.ids.contains_key(&stream) {
+        // [server role] a request opening a stream (or trailers on one we closed).
+        return super::server::on_request_headers(st, decoder, stream, block, end_stream, wakers);
+    }
     let Some(&idx) = st.ids.get(&stream) else {
         check_not_idle(st, stream)?;
         // A stream we closed: decode anyway, to keep the HPACK table in step.
@@ -1492,6 +1603,11 @@ fn on_goaway(st: &mut State, last_stream: u32, reason: Reason, data: &[u8], wake
     );
     let last = st.goaway.map_or(last_stream, |l| l.min(last_stream));
     st.goaway = Some(last);
+    if st.role == Role::Server {
+        // [server role] the peer's last id is about streams we open (none): it only stops
+        // opening new ones; the open ones finish.
+        return;
+    }
     let refused: Vec<usize> = st
         .ids
         .iter()

@@ -5,9 +5,14 @@
 //! Layers: [`frame`] splits bytes into validated frames and writes frames without copying
 //! payloads; [`hpack`] encodes and decodes header blocks (raw strings out, table-driven Huffman
 //! in). The connection engine on top owns streams and flow control.
+//!
+//! [`conn`] is the role-neutral connection core (IO loop, stream table, flow control, settings,
+//! ping, GOAWAY); [`client`] dials parts with it (the pool), [`server`] serves clients with it
+//! (`h2_server`, the listener's HTTP/2 path).
 
 pub mod client;
 pub mod conn;
 pub mod frame;
 pub mod hpack;
 mod huffman;
+pub mod server;

@@ -1,0 +1,1026 @@
+//! The server side of the native HTTP/2: serves a client's connection (h2c prior knowledge, or
+//! TLS with ALPN `h2`) on the shared connection core ([`super::conn`], server role).
+//!
+//! Receives the client's streams (decoded by the core's frame handling into `http::Request`
+//! heads, see [`on_request_headers`]); hands each request with a [`RequestBody`] to the
+//! [`Handler`], and writes the response back: HEADERS (with END_STREAM when the body is already
+//! over: trailers-only gRPC answers), DATA as the client's windows allow, trailers.
+//!
+//! Shape, for speed: one task per connection polls the core (read, handle frames, write), takes
+//! the streams the core accepted, and polls the calls (a `FuturesUnordered`): the handler's
+//! future, then the response body. A call encodes its HEADERS, DATA and trailers straight into
+//! the write queue under the connection lock; while the calls are polled, the task's own wake
+//! is suppressed and it writes what they queued in the same poll, so calls that complete
+//! together leave in one write.
+//!
+//! Cancellation: a client RST_STREAM before the response drops the handler's future (which
+//! cancels the call at the part); after the response started, the pump stops and drops the
+//! body. A response that ends before the request body does not reset the stream: the rest of
+//! the request is discarded as it comes (its flow-control capacity released at once) until the
+//! client ends or resets it; gRPC clients keep their request stream after the status (the
+//! call's error is read from the response), and h2 did not reset while a part still held the
+//! request body either.
+//!
+//! Rapid reset (CVE-2023-44487): a client that resets more than [`RESET_BUDGET`] streams it had
+//! not yet been answered on within [`RESET_WINDOW`] gets GOAWAY(ENHANCE_YOUR_CALM) and the
+//! connection is closed. (h2's `max_pending_accept_reset_streams(20)` bounded resets of streams
+//! not yet accepted; here streams reset before the server took them are never handed to the
+//! handler at all, and the budget bounds the resets of calls in progress, which are what cost
+//! work at the parts.)
+
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::debug;
+
+pub use super::conn::Error;
+use super::conn::{
+    self, Chunks, Config, Connection, SendEnd, Shared, State, Wake, Wakers, is_connection_specific,
+};
+use super::frame::{self, ConnError, Reason};
+use super::hpack;
+use crate::auth::PeerAddr;
+use crate::listener::Handler;
+
+type Body = tonic::body::Body;
+
+/// A ping goes to the client this often; no answer within [`KEEPALIVE_TIMEOUT`] closes the
+/// connection.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// See [`KEEPALIVE_INTERVAL`].
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Header list a client may send (SETTINGS_MAX_HEADER_LIST_SIZE), as hyper's server default.
+pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+
+/// Rapid-reset protection: resets of unanswered streams allowed per [`RESET_WINDOW`]. A gRPC
+/// client cancels a call with a reset, so this is generous for real clients (hundreds of
+/// cancellations per second) and tiny against a flood (hundreds of thousands per second).
+pub const RESET_BUDGET: u32 = 1000;
+/// See [`RESET_BUDGET`].
+pub const RESET_WINDOW: Duration = Duration::from_secs(10);
+
+/// Response body bytes a call takes from its body per turn before writing them.
+const GATHER_BYTES: usize = 256 * 1024;
+
+/// The connection settings we serve clients with.
+pub fn config() -> Config {
+    Config {
+        initial_stream_window: 2 * 1024 * 1024,
+        initial_conn_window: 8 * 1024 * 1024,
+        max_frame_size: 64 * 1024,
+        max_header_list_size: MAX_HEADER_LIST_SIZE,
+        keepalive: Some((KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)),
+    }
+}
+
+/// Serves one client connection until it closes, fails, stops answering pings, or (after
+/// `shutdown` turned true and GOAWAY went out) its last open stream ends. `io`'s first bytes
+/// are the client's preface (not yet consumed).
+pub async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    handler: Handler,
+    max_streams: u32,
+    config: Config,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (shared, conn) = conn::start_server(io, config, max_streams);
+    let mut server = Server {
+        conn,
+        shared,
+        calls: FuturesUnordered::new(),
+        handler,
+        peer,
+    };
+    let mut draining = *shutdown.borrow_and_update();
+    let mut goaway_sent = false;
+    loop {
+        if draining && !goaway_sent {
+            goaway_sent = true;
+            server.goaway();
+        }
+        tokio::select! {
+            biased;
+            result = poll_fn(|cx| server.poll(cx)) => return result,
+            // Also when the sender is gone: either way the listener is shutting down.
+            _ = shutdown.changed(), if !draining => draining = true,
+        }
+    }
+}
+
+/// One connection's task: the core and the calls on it.
+struct Server<I> {
+    conn: Connection<I>,
+    shared: Arc<Shared>,
+    calls: FuturesUnordered<Call>,
+    handler: Handler,
+    peer: SocketAddr,
+}
+
+impl<I> Server<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Graceful shutdown: GOAWAY(NO_ERROR) naming the last stream accepted; the open streams
+    /// finish, then the core closes the connection.
+    fn goaway(&mut self) {
+        let wake = {
+            let mut st = self.shared.lock();
+            if st.local_goaway.is_some() || st.closed.is_some() {
+                return;
+            }
+            let last = st.peer_last_id;
+            st.local_goaway = Some(last);
+            frame::put_goaway(st.write.scratch(), last, Reason::NO_ERROR, b"");
+            st.wake_task()
+        };
+        if let Some(w) = wake {
+            w.wake();
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        // Bounded: a busy connection yields to other tasks now and then.
+        for _ in 0..8 {
+            if let Poll::Ready(result) = Pin::new(&mut self.conn).poll(cx) {
+                return Poll::Ready(result);
+            }
+            let mut dropped = Vec::new();
+            {
+                let mut st = self.shared.lock();
+                while let Some((idx, req)) = st.accepted.pop_front() {
+                    if st.stream(idx).is_some_and(|s| s.error.is_none()) {
+                        let mut body = RequestBody::new(self.shared.clone(), idx);
+                        // (Well-formed: checked when decoded.)
+                        body.expect_len = req
+                            .headers()
+                            .get(header::CONTENT_LENGTH)
+                            .and_then(|v| v.to_str().ok()?.parse().ok());
+                        let mut req = req.map(|()| Body::new(body));
+                        req.extensions_mut().insert(PeerAddr(self.peer));
+                        dropped.push((idx, req));
+                    } else {
+                        // Reset before we took it: the handler never sees it.
+                        st.drop_ref(idx);
+                        st.drop_ref(idx);
+                    }
+                }
+                // While the calls are polled, their wakes of this task are pointless: it
+                // writes what they queue right after.
+                st.task_woken = true;
+            }
+            for (idx, req) in dropped {
+                let call = (self.handler)(req);
+                self.calls.push(Call {
+                    shared: self.shared.clone(),
+                    idx,
+                    state: CallState::Handler(call),
+                    room: true,
+                });
+            }
+            while let Poll::Ready(Some(())) = self.calls.poll_next_unpin(cx) {}
+            let again = {
+                let mut st = self.shared.lock();
+                let again = !st.write.is_empty() || !st.accepted.is_empty();
+                if !again {
+                    st.task_woken = false;
+                }
+                again
+            };
+            if !again {
+                return Poll::Pending;
+            }
+        }
+        {
+            self.shared.lock().task_woken = false;
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+// === new streams (called by the core, under the lock) ===
+
+fn compression_error() -> ConnError {
+    ConnError {
+        reason: Reason::COMPRESSION_ERROR,
+        detail: "undecodable header block",
+    }
+}
+
+/// HEADERS on a stream the core does not know: a client opening a stream (odd id above every
+/// earlier one), or trailers on a stream we already closed (ignored). Decodes the request into
+/// an `http::Request` head and queues it in [`State::accepted`], or refuses / resets the stream.
+pub(crate) fn on_request_headers(
+    st: &mut State,
+    decoder: &mut hpack::Decoder,
+    stream: u32,
+    block: &Bytes,
+    end_stream: bool,
+    wakers: &mut Wakers,
+) -> Result<(), ConnError> {
+    let _ = wakers;
+    let max_list = st.config.max_header_list_size as usize;
+    if stream.is_multiple_of(2) {
+        return Err(ConnError {
+            reason: Reason::PROTOCOL_ERROR,
+            detail: "client opened an even stream id",
+        });
+    }
+    if stream <= st.peer_last_id {
+        // A stream we closed (reset, refused): only its trailers may still come; decode them
+        // anyway to keep the HPACK table in step.
+        if !end_stream {
+            return Err(ConnError {
+                reason: Reason::PROTOCOL_ERROR,
+                detail: "stream id not above the previous one",
+            });
+        }
+        return match decoder.decode(block, max_list, |_, _| {}) {
+            Ok(()) | Err(hpack::HpackError::ListTooLarge { .. }) => Ok(()),
+            Err(_) => Err(compression_error()),
+        };
+    }
+    st.peer_last_id = stream;
+    let mut req = RequestDecoder::new();
+    match decoder.decode(block, max_list, |n, v| req.field(n, v)) {
+        Ok(()) => {}
+        Err(hpack::HpackError::ListTooLarge { .. }) => {
+            req.bad = Some("header list larger than SETTINGS_MAX_HEADER_LIST_SIZE");
+        }
+        Err(_) => return Err(compression_error()),
+    }
+    if st.local_goaway.is_some() || st.goaway.is_some() || st.closed.is_some() {
+        frame::put_rst_stream(st.write.scratch(), stream, Reason::REFUSED_STREAM);
+        return Ok(());
+    }
+    if st.active >= st.max_peer_streams {
+        debug!(
+            stream,
+            "over SETTINGS_MAX_CONCURRENT_STREAMS; refusing the stream"
+        );
+        frame::put_rst_stream(st.write.scratch(), stream, Reason::REFUSED_STREAM);
+        return Ok(());
+    }
+    let head = match req.finish() {
+        Ok(head) => head,
+        Err(detail) => {
+            debug!(stream, detail, "malformed request; resetting the stream");
+            frame::put_rst_stream(st.write.scratch(), stream, Reason::PROTOCOL_ERROR);
+            return Ok(());
+        }
+    };
+    st.active += 1;
+    // Two handles: the call, and the request body.
+    let idx = st.insert_stream_id(stream, 2);
+    if let Some(s) = st.stream(idx) {
+        s.head_received = true;
+        s.recv_end = end_stream;
+    }
+    st.accepted.push_back((idx, head));
+    Ok(())
+}
+
+/// A client reset stream `idx`: counts it against the rapid-reset budget unless it had been
+/// answered already. Over the budget: a connection error (GOAWAY ENHANCE_YOUR_CALM).
+pub(crate) fn count_reset(st: &mut State, idx: usize) -> Result<(), ConnError> {
+    if st.stream(idx).is_none_or(|s| s.answered) {
+        return Ok(());
+    }
+    let now = Instant::now();
+    if now.duration_since(st.resets.0) > RESET_WINDOW {
+        st.resets = (now, 0);
+    }
+    st.resets.1 += 1;
+    if st.resets.1 > RESET_BUDGET {
+        return Err(ConnError {
+            reason: Reason::ENHANCE_YOUR_CALM,
+            detail: "too many streams reset before their response",
+        });
+    }
+    Ok(())
+}
+
+/// Pre-made names for the fields requests usually carry (no allocation, no parsing).
+fn known_name(name: &[u8]) -> Option<HeaderName> {
+    static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+    static GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
+    static GRPC_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("grpc-accept-encoding");
+    static VIAM_SID: HeaderName = HeaderName::from_static("viam-sid");
+    static VIAM_CLIENT: HeaderName = HeaderName::from_static("viam-client");
+    static X_GRPC_WEB: HeaderName = HeaderName::from_static("x-grpc-web");
+    Some(match name {
+        b"content-type" => header::CONTENT_TYPE,
+        b"te" => header::TE,
+        b"user-agent" => header::USER_AGENT,
+        b"grpc-timeout" => GRPC_TIMEOUT.clone(),
+        b"grpc-encoding" => GRPC_ENCODING.clone(),
+        b"grpc-accept-encoding" => GRPC_ACCEPT_ENCODING.clone(),
+        b"authorization" => header::AUTHORIZATION,
+        b"viam-sid" => VIAM_SID.clone(),
+        b"viam-client" => VIAM_CLIENT.clone(),
+        b"x-grpc-web" => X_GRPC_WEB.clone(),
+        b"content-length" => header::CONTENT_LENGTH,
+        b"accept-encoding" => header::ACCEPT_ENCODING,
+        b"accept" => header::ACCEPT,
+        b"host" => header::HOST,
+        b"origin" => header::ORIGIN,
+        _ => return None,
+    })
+}
+
+/// A request header block being decoded, or what was wrong with it (a stream error).
+struct RequestDecoder {
+    method: Option<Method>,
+    scheme: Option<Bytes>,
+    authority: Option<Bytes>,
+    path: Option<Bytes>,
+    headers: HeaderMap,
+    regular: bool,
+    bad: Option<&'static str>,
+}
+
+impl RequestDecoder {
+    fn new() -> Self {
+        Self {
+            method: None,
+            scheme: None,
+            authority: None,
+            path: None,
+            // Room for a gRPC request's fields without regrowing the map.
+            headers: HeaderMap::with_capacity(12),
+            regular: false,
+            bad: None,
+        }
+    }
+
+    fn field(&mut self, name: Bytes, value: Bytes) {
+        if self.bad.is_some() {
+            return;
+        }
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            if self.regular {
+                self.bad = Some("pseudo-header after a regular field");
+                return;
+            }
+            let slot = match pseudo {
+                b"method" => {
+                    if self.method.is_some() {
+                        self.bad = Some("duplicate :method");
+                        return;
+                    }
+                    let method = match &value[..] {
+                        b"POST" => Ok(Method::POST),
+                        b"GET" => Ok(Method::GET),
+                        other => Method::from_bytes(other),
+                    };
+                    match method {
+                        Ok(m) => self.method = Some(m),
+                        Err(_) => self.bad = Some("malformed :method"),
+                    }
+                    return;
+                }
+                b"scheme" => &mut self.scheme,
+                b"authority" => &mut self.authority,
+                b"path" => &mut self.path,
+                _ => {
+                    self.bad = Some("unknown pseudo-header in a request");
+                    return;
+                }
+            };
+            if slot.is_some() {
+                self.bad = Some("duplicate pseudo-header");
+            } else {
+                *slot = Some(value);
+            }
+            return;
+        }
+        self.regular = true;
+        let name = match known_name(&name) {
+            Some(name) => name,
+            None => match HeaderName::from_lowercase(&name) {
+                Ok(name) => name,
+                Err(_) => {
+                    self.bad = Some("invalid or uppercase header name");
+                    return;
+                }
+            },
+        };
+        if name == header::CONTENT_LENGTH {
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) || value.len() > 19 {
+                self.bad = Some("malformed content-length");
+                return;
+            }
+        } else if name == header::TE {
+            if value != "trailers" {
+                self.bad = Some("te other than \"trailers\"");
+                return;
+            }
+        } else if name != header::HOST && is_connection_specific(&name) {
+            self.bad = Some("connection-specific header field");
+            return;
+        }
+        match HeaderValue::from_maybe_shared(value) {
+            Ok(value) => {
+                self.headers.append(name, value);
+            }
+            Err(_) => self.bad = Some("invalid header value"),
+        }
+    }
+
+    fn finish(self) -> Result<http::Request<()>, &'static str> {
+        if let Some(bad) = self.bad {
+            return Err(bad);
+        }
+        let method = self.method.ok_or("missing :method")?;
+        let path = self.path.ok_or("missing :path")?;
+        if path.is_empty() {
+            return Err("empty :path");
+        }
+        let mut parts = http::uri::Parts::default();
+        if let Some(authority) = self.authority {
+            let scheme = match self.scheme.as_deref() {
+                None | Some(b"http") => Scheme::HTTP,
+                Some(b"https") => Scheme::HTTPS,
+                Some(other) => Scheme::try_from(other).map_err(|_| "malformed :scheme")?,
+            };
+            parts.scheme = Some(scheme);
+            parts.authority =
+                Some(Authority::from_maybe_shared(authority).map_err(|_| "malformed :authority")?);
+        }
+        parts.path_and_query =
+            Some(PathAndQuery::from_maybe_shared(path).map_err(|_| "malformed :path")?);
+        let uri = http::Uri::from_parts(parts).map_err(|_| "malformed request target")?;
+        let mut req = http::Request::new(());
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.version_mut() = http::Version::HTTP_2;
+        *req.headers_mut() = self.headers;
+        Ok(req)
+    }
+}
+
+// === calls ===
+
+type HandlerFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+/// One stream's call: the handler's future, then the response body pumped to the client.
+/// Dropped before the response ended, the stream is reset (CANCEL).
+struct Call {
+    shared: Arc<Shared>,
+    idx: usize,
+    state: CallState,
+    /// The stream's send buffer was empty when last seen (the body may give more).
+    room: bool,
+}
+
+enum CallState {
+    Handler(HandlerFuture),
+    Body(Body),
+    Done,
+}
+
+/// What a body had ready.
+#[derive(Default)]
+struct Gathered {
+    data: Vec<Bytes>,
+    /// `Some(None)`: ended without trailers; `Some(Some(_))`: ended with trailers.
+    end: Option<Option<HeaderMap>>,
+    failed: bool,
+    /// The body is waiting (its waker registered).
+    pending: bool,
+}
+
+impl Gathered {
+    fn nothing(&self) -> bool {
+        self.data.is_empty() && self.end.is_none() && !self.failed
+    }
+}
+
+fn gather(body: &mut Body, cx: &mut Context<'_>, into: &mut Gathered) {
+    let mut bytes = 0;
+    while bytes < GATHER_BYTES {
+        match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    bytes += data.len();
+                    if !data.is_empty() {
+                        into.data.push(data);
+                    }
+                    if body.is_end_stream() {
+                        into.end = Some(None);
+                        return;
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        into.end = Some(Some(trailers));
+                        return;
+                    }
+                }
+            },
+            Poll::Ready(Some(Err(status))) => {
+                debug!(error = %status.message(), "response body failed; resetting the stream");
+                into.failed = true;
+                return;
+            }
+            Poll::Ready(None) => {
+                into.end = Some(None);
+                return;
+            }
+            Poll::Pending => {
+                into.pending = true;
+                return;
+            }
+        }
+    }
+}
+
+/// Encodes the response HEADERS into the write queue.
+fn encode_response(st: &mut State, id: u32, head: &http::response::Parts, end_stream: bool) {
+    let State {
+        encoder,
+        hbuf,
+        write,
+        peer_max_frame,
+        ..
+    } = st;
+    hbuf.clear();
+    encoder.begin_block(hbuf);
+    encoder.encode(b":status", head.status.as_str().as_bytes(), false, hbuf);
+    for (name, value) in &head.headers {
+        if is_connection_specific(name) {
+            continue;
+        }
+        encoder.encode(
+            name.as_str().as_bytes(),
+            value.as_bytes(),
+            value.is_sensitive(),
+            hbuf,
+        );
+    }
+    frame::put_headers(write.scratch(), id, hbuf, end_stream, *peer_max_frame);
+}
+
+impl Call {
+    /// Queues what a body gave (and the response HEADERS first, when `head` is given) under
+    /// one lock. Returns whether the call is over (the response ended, or the stream is gone).
+    fn commit(
+        &mut self,
+        head: Option<&http::response::Parts>,
+        got: Gathered,
+        cx: &mut Context<'_>,
+    ) -> bool {
+        let idx = self.idx;
+        let mut wakers = Wakers::default();
+        let ended = got.end.is_some();
+        let over = {
+            let mut st = self.shared.lock();
+            let Some(s) = st.stream(idx) else {
+                return true;
+            };
+            if s.error.is_some() || s.closed {
+                return true;
+            }
+            let id = s.id;
+            let header_end = got.data.is_empty() && matches!(got.end, Some(None)) && !got.failed;
+            if let Some(head) = head {
+                s.answered = true;
+                encode_response(&mut st, id, head, header_end);
+            }
+            let Some(s) = st.stream(idx) else {
+                return true;
+            };
+            if header_end && head.is_some() {
+                s.send_end = SendEnd::Done;
+            } else {
+                for chunk in got.data {
+                    s.send_buf.push_back(chunk);
+                }
+                if let Some(end) = got.end {
+                    s.send_end = SendEnd::Pending(end);
+                }
+            }
+            if got.failed {
+                st.reset_stream(
+                    idx,
+                    Error::Local(Reason::CANCEL, "response body failed"),
+                    Some(Reason::CANCEL),
+                    &mut wakers,
+                );
+            } else {
+                st.flush_stream(idx, usize::MAX);
+                st.after_send(idx, &mut wakers);
+            }
+            wakers.extend(st.wake_task());
+            match st.stream(idx) {
+                Some(s) if !s.closed && s.error.is_none() && !ended => {
+                    self.room = s.send_buf.is_empty();
+                    match &s.send_waker {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        _ => s.send_waker = Some(cx.waker().clone()),
+                    }
+                    false
+                }
+                _ => true,
+            }
+        };
+        wakers.wake_all();
+        over
+    }
+
+    /// Whether the stream is still worth working on; registers for its reset (and for room in
+    /// its send buffer). Sets `room`.
+    fn check_stream(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut st = self.shared.lock();
+        match st.stream(self.idx) {
+            Some(s) if s.error.is_none() && !s.closed => {
+                self.room = s.send_buf.is_empty();
+                match &s.send_waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => s.send_waker = Some(cx.waker().clone()),
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn poll_call(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match &mut self.state {
+                CallState::Done => return Poll::Ready(()),
+                CallState::Handler(call) => {
+                    let resp = match call.as_mut().poll(cx) {
+                        Poll::Ready(Ok(resp)) => resp,
+                        Poll::Ready(Err(never)) => match never {},
+                        Poll::Pending => {
+                            if self.check_stream(cx) {
+                                return Poll::Pending;
+                            }
+                            debug!("client reset the stream before the response");
+                            self.state = CallState::Done;
+                            return Poll::Ready(());
+                        }
+                    };
+                    let (mut head, mut body) = resp.into_parts();
+                    // As hyper does: a body of known length gets its content-length (plain
+                    // HTTP answers).
+                    if let Some(len) = body.size_hint().exact()
+                        && !head.headers.contains_key(header::CONTENT_LENGTH)
+                    {
+                        head.headers.insert(header::CONTENT_LENGTH, len.into());
+                    }
+                    let mut got = Gathered::default();
+                    if body.is_end_stream() {
+                        got.end = Some(None);
+                    } else {
+                        gather(&mut body, cx, &mut got);
+                    }
+                    let pending = got.pending;
+                    if self.commit(Some(&head), got, cx) {
+                        self.state = CallState::Done;
+                        return Poll::Ready(());
+                    }
+                    self.state = CallState::Body(body);
+                    if pending || !self.room {
+                        return Poll::Pending;
+                    }
+                }
+                CallState::Body(body) => {
+                    if !self.room {
+                        // Woken by room in the send buffer, a reset, or the body.
+                        let mut st = self.shared.lock();
+                        match st.stream(self.idx) {
+                            Some(s) if s.error.is_none() && !s.closed => {
+                                if s.send_buf.is_empty() {
+                                    self.room = true;
+                                } else {
+                                    match &s.send_waker {
+                                        Some(w) if w.will_wake(cx.waker()) => {}
+                                        _ => s.send_waker = Some(cx.waker().clone()),
+                                    }
+                                    return Poll::Pending;
+                                }
+                            }
+                            _ => {
+                                drop(st);
+                                self.state = CallState::Done;
+                                return Poll::Ready(());
+                            }
+                        }
+                    }
+                    let mut got = Gathered::default();
+                    gather(body, cx, &mut got);
+                    if got.nothing() {
+                        // Waiting for the body: still watch for a reset.
+                        if self.check_stream(cx) {
+                            return Poll::Pending;
+                        }
+                        debug!("client reset the stream during the response");
+                        self.state = CallState::Done;
+                        return Poll::Ready(());
+                    }
+                    let pending = got.pending;
+                    if self.commit(None, got, cx) {
+                        self.state = CallState::Done;
+                        return Poll::Ready(());
+                    }
+                    if pending || !self.room {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Future for Call {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.get_mut().poll_call(cx)
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        // The handler's future or the body goes first (a part's stream is cancelled with it).
+        self.state = CallState::Done;
+        let mut wakers = Wakers::default();
+        {
+            let mut st = self.shared.lock();
+            // Dropped before the response ended (the connection is going, or the handler's
+            // future was dropped): the client learns the call is over.
+            if let Some(s) = st.stream(self.idx)
+                && !s.closed
+                && matches!(s.send_end, SendEnd::Open)
+            {
+                st.reset_stream(
+                    self.idx,
+                    Error::Local(Reason::CANCEL, "call dropped"),
+                    Some(Reason::CANCEL),
+                    &mut wakers,
+                );
+                wakers.extend(st.wake_task());
+            }
+            st.drop_ref(self.idx);
+        }
+        wakers.wake_all();
+    }
+}
+
+// === the request body ===
+
+/// A request body straight off the client's stream: data as it arrives, then trailers.
+/// Flow-control capacity goes back to the client only as data is taken from here, so a slow
+/// consumer holds the client back. Dropped before the end, the rest of the body is discarded
+/// as it arrives (the response may still go on).
+pub struct RequestBody {
+    shared: Option<Arc<Shared>>,
+    idx: usize,
+    /// Taken off the stream at its end in one go.
+    data: Chunks,
+    trailers: Option<HeaderMap>,
+    /// Nothing more from the stream: what is left is in `data` and `trailers`.
+    ended: bool,
+    done: bool,
+    /// The request's content-length, which the data must match (RFC 9113 section 8.1.1).
+    expect_len: Option<u64>,
+    /// Data bytes handed on so far.
+    seen: u64,
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestBody")
+            .field("ended", &self.ended)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl RequestBody {
+    fn new(shared: Arc<Shared>, idx: usize) -> Self {
+        Self {
+            shared: Some(shared),
+            idx,
+            data: Chunks::default(),
+            trailers: None,
+            ended: false,
+            done: false,
+            expect_len: None,
+            seen: 0,
+        }
+    }
+
+    /// Checks the body against its content-length: more data than announced, or an end before
+    /// all of it, fails the body and resets the stream (PROTOCOL_ERROR), as h2 did.
+    fn check_len(
+        &mut self,
+        polled: Poll<Option<Result<Frame<Bytes>, Error>>>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let Some(expect) = self.expect_len else {
+            return polled;
+        };
+        let bad = match &polled {
+            Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+                Some(data) => {
+                    self.seen += data.len() as u64;
+                    self.seen > expect
+                }
+                None => self.seen != expect,
+            },
+            Poll::Ready(None) => self.seen != expect,
+            _ => false,
+        };
+        if !bad {
+            return polled;
+        }
+        self.done = true;
+        self.data.clear();
+        self.trailers = None;
+        if let Some(shared) = self.shared.as_ref() {
+            let mut wakers = Wakers::default();
+            {
+                let mut st = shared.lock();
+                st.reset_stream(
+                    self.idx,
+                    Error::Local(Reason::PROTOCOL_ERROR, "content-length mismatch"),
+                    Some(Reason::PROTOCOL_ERROR),
+                    &mut wakers,
+                );
+                wakers.extend(st.wake_task());
+            }
+            wakers.wake_all();
+        }
+        Poll::Ready(Some(Err(Error::Local(
+            Reason::PROTOCOL_ERROR,
+            "request data does not match its content-length",
+        ))))
+    }
+
+    fn poll_stream(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let Some(shared) = self.shared.as_ref() else {
+            self.ended = true;
+            return Poll::Ready(None);
+        };
+        let idx = self.idx;
+        let mut wake: Wake = None;
+        let mut let_go = false;
+        let polled = {
+            let mut st = shared.lock();
+            match st.stream(idx) {
+                None => Poll::Ready(Some(Err(Error::Closed))),
+                Some(s) if s.recv_end => {
+                    // All of it is here: take it in one go and let go of the stream.
+                    let mut data = std::mem::take(&mut s.recv_q);
+                    self.trailers = s.trailers.take();
+                    let len = data.len();
+                    if len > 0 && st.release(idx, len) {
+                        wake = st.wake_task();
+                    }
+                    self.ended = true;
+                    // (With a content-length to check, kept until then: a mismatch resets.)
+                    let_go = self.expect_len.is_none();
+                    match data.pop_front() {
+                        Some(first) => {
+                            self.data = data;
+                            Poll::Ready(Some(Ok(Frame::data(first))))
+                        }
+                        None => {
+                            self.done = true;
+                            Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+                        }
+                    }
+                }
+                Some(s) => {
+                    if let Some(data) = s.recv_q.pop_front() {
+                        if st.release(idx, data.len()) {
+                            wake = st.wake_task();
+                        }
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    } else if let Some(e) = &s.error {
+                        let e = e.clone();
+                        self.ended = true;
+                        self.done = true;
+                        let_go = true;
+                        if matches!(e, Error::Reset(Reason::NO_ERROR)) {
+                            Poll::Ready(None)
+                        } else {
+                            Poll::Ready(Some(Err(e)))
+                        }
+                    } else {
+                        match &s.recv_waker {
+                            Some(w) if w.will_wake(cx.waker()) => {}
+                            _ => s.recv_waker = Some(cx.waker().clone()),
+                        }
+                        Poll::Pending
+                    }
+                }
+            }
+        };
+        if let Some(w) = wake {
+            w.wake();
+        }
+        if let_go {
+            self.let_go();
+        }
+        polled
+    }
+
+    /// Drops the hold on the stream (after its end, or discarding the rest).
+    fn let_go(&mut self) {
+        let Some(shared) = self.shared.take() else {
+            return;
+        };
+        let mut wake: Wake = None;
+        {
+            let mut st = shared.lock();
+            let idx = self.idx;
+            if let Some(s) = st.stream(idx)
+                && !s.recv_end
+                && !s.closed
+            {
+                s.recv_dropped = true;
+                let unread = std::mem::take(&mut s.recv_q);
+                let len = unread.len();
+                if len > 0 && st.release(idx, len) {
+                    wake = st.wake_task();
+                }
+            }
+            st.drop_ref(idx);
+        }
+        if let Some(w) = wake {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.let_go();
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let polled = if let Some(data) = this.data.pop_front() {
+            Poll::Ready(Some(Ok(Frame::data(data))))
+        } else if this.ended {
+            this.done = true;
+            Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))))
+        } else {
+            let polled = this.poll_stream(cx);
+            if matches!(polled, Poll::Ready(None)) {
+                this.done = true;
+            }
+            polled
+        };
+        this.check_len(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // (A body short of its content-length is not over: the next poll fails it.)
+        self.done
+            || (self.ended
+                && self.data.is_empty()
+                && self.trailers.is_none()
+                && self.expect_len.is_none_or(|e| e == self.seen))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.is_end_stream() {
+            SizeHint::with_exact(0)
+        } else {
+            SizeHint::default()
+        }
+    }
+}

@@ -1,0 +1,1084 @@
+//! The native HTTP/2 server engine (`partgate::http2::server`), driven by `h2::client` (an
+//! independent implementation) and by raw frames: every call kind, flow control, resets,
+//! limits, malformed input, drain, rapid reset and keepalive.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body::Frame as BodyFrame;
+use http_body_util::BodyExt;
+use partgate::auth::PeerAddr;
+use partgate::http2::frame::{self, Frame, FrameReader, Reason, flag, kind};
+use partgate::http2::hpack;
+use partgate::http2::server;
+use partgate::listener::Handler;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+
+type Body = tonic::body::Body;
+
+const PEER: &str = "192.0.2.7:4242";
+const T: Duration = Duration::from_secs(10);
+
+fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(Request<Body>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    Arc::new(move |req| {
+        let fut = f(req);
+        Box::pin(async move { Ok::<_, Infallible>(fut.await) })
+    })
+}
+
+struct Served {
+    addr_io: Option<DuplexStream>,
+    shutdown: watch::Sender<bool>,
+    done: tokio::task::JoinHandle<Result<(), server::Error>>,
+}
+
+fn serve_with(h: Handler, max_streams: u32, config: partgate::http2::conn::Config) -> Served {
+    let (client, srv) = tokio::io::duplex(1 << 20);
+    let (tx, rx) = watch::channel(false);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    let done = tokio::spawn(server::serve_connection(
+        srv,
+        peer,
+        h,
+        max_streams,
+        config,
+        rx,
+    ));
+    Served {
+        addr_io: Some(client),
+        shutdown: tx,
+        done,
+    }
+}
+
+fn serve(h: Handler) -> Served {
+    serve_with(h, 4096, server::config())
+}
+
+async fn h2_client(io: DuplexStream) -> h2::client::SendRequest<Bytes> {
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(4 << 20)
+        .initial_connection_window_size(16 << 20)
+        .handshake(io)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+fn grpc_request(path: &str) -> Request<()> {
+    Request::builder()
+        .method("POST")
+        .uri(format!("http://gw.test{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+}
+
+fn trailers(status: &str) -> HeaderMap {
+    let mut t = HeaderMap::new();
+    t.insert("grpc-status", HeaderValue::from_str(status).unwrap());
+    t
+}
+
+/// A response body from a channel of frames.
+struct ChanBody {
+    rx: mpsc::Receiver<BodyFrame<Bytes>>,
+    on_drop: Option<Arc<AtomicBool>>,
+}
+
+impl http_body::Body for ChanBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame<Bytes>, tonic::Status>>> {
+        self.rx.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+impl Drop for ChanBody {
+    fn drop(&mut self) {
+        if let Some(flag) = &self.on_drop {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn read_all(mut body: h2::RecvStream) -> (Vec<u8>, Option<HeaderMap>) {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        out.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap();
+    (out, trailers)
+}
+
+/// Echo: the response streams the request body back, then trailers grpc-status 0.
+fn echo_handler() -> Handler {
+    handler(|req: Request<Body>| async move {
+        let (tx, rx) = mpsc::channel(4);
+        let mut body = req.into_body();
+        tokio::spawn(async move {
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => {
+                        if let Ok(d) = f.into_data()
+                            && tx.send(BodyFrame::data(d)).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+            let _ = tx.send(BodyFrame::trailers(trailers("0"))).await;
+        });
+        let mut resp = Response::new(Body::new(ChanBody { rx, on_drop: None }));
+        resp.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/grpc"));
+        resp
+    })
+}
+
+#[tokio::test]
+async fn unary_request_head_body_and_trailers() {
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let seen2 = seen.clone();
+    let h = handler(move |req: Request<Body>| {
+        let seen = seen2.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let collected = body.collect().await.unwrap();
+            let body_trailers = collected.trailers().cloned();
+            let data = collected.to_bytes();
+            *seen.lock().unwrap() = Some((parts, data, body_trailers));
+            let (tx, rx) = mpsc::channel(4);
+            tx.send(BodyFrame::data(Bytes::from_static(b"\0\0\0\0\x02hi")))
+                .await
+                .unwrap();
+            tx.send(BodyFrame::trailers(trailers("0"))).await.unwrap();
+            let mut resp = Response::new(Body::new(ChanBody { rx, on_drop: None }));
+            resp.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/grpc"));
+            resp
+        }
+    });
+    let mut s = serve(h);
+    let mut client = h2_client(s.addr_io.take().unwrap()).await;
+    let mut req = grpc_request("/pkg.Svc/Method?x=1");
+    req.headers_mut()
+        .insert("viam-sid", HeaderValue::from_static("abc"));
+    req.headers_mut()
+        .insert("x-custom", HeaderValue::from_static("v1"));
+    req.headers_mut()
+        .append("x-custom", HeaderValue::from_static("v2"));
+    let (resp, mut tx) = client.send_request(req, false).unwrap();
+    tx.send_data(Bytes::from_static(b"\0\0\0\0\x03abc"), false)
+        .unwrap();
+    let mut rt = HeaderMap::new();
+    rt.insert("x-req-trailer", HeaderValue::from_static("t"));
+    tx.send_trailers(rt).unwrap();
+    let resp = timeout(T, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    let (data, t) = read_all(resp.into_body()).await;
+    assert_eq!(data, b"\0\0\0\0\x02hi");
+    assert_eq!(t.unwrap()["grpc-status"], "0");
+
+    let (parts, data, body_trailers) = seen.lock().unwrap().take().unwrap();
+    assert_eq!(parts.method, http::Method::POST);
+    assert_eq!(parts.version, http::Version::HTTP_2);
+    assert_eq!(parts.uri.to_string(), "http://gw.test/pkg.Svc/Method?x=1");
+    assert_eq!(parts.uri.path(), "/pkg.Svc/Method");
+    assert_eq!(parts.headers["viam-sid"], "abc");
+    assert_eq!(parts.headers["content-type"], "application/grpc");
+    assert_eq!(parts.headers["te"], "trailers");
+    let custom: Vec<_> = parts.headers.get_all("x-custom").iter().collect();
+    assert_eq!(custom, ["v1", "v2"]);
+    assert_eq!(
+        parts.extensions.get::<PeerAddr>().unwrap().0,
+        PEER.parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(&data[..], b"\0\0\0\0\x03abc");
+    assert_eq!(body_trailers.unwrap()["x-req-trailer"], "t");
+
+    // Many calls on one connection, concurrently.
+    let mut calls = Vec::new();
+    for _ in 0..50 {
+        let mut client = client.clone();
+        calls.push(tokio::spawn(async move {
+            let (resp, _) = client
+                .send_request(grpc_request("/pkg.Svc/Method"), true)
+                .unwrap();
+            let resp = resp.await.unwrap();
+            let (data, t) = read_all(resp.into_body()).await;
+            assert_eq!(data, b"\0\0\0\0\x02hi");
+            assert_eq!(t.unwrap()["grpc-status"], "0");
+        }));
+    }
+    for c in calls {
+        timeout(T, c).await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn trailers_only_and_plain_http_content_length() {
+    let h = handler(|req: Request<Body>| async move {
+        if req.uri().path() == "/plain" {
+            let mut resp = Response::new(Body::new(http_body_util::Full::new(Bytes::from_static(
+                b"hello\n",
+            ))));
+            resp.headers_mut()
+                .insert("content-type", HeaderValue::from_static("text/plain"));
+            return resp;
+        }
+        let mut resp = Response::new(Body::empty());
+        resp.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/grpc"));
+        resp.headers_mut()
+            .insert("grpc-status", HeaderValue::from_static("5"));
+        resp.headers_mut()
+            .insert("grpc-message", HeaderValue::from_static("not found"));
+        resp
+    });
+    let mut s = serve(h);
+    let mut client = h2_client(s.addr_io.take().unwrap()).await;
+    let (resp, _) = client
+        .send_request(grpc_request("/pkg.Svc/Missing"), true)
+        .unwrap();
+    let resp = timeout(T, resp).await.unwrap().unwrap();
+    assert_eq!(resp.headers()["grpc-status"], "5");
+    assert_eq!(resp.headers()["grpc-message"], "not found");
+    // Trailers-only: END_STREAM on the HEADERS frame.
+    assert!(resp.body().is_end_stream());
+
+    let req = Request::builder()
+        .method("GET")
+        .uri("http://gw.test/plain")
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let resp = timeout(T, resp).await.unwrap().unwrap();
+    assert_eq!(resp.headers()["content-length"], "6");
+    let (data, _) = read_all(resp.into_body()).await;
+    assert_eq!(data, b"hello\n");
+}
+
+#[tokio::test]
+async fn server_client_and_bidi_streaming() {
+    // Server streaming: 100 messages, spaced.
+    let h = handler(|req: Request<Body>| async move {
+        if req.uri().path() == "/echo" {
+            return echo_handler()(req).await.unwrap();
+        }
+        if req.uri().path() == "/client" {
+            // Client streaming: counts the bytes, answers at the end.
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let (tx, rx) = mpsc::channel(4);
+            tx.send(BodyFrame::data(Bytes::from(body.len().to_string())))
+                .await
+                .unwrap();
+            tx.send(BodyFrame::trailers(trailers("0"))).await.unwrap();
+            return Response::new(Body::new(ChanBody { rx, on_drop: None }));
+        }
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            for i in 0..100u32 {
+                tx.send(BodyFrame::data(Bytes::from(i.to_be_bytes().to_vec())))
+                    .await
+                    .unwrap();
+                if i % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            tx.send(BodyFrame::trailers(trailers("0"))).await.unwrap();
+        });
+        Response::new(Body::new(ChanBody { rx, on_drop: None }))
+    });
+    let mut s = serve(h);
+    let mut client = h2_client(s.addr_io.take().unwrap()).await;
+
+    let (resp, _) = client.send_request(grpc_request("/server"), true).unwrap();
+    let resp = timeout(T, resp).await.unwrap().unwrap();
+    let (data, t) = timeout(T, read_all(resp.into_body())).await.unwrap();
+    let expect: Vec<u8> = (0..100u32).flat_map(u32::to_be_bytes).collect();
+    assert_eq!(data, expect);
+    assert_eq!(t.unwrap()["grpc-status"], "0");
+
+    let (resp, mut tx) = client.send_request(grpc_request("/client"), false).unwrap();
+    for _ in 0..20 {
+        tx.send_data(Bytes::from_static(&[7u8; 1000]), false)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tx.send_data(Bytes::new(), true).unwrap();
+    let resp = timeout(T, resp).await.unwrap().unwrap();
+    let (data, _) = timeout(T, read_all(resp.into_body())).await.unwrap();
+    assert_eq!(data, b"20000");
+
+    // Bidi: each message comes back before the next is sent.
+    let (resp, mut tx) = client.send_request(grpc_request("/echo"), false).unwrap();
+    tx.send_data(Bytes::from_static(b"ping0"), false).unwrap();
+    let resp = timeout(T, resp).await.unwrap().unwrap();
+    let mut body = resp.into_body();
+    for i in 1..=20 {
+        let got = timeout(T, body.data()).await.unwrap().unwrap().unwrap();
+        body.flow_control().release_capacity(got.len()).unwrap();
+        assert_eq!(got, format!("ping{}", i - 1).as_bytes());
+        if i < 20 {
+            tx.send_data(Bytes::from(format!("ping{i}")), false)
+                .unwrap();
+        }
+    }
+    tx.send_data(Bytes::new(), true).unwrap();
+    let (rest, t) = timeout(T, read_all(body)).await.unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(t.unwrap()["grpc-status"], "0");
+}
+
+#[tokio::test]
+async fn thirty_mib_each_way() {
+    let mut s = serve(echo_handler());
+    let mut client = h2_client(s.addr_io.take().unwrap()).await;
+    let (resp, mut tx) = client.send_request(grpc_request("/echo"), false).unwrap();
+    let total = 30 << 20;
+    let sender = tokio::spawn(async move {
+        let chunk = Bytes::from(vec![0xabu8; 1 << 20]);
+        let mut sent = 0;
+        while sent < total {
+            tx.reserve_capacity(chunk.len());
+            let mut left = chunk.clone();
+            while !left.is_empty() {
+                let cap = std::future::poll_fn(|cx| tx.poll_capacity(cx))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let n = cap.min(left.len());
+                tx.send_data(left.split_to(n), false).unwrap();
+            }
+            sent += chunk.len();
+        }
+        tx.send_data(Bytes::new(), true).unwrap();
+    });
+    let resp = timeout(T, resp).await.unwrap().unwrap();
+    let (data, t) = timeout(Duration::from_secs(60), read_all(resp.into_body()))
+        .await
+        .unwrap();
+    sender.await.unwrap();
+    assert_eq!(data.len(), total);
+    assert!(data.iter().all(|&b| b == 0xab));
+    assert_eq!(t.unwrap()["grpc-status"], "0");
+}
+
+#[tokio::test]
+async fn slow_reader_holds_the_client_back() {
+    let consumed = Arc::new(AtomicUsize::new(0));
+    let (go_tx, go_rx) = watch::channel(false);
+    let c2 = consumed.clone();
+    let h = handler(move |req: Request<Body>| {
+        let consumed = c2.clone();
+        let mut go = go_rx.clone();
+        async move {
+            let _ = go.wait_for(|g| *g).await;
+            let mut body = req.into_body();
+            while let Some(f) = body.frame().await {
+                if let Ok(d) = f.unwrap().into_data() {
+                    consumed.fetch_add(d.len(), Ordering::SeqCst);
+                }
+            }
+            let mut resp = Response::new(Body::empty());
+            resp.headers_mut()
+                .insert("grpc-status", HeaderValue::from_static("0"));
+            resp
+        }
+    });
+    let mut s = serve(h);
+    let mut client = h2_client(s.addr_io.take().unwrap()).await;
+    let (resp, mut tx) = client.send_request(grpc_request("/slow"), false).unwrap();
+    tx.reserve_capacity(8 << 20);
+    // Collect the capacity the server grants while the handler is not reading.
+    let mut granted = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(Some(Ok(cap))) =
+        tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| tx.poll_capacity(cx))).await
+    {
+        tx.send_data(Bytes::from(vec![1u8; cap]), false).unwrap();
+        granted += cap;
+    }
+    // The stream window (2 MiB) is all it may send before the handler reads.
+    assert_eq!(granted, 2 << 20, "granted {granted}");
+    assert_eq!(consumed.load(Ordering::SeqCst), 0);
+    go_tx.send(true).unwrap();
+    // Once it reads, more capacity comes.
+    let cap = timeout(T, std::future::poll_fn(|cx| tx.poll_capacity(cx)))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(cap > 0);
+    tx.send_data(Bytes::from(vec![1u8; cap]), true).unwrap();
+    let resp = timeout(T, resp).await.unwrap().unwrap();
+    assert_eq!(resp.headers()["grpc-status"], "0");
+    assert_eq!(consumed.load(Ordering::SeqCst), granted + cap);
+}
+
+/// A future that sets a flag when dropped.
+struct Guard(Arc<AtomicBool>);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn wait_flag(flag: &AtomicBool) {
+    timeout(T, async {
+        while !flag.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("flag never set");
+}
+
+#[tokio::test]
+async fn client_reset_before_and_after_the_response() {
+    let handler_dropped = Arc::new(AtomicBool::new(false));
+    let body_dropped = Arc::new(AtomicBool::new(false));
+    let (hd, bd) = (handler_dropped.clone(), body_dropped.clone());
+    let h = handler(move |req: Request<Body>| {
+        let (hd, bd) = (hd.clone(), bd.clone());
+        async move {
+            if req.uri().path() == "/hang" {
+                let _guard = Guard(hd);
+                std::future::pending::<()>().await;
+            }
+            let (tx, rx) = mpsc::channel(1);
+            // Keeps the body open forever (never sends trailers).
+            std::mem::forget(tx);
+            Response::new(Body::new(ChanBody {
+                rx,
+                on_drop: Some(bd),
+            }))
+        }
+    });
+    let mut s = serve(h);
+    let mut client = h2_client(s.addr_io.take().unwrap()).await;
+
+    let (resp, mut tx) = client.send_request(grpc_request("/hang"), false).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!handler_dropped.load(Ordering::SeqCst));
+    tx.send_reset(h2::Reason::CANCEL);
+    drop(resp);
+    wait_flag(&handler_dropped).await;
+
+    let (resp, mut tx) = client.send_request(grpc_request("/stream"), false).unwrap();
+    let resp = timeout(T, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(!body_dropped.load(Ordering::SeqCst));
+    tx.send_reset(h2::Reason::CANCEL);
+    wait_flag(&body_dropped).await;
+
+    // The connection still serves.
+    let (resp, _) = client.send_request(grpc_request("/stream"), true).unwrap();
+    let resp = timeout(T, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_drains_open_streams() {
+    let (release_tx, release_rx) = watch::channel(false);
+    let h = handler(move |_req: Request<Body>| {
+        let mut release = release_rx.clone();
+        async move {
+            let _ = release.wait_for(|r| *r).await;
+            let mut resp = Response::new(Body::empty());
+            resp.headers_mut()
+                .insert("grpc-status", HeaderValue::from_static("0"));
+            resp
+        }
+    });
+    let mut s = serve(h);
+    let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+    raw.request(1, &[], true).await;
+    raw.request(3, &[], true).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.shutdown.send(true).unwrap();
+    match raw.next_significant().await {
+        Some(Frame::GoAway {
+            last_stream,
+            reason,
+            ..
+        }) => {
+            assert_eq!(reason, Reason::NO_ERROR);
+            assert_eq!(last_stream, 3);
+        }
+        other => panic!("expected GOAWAY, got {other:?}"),
+    }
+    // A stream opened after the GOAWAY is refused.
+    raw.request(5, &[], true).await;
+    match raw.next_significant().await {
+        Some(Frame::RstStream { stream: 5, reason }) => assert_eq!(reason, Reason::REFUSED_STREAM),
+        other => panic!("expected RST_STREAM(REFUSED) on 5, got {other:?}"),
+    }
+    release_tx.send(true).unwrap();
+    let mut answered = Vec::new();
+    while let Some(f) = raw.next_significant().await {
+        if let Frame::Headers {
+            stream, end_stream, ..
+        } = f
+        {
+            assert!(end_stream);
+            answered.push(stream);
+        }
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, [1, 3]);
+    timeout(T, s.done).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn refused_over_the_stream_limit() {
+    let h = handler(|_req: Request<Body>| async move {
+        std::future::pending::<()>().await;
+        Response::new(Body::empty())
+    });
+    let mut s = serve_with(h, 2, server::config());
+    let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+    // Our SETTINGS say 2 streams.
+    raw.request(1, &[], true).await;
+    raw.request(3, &[], true).await;
+    raw.request(5, &[], true).await;
+    match raw.next_significant().await {
+        Some(Frame::RstStream { stream: 5, reason }) => assert_eq!(reason, Reason::REFUSED_STREAM),
+        other => panic!("expected RST_STREAM(REFUSED) on 5, got {other:?}"),
+    }
+    // Reset one: a slot frees up.
+    raw.send(|b| frame::put_rst_stream(b, 1, Reason::CANCEL))
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    raw.request(7, &[], true).await;
+    raw.ping(*b"12345678").await;
+    match raw.next_significant().await {
+        Some(Frame::Ping { ack: true, payload }) => assert_eq!(&payload, b"12345678"),
+        other => panic!("stream 7 should have been accepted, got {other:?}"),
+    }
+}
+
+// === raw frames ===
+
+struct Raw {
+    io: DuplexStream,
+    reader: FrameReader,
+    enc: hpack::Encoder,
+    dec: hpack::Decoder,
+    settings: Vec<(u16, u32)>,
+}
+
+impl Raw {
+    async fn connect(io: DuplexStream) -> Raw {
+        let mut raw = Raw::connect_quiet(io).await;
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(frame::PREFACE);
+        frame::put_settings(&mut buf, &[]);
+        raw.io.write_all(&buf).await.unwrap();
+        // The server's SETTINGS come first.
+        match raw.next().await {
+            Some(Frame::Settings { ack: false, params }) => raw.settings = params,
+            other => panic!("expected SETTINGS, got {other:?}"),
+        }
+        raw
+    }
+
+    async fn connect_quiet(io: DuplexStream) -> Raw {
+        Raw {
+            io,
+            reader: FrameReader::new(frame::MAX_FRAME_SIZE_LIMIT, 1 << 20),
+            enc: hpack::Encoder::new(),
+            dec: hpack::Decoder::new(4096),
+            settings: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, f: impl FnOnce(&mut BytesMut)) {
+        let mut buf = BytesMut::new();
+        f(&mut buf);
+        self.io.write_all(&buf).await.unwrap();
+    }
+
+    fn block(&mut self, fields: &[(&str, &str)]) -> BytesMut {
+        let mut block = BytesMut::new();
+        self.enc.begin_block(&mut block);
+        for (n, v) in fields {
+            self.enc
+                .encode(n.as_bytes(), v.as_bytes(), false, &mut block);
+        }
+        block
+    }
+
+    async fn headers(&mut self, stream: u32, fields: &[(&str, &str)], end: bool) {
+        let block = self.block(fields);
+        self.send(|b| frame::put_headers(b, stream, &block, end, 16_384))
+            .await;
+    }
+
+    /// A gRPC request head with extra fields.
+    async fn request(&mut self, stream: u32, extra: &[(&str, &str)], end: bool) {
+        let mut fields = vec![
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "gw.test"),
+            (":path", "/pkg.Svc/M"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ];
+        fields.extend_from_slice(extra);
+        self.headers(stream, &fields, end).await;
+    }
+
+    async fn ping(&mut self, payload: [u8; 8]) {
+        self.send(|b| frame::put_ping(b, false, payload)).await;
+    }
+
+    /// Next frame, None at EOF; panics after the timeout.
+    async fn next(&mut self) -> Option<Frame> {
+        loop {
+            match self.reader.next() {
+                Ok(Some(Frame::Headers {
+                    stream,
+                    block,
+                    end_stream,
+                })) => {
+                    self.dec.decode(&block, 1 << 20, |_, _| {}).unwrap();
+                    return Some(Frame::Headers {
+                        stream,
+                        block,
+                        end_stream,
+                    });
+                }
+                Ok(Some(f)) => return Some(f),
+                Ok(None) => {}
+                Err(e) => panic!("server sent a bad frame: {e}"),
+            }
+            let buf = self.reader.buf_mut();
+            buf.reserve(16 * 1024);
+            let n = timeout(T, self.io.read_buf(buf))
+                .await
+                .expect("no frame from the server")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Next frame other than SETTINGS (ACK), WINDOW_UPDATE and PING.
+    async fn next_significant(&mut self) -> Option<Frame> {
+        loop {
+            match self.next().await? {
+                Frame::Settings { .. } | Frame::WindowUpdate { .. } => {}
+                Frame::Ping { ack: false, .. } => {}
+                f => return Some(f),
+            }
+        }
+    }
+
+    /// Expects GOAWAY(reason) and then EOF.
+    async fn expect_goaway(&mut self, reason: Reason) {
+        loop {
+            match self.next().await {
+                Some(Frame::GoAway { reason: r, .. }) => {
+                    assert_eq!(r, reason);
+                    break;
+                }
+                Some(_) => {}
+                None => panic!("connection closed without GOAWAY({reason})"),
+            }
+        }
+        while self.next().await.is_some() {}
+    }
+}
+
+fn ok_handler() -> Handler {
+    handler(|_req: Request<Body>| async move {
+        let mut resp = Response::new(Body::empty());
+        resp.headers_mut()
+            .insert("grpc-status", HeaderValue::from_static("0"));
+        resp
+    })
+}
+
+#[tokio::test]
+async fn settings_we_send() {
+    let mut s = serve(ok_handler());
+    let raw = Raw::connect(s.addr_io.take().unwrap()).await;
+    let mut settings = raw.settings.clone();
+    settings.sort_unstable();
+    assert_eq!(
+        settings,
+        [
+            (frame::setting::MAX_CONCURRENT_STREAMS, 4096),
+            (frame::setting::INITIAL_WINDOW_SIZE, 2 << 20),
+            (frame::setting::MAX_FRAME_SIZE, 64 << 10),
+            (frame::setting::MAX_HEADER_LIST_SIZE, 16 << 10),
+        ]
+    );
+    let mut raw = raw;
+    // The connection window goes to 8 MiB, and our SETTINGS get ACKed.
+    let mut window = false;
+    let mut ack = false;
+    while !(window && ack) {
+        match raw.next().await.unwrap() {
+            Frame::WindowUpdate {
+                stream: 0,
+                increment,
+            } => {
+                assert_eq!(increment, (8 << 20) - 65_535);
+                window = true;
+            }
+            Frame::Settings { ack: true, .. } => ack = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+async fn expect_reset(raw: &mut Raw, stream: u32, reason: Reason) {
+    match raw.next_significant().await {
+        Some(Frame::RstStream {
+            stream: s,
+            reason: r,
+        }) => {
+            assert_eq!((s, r), (stream, reason));
+        }
+        other => panic!("expected RST_STREAM({reason}) on {stream}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_reset_the_stream_only() {
+    let mut s = serve(ok_handler());
+    let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+    let base = |path: &'static str| vec![(":method", "POST"), (":scheme", "http"), (":path", path)];
+    let cases: Vec<Vec<(&str, &str)>> = vec![
+        vec![(":method", "POST"), (":scheme", "http")],
+        vec![(":scheme", "http"), (":path", "/x")],
+        {
+            let mut f = base("/x");
+            f.push((":status", "200"));
+            f
+        },
+        {
+            let mut f = base("/x");
+            f.push(("Upper", "x"));
+            f
+        },
+        {
+            let mut f = base("/x");
+            f.push(("connection", "keep-alive"));
+            f
+        },
+        {
+            let mut f = base("/x");
+            f.push(("te", "gzip"));
+            f
+        },
+        {
+            let mut f = vec![("content-type", "application/grpc")];
+            f.extend(base("/x"));
+            f
+        },
+        {
+            let mut f = base("/x");
+            f.push((":path", "/y"));
+            f
+        },
+        base(""),
+        {
+            let mut f = base("/x");
+            f.push(("content-length", "12a"));
+            f
+        },
+        {
+            let mut f = base("/x");
+            f.push(("x-bad", "a\u{1}b"));
+            f
+        },
+    ];
+    let mut id = 1;
+    for fields in &cases {
+        raw.headers(id, fields, true).await;
+        expect_reset(&mut raw, id, Reason::PROTOCOL_ERROR).await;
+        id += 2;
+    }
+    // A header list over 16 KiB: the stream is refused, the HPACK table stays in step.
+    let big = "v".repeat(17 * 1024);
+    raw.request(id, &[("x-big", &big), ("x-after", "indexed")], true)
+        .await;
+    expect_reset(&mut raw, id, Reason::PROTOCOL_ERROR).await;
+    id += 2;
+    // The next request, reusing the dynamic table, works.
+    raw.request(id, &[("x-after", "indexed")], true).await;
+    match raw.next_significant().await {
+        Some(Frame::Headers {
+            stream, end_stream, ..
+        }) => {
+            assert_eq!(stream, id);
+            assert!(end_stream);
+        }
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+/// Each case: bytes after a good preface + SETTINGS, and the GOAWAY reason expected.
+#[tokio::test]
+async fn malformed_frames_close_the_connection_with_goaway() {
+    let mut hpack_bad = BytesMut::new();
+    // An indexed field with index 200 (no such entry).
+    frame::put_headers(&mut hpack_bad, 1, &[0xff, 0x49], true, 16_384);
+    let mut data_on_0 = BytesMut::new();
+    frame::put_head(&mut data_on_0, 1, kind::DATA, 0, 0);
+    data_on_0.extend_from_slice(b"x");
+    let mut too_big = BytesMut::new();
+    frame::put_head(&mut too_big, 70_000, kind::DATA, 0, 1);
+    too_big.extend_from_slice(&vec![0u8; 70_000]);
+    let mut push = BytesMut::new();
+    frame::put_head(&mut push, 4, kind::PUSH_PROMISE, flag::END_HEADERS, 1);
+    push.extend_from_slice(&2u32.to_be_bytes());
+    let mut data_idle = BytesMut::new();
+    frame::put_head(&mut data_idle, 1, kind::DATA, 0, 9);
+    data_idle.extend_from_slice(b"x");
+    let mut window_zero = BytesMut::new();
+    frame::put_window_update(&mut window_zero, 0, 0);
+
+    let cases: Vec<(&str, BytesMut, Reason)> = vec![
+        ("bad hpack index", hpack_bad, Reason::COMPRESSION_ERROR),
+        ("DATA on stream 0", data_on_0, Reason::PROTOCOL_ERROR),
+        (
+            "frame over MAX_FRAME_SIZE",
+            too_big,
+            Reason::FRAME_SIZE_ERROR,
+        ),
+        ("PUSH_PROMISE from a client", push, Reason::PROTOCOL_ERROR),
+        ("DATA on an idle stream", data_idle, Reason::PROTOCOL_ERROR),
+        (
+            "WINDOW_UPDATE 0 on the connection",
+            window_zero,
+            Reason::PROTOCOL_ERROR,
+        ),
+    ];
+    for (what, bytes, reason) in cases {
+        let mut s = serve(ok_handler());
+        let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+        raw.io.write_all(&bytes).await.unwrap();
+        eprintln!("case: {what}");
+        raw.expect_goaway(reason).await;
+        let ended = timeout(T, s.done).await.unwrap().unwrap();
+        assert!(ended.is_err(), "{what}");
+    }
+
+    // Stream ids: even, and not increasing.
+    let mut s = serve(ok_handler());
+    let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+    raw.request(2, &[], true).await;
+    raw.expect_goaway(Reason::PROTOCOL_ERROR).await;
+    let mut s2 = serve(ok_handler());
+    let mut raw = Raw::connect(s2.addr_io.take().unwrap()).await;
+    raw.request(5, &[], true).await;
+    raw.request(3, &[], false).await;
+    raw.expect_goaway(Reason::PROTOCOL_ERROR).await;
+    drop(s);
+
+    // A bad preface: closed.
+    let mut s = serve(ok_handler());
+    let mut io = s.addr_io.take().unwrap();
+    io.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let ended = timeout(T, s.done).await.unwrap().unwrap();
+    assert!(ended.is_err());
+
+    // Garbage of every kind never panics the server.
+    for seed in 0..200u32 {
+        let mut s = serve(ok_handler());
+        let mut io = s.addr_io.take().unwrap();
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(frame::PREFACE);
+        let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        for _ in 0..64 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            buf.extend_from_slice(&x.to_le_bytes()[..(x % 4 + 1) as usize]);
+        }
+        let _ = io.write_all(&buf).await;
+        drop(io);
+        let _ = timeout(T, s.done)
+            .await
+            .expect("server hung on garbage")
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn rapid_reset_flood_gets_enhance_your_calm() {
+    let h = handler(|_req: Request<Body>| async move {
+        std::future::pending::<()>().await;
+        Response::new(Body::empty())
+    });
+    let mut s = serve(h);
+    let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+    let mut id = 1;
+    let writer = async {
+        for _ in 0..(server::RESET_BUDGET + 100) {
+            let block = raw.block(&[(":method", "POST"), (":scheme", "http"), (":path", "/x")]);
+            let mut buf = BytesMut::new();
+            frame::put_headers(&mut buf, id, &block, false, 16_384);
+            frame::put_rst_stream(&mut buf, id, Reason::CANCEL);
+            if raw.io.write_all(&buf).await.is_err() {
+                break;
+            }
+            id += 2;
+        }
+    };
+    writer.await;
+    raw.expect_goaway(Reason::ENHANCE_YOUR_CALM).await;
+    assert!(timeout(T, s.done).await.unwrap().unwrap().is_err());
+}
+
+#[tokio::test]
+async fn answers_pings_and_closes_when_ours_go_unanswered() {
+    let mut config = server::config();
+    config.keepalive = Some((Duration::from_millis(100), Duration::from_millis(200)));
+    let mut s = serve_with(ok_handler(), 16, config);
+    let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+    raw.ping(*b"abcdefgh").await;
+    let started = tokio::time::Instant::now();
+    let mut acked = false;
+    let mut pinged = false;
+    // Never answer the server's PING: it closes the connection.
+    while let Some(f) = raw.next().await {
+        match f {
+            Frame::Ping { ack: true, payload } => {
+                assert_eq!(&payload, b"abcdefgh");
+                acked = true;
+            }
+            Frame::Ping { ack: false, .. } => pinged = true,
+            _ => {}
+        }
+    }
+    assert!(acked && pinged);
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+    assert!(timeout(T, s.done).await.unwrap().unwrap().is_err());
+
+    // Answered pings keep it open.
+    let mut config = server::config();
+    config.keepalive = Some((Duration::from_millis(50), Duration::from_millis(100)));
+    let mut s = serve_with(ok_handler(), 16, config);
+    let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+    let until = tokio::time::Instant::now() + Duration::from_millis(500);
+    while tokio::time::Instant::now() < until {
+        if let Ok(Some(Frame::Ping {
+            ack: false,
+            payload,
+        })) = tokio::time::timeout_at(until, raw.next()).await
+        {
+            raw.send(|b| frame::put_ping(b, true, payload)).await;
+        }
+    }
+    assert!(!s.done.is_finished());
+    raw.request(1, &[], true).await;
+    match raw.next_significant().await {
+        Some(Frame::Headers { stream: 1, .. }) => {}
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn client_goaway_finishes_open_streams() {
+    let (release_tx, release_rx) = watch::channel(false);
+    let h = handler(move |_req: Request<Body>| {
+        let mut release = release_rx.clone();
+        async move {
+            let _ = release.wait_for(|r| *r).await;
+            let mut resp = Response::new(Body::empty());
+            resp.headers_mut()
+                .insert("grpc-status", HeaderValue::from_static("0"));
+            resp
+        }
+    });
+    let mut s = serve(h);
+    let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+    raw.request(1, &[], true).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    raw.send(|b| frame::put_goaway(b, 0, Reason::NO_ERROR, b""))
+        .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    release_tx.send(true).unwrap();
+    match raw.next_significant().await {
+        Some(Frame::Headers { stream: 1, .. }) => {}
+        other => panic!("expected the response, got {other:?}"),
+    }
+    timeout(T, s.done).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn request_data_must_match_its_content_length() {
+    let h = handler(|req: Request<Body>| async move {
+        let ok = req.into_body().collect().await.is_ok();
+        let mut resp = Response::new(Body::empty());
+        let status = if ok { "0" } else { "13" };
+        resp.headers_mut()
+            .insert("grpc-status", HeaderValue::from_static(status));
+        resp
+    });
+    let mut s = serve(h);
+    let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+    // Matching: answered.
+    raw.request(1, &[("content-length", "5")], false).await;
+    raw.send(|b| {
+        frame::put_head(b, 5, kind::DATA, flag::END_STREAM, 1);
+        b.extend_from_slice(b"12345");
+    })
+    .await;
+    match raw.next_significant().await {
+        Some(Frame::Headers { stream: 1, .. }) => {}
+        other => panic!("expected the response, got {other:?}"),
+    }
+    // Short: the stream is reset.
+    raw.request(3, &[("content-length", "10")], false).await;
+    raw.send(|b| {
+        frame::put_head(b, 5, kind::DATA, flag::END_STREAM, 3);
+        b.extend_from_slice(b"12345");
+    })
+    .await;
+    expect_reset(&mut raw, 3, Reason::PROTOCOL_ERROR).await;
+    // Long: the stream is reset.
+    raw.request(5, &[("content-length", "2")], false).await;
+    raw.send(|b| {
+        frame::put_head(b, 5, kind::DATA, flag::END_STREAM, 5);
+        b.extend_from_slice(b"12345");
+    })
+    .await;
+    expect_reset(&mut raw, 5, Reason::PROTOCOL_ERROR).await;
+}
