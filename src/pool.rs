@@ -32,6 +32,7 @@ use crate::body::PartBody;
 use crate::config::{PartSpec, Settings};
 use crate::error::GatewayError;
 use crate::http2::client::{self as http2, End};
+use crate::http2::conn::Chunks;
 use crate::http2::frame::Reason;
 use crate::metrics::{Metrics, PartMetrics};
 use crate::proto::viam::robot::v1 as robot;
@@ -1007,7 +1008,11 @@ async fn send_on(
         Some(None) => End::Done,
         Some(Some(trailers)) => End::Trailers(trailers),
     };
-    let (response, tx) = match conn.send.send_request(&head, data.iter(), opening).await {
+    let (response, tx) = match conn
+        .send
+        .send_request(&head, data.iter().cloned(), opening)
+        .await
+    {
         Ok(opened) => opened,
         Err(e) if e.is_refused() => {
             return Err(SendError::Refused(again(head, data, end, body), e));
@@ -1042,33 +1047,6 @@ fn again(
     Box::new(http::Request::from_parts(head, Body::new(body)))
 }
 
-/// Chunks taken from a body: the first one inline, so the usual single chunk (a forwarded
-/// call's first message) costs no allocation.
-#[derive(Default)]
-struct Chunks {
-    first: Option<Bytes>,
-    more: Vec<Bytes>,
-}
-
-impl Chunks {
-    fn push(&mut self, chunk: Bytes) {
-        if self.first.is_none() {
-            self.first = Some(chunk);
-        } else {
-            self.more.push(chunk);
-        }
-    }
-
-    /// The chunks in order (cloned: a reference count each).
-    fn iter(&self) -> impl Iterator<Item = Bytes> + '_ {
-        self.first.iter().chain(&self.more).cloned()
-    }
-
-    fn into_vec(self) -> Vec<Bytes> {
-        self.first.into_iter().chain(self.more).collect()
-    }
-}
-
 /// Takes every frame of `body` that is ready without waiting: its data (empty chunks dropped,
 /// see body.rs) and, when it has ended, `Some(trailers)`; `None` while it is still open.
 fn take_ready(body: &mut Body) -> Result<(Chunks, Option<Option<HeaderMap>>), tonic::Status> {
@@ -1085,7 +1063,7 @@ fn take_ready(body: &mut Body) -> Result<(Chunks, Option<Option<HeaderMap>>), to
             Poll::Ready(Some(Err(status))) => return Err(status),
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(chunk) if chunk.is_empty() => {}
-                Ok(chunk) => data.push(chunk),
+                Ok(chunk) => data.push_back(chunk),
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
                         return Ok((data, Some(Some(trailers))));

@@ -167,6 +167,15 @@ impl Chunks {
     pub(crate) fn len(&self) -> usize {
         self.first.as_ref().map_or(0, Bytes::len) + self.rest.iter().map(Bytes::len).sum::<usize>()
     }
+
+    /// The chunks in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Bytes> {
+        self.first.iter().chain(&self.rest)
+    }
+
+    pub(crate) fn into_vec(self) -> Vec<Bytes> {
+        self.first.into_iter().chain(self.rest).collect()
+    }
 }
 
 /// How the sending half of a stream ends once its buffered data is out.
