@@ -19,7 +19,9 @@ use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::conn::{self, Chunks, SendEnd, Shared, State, Wakers, is_connection_specific};
+use super::conn::{
+    self, Chunks, SendEnd, Shared, State, Wakers, is_connection_specific, set_waker,
+};
 pub use super::conn::{Config, Connection, Error};
 use super::frame::{self, Reason};
 
@@ -99,10 +101,7 @@ impl SendRequest {
         if st.refusal().is_some() {
             return Poll::Ready(());
         }
-        match &st.drain_waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => st.drain_waker = Some(cx.waker().clone()),
-        }
+        set_waker(&mut st.drain_waker, cx);
         Poll::Pending
     }
 
@@ -361,10 +360,7 @@ impl Future for ResponseFuture {
             } else if let Some(e) = &s.error {
                 Poll::Ready(Err(e.clone()))
             } else {
-                match &s.recv_waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => s.recv_waker = Some(cx.waker().clone()),
-                }
+                set_waker(&mut s.recv_waker, cx);
                 Poll::Pending
             }
         };
@@ -471,10 +467,7 @@ impl RecvBody {
                             Poll::Ready(Some(Err(e)))
                         }
                     } else {
-                        match &s.recv_waker {
-                            Some(w) if w.will_wake(cx.waker()) => {}
-                            _ => s.recv_waker = Some(cx.waker().clone()),
-                        }
+                        set_waker(&mut s.recv_waker, cx);
                         Poll::Pending
                     }
                 }
@@ -554,10 +547,7 @@ impl SendStream {
         if s.send_buf.is_empty() {
             return Poll::Ready(Ok(()));
         }
-        match &s.send_waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => s.send_waker = Some(cx.waker().clone()),
-        }
+        set_waker(&mut s.send_waker, cx);
         Poll::Pending
     }
 
@@ -573,10 +563,7 @@ impl SendStream {
         if s.closed {
             return Poll::Ready(Error::Closed);
         }
-        match &s.send_waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => s.send_waker = Some(cx.waker().clone()),
-        }
+        set_waker(&mut s.send_waker, cx);
         Poll::Pending
     }
 

@@ -50,6 +50,7 @@ use tracing::debug;
 pub use super::conn::Error;
 use super::conn::{
     self, Chunks, Config, Connection, SendEnd, Shared, State, Wake, Wakers, is_connection_specific,
+    set_waker,
 };
 use super::frame::{self, ConnError, Reason};
 use super::hpack;
@@ -633,10 +634,7 @@ impl Call {
             match st.stream(idx) {
                 Some(s) if !s.closed && s.error.is_none() && !ended => {
                     self.room = s.send_buf.is_empty();
-                    match &s.send_waker {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        _ => s.send_waker = Some(cx.waker().clone()),
-                    }
+                    set_waker(&mut s.send_waker, cx);
                     false
                 }
                 _ => true,
@@ -653,10 +651,7 @@ impl Call {
         match st.stream(self.idx) {
             Some(s) if s.error.is_none() && !s.closed => {
                 self.room = s.send_buf.is_empty();
-                match &s.send_waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => s.send_waker = Some(cx.waker().clone()),
-                }
+                set_waker(&mut s.send_waker, cx);
                 true
             }
             _ => false,
@@ -713,10 +708,7 @@ impl Call {
                                 if s.send_buf.is_empty() {
                                     self.room = true;
                                 } else {
-                                    match &s.send_waker {
-                                        Some(w) if w.will_wake(cx.waker()) => {}
-                                        _ => s.send_waker = Some(cx.waker().clone()),
-                                    }
+                                    set_waker(&mut s.send_waker, cx);
                                     return Poll::Pending;
                                 }
                             }
@@ -928,10 +920,7 @@ impl RequestBody {
                             Poll::Ready(Some(Err(e)))
                         }
                     } else {
-                        match &s.recv_waker {
-                            Some(w) if w.will_wake(cx.waker()) => {}
-                            _ => s.recv_waker = Some(cx.waker().clone()),
-                        }
+                        set_waker(&mut s.recv_waker, cx);
                         Poll::Pending
                     }
                 }
