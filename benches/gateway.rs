@@ -334,12 +334,6 @@ fn spawn_gateway(
         .env("PARTGATE_LOG", "warn,partgate::gateway=info")
         .env("NO_COLOR", "1")
         .env_remove("RUST_LOG")
-        .envs(
-            // Experiments: the gateway's runtime size (tokio reads TOKIO_WORKER_THREADS).
-            std::env::var("PARTGATE_BENCH_GATEWAY_WORKERS")
-                .ok()
-                .map(|n| ("TOKIO_WORKER_THREADS", n)),
-        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -362,7 +356,11 @@ fn write_config(backend: SocketAddr) -> Res<PathBuf> {
             "insecure": true,
             "connection_check_interval": "10s",
         }],
-        "gateway": {},
+        // Experiments: the gateway's worker count (default: one per core).
+        "gateway": match std::env::var("PARTGATE_BENCH_GATEWAY_WORKERS").ok().and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => serde_json::json!({ "worker_threads": n }),
+            None => serde_json::json!({}),
+        },
     });
     std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
     Ok(path)

@@ -301,6 +301,7 @@ impl Admin {
             "resources": reported.as_ref().map(|r| r.resources.len()),
             "refresh_age_seconds": part.refresh_age().map(|a| a.as_secs_f64()),
             "connects": part.connects(),
+            "open_connections": part.open_connections(),
             "calls_total": calls,
             "calls_failed_total": failed,
             "calls_per_second": round3(call_rate),

@@ -179,9 +179,8 @@ pub struct GatewaySettings {
     /// PEM CA bundle for verifying TLS parts, instead of the system roots.
     #[serde(default)]
     pub parts_ca_file: Option<String>,
-    /// Async runtime worker threads (read at start, not reloaded); absent: tokio's default
-    /// (one per core, or `TOKIO_WORKER_THREADS`). Fewer workers mean fewer cross-thread
-    /// wake-ups per call, which matters most when the gateway shares a small machine.
+    /// Worker threads, each a single-threaded runtime with its own connection to every part
+    /// (read at start, not reloaded); absent: one per core (src/workers.rs).
     #[serde(default)]
     pub worker_threads: Option<usize>,
     /// WebRTC ingress: signaling on the main port, gRPC over data channels on UDP.
@@ -340,7 +339,7 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     /// PEM CA bundle for TLS parts; `None`: system roots.
     pub parts_ca_pem: Option<Vec<u8>>,
-    /// Runtime worker threads; `None`: tokio's default. Only read at start.
+    /// Worker threads (src/workers.rs); `None`: one per core. Only read at start.
     pub worker_threads: Option<usize>,
     /// WebRTC ingress; `None`: disabled. Only read at start.
     pub webrtc: Option<WebRtcSettings>,

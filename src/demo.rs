@@ -99,6 +99,8 @@ pub struct PartLog {
     pub tokens: Mutex<Vec<String>>,
     /// Calls rejected for a missing or unknown token.
     pub rejected: std::sync::atomic::AtomicUsize,
+    /// Connections accepted, over restarts.
+    pub accepted: std::sync::atomic::AtomicUsize,
     /// Live sessions by id. An expired session's motors are stopped and logged in `calls` as
     /// ("SessionStop", motor), set apart from ("Stop", motor) calls received over gRPC.
     pub sessions: Mutex<HashMap<String, SimSession>>,
@@ -198,6 +200,8 @@ pub struct SimPart {
     log: Arc<PartLog>,
     spec: PartSpec,
     stop: watch::Sender<bool>,
+    /// Bumped by [`SimPart::goaway`].
+    goaway: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -230,6 +234,7 @@ impl SimPart {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (stop, mut stopped) = watch::channel(false);
+        let (goaway, goaway_rx) = watch::channel(0u64);
         let sim = Sim {
             spec: Arc::new(spec.clone()),
             log: log.clone(),
@@ -244,12 +249,22 @@ impl SimPart {
                     _ = stopped.changed() => break,
                 };
                 let _ = stream.set_nodelay(true);
+                sim.log
+                    .accepted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let sim = sim.clone();
                 let service = hyper::service::service_fn(move |req| sim.clone().route(req));
                 let conn = builder
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                     .into_owned();
+                let mut goaway = goaway_rx.clone();
+                goaway.mark_unchanged();
                 conns.spawn(async move {
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = goaway.changed() => conn.as_mut().graceful_shutdown(),
+                    }
                     let _ = conn.await;
                 });
             }
@@ -261,6 +276,7 @@ impl SimPart {
             log,
             spec,
             stop,
+            goaway,
             task,
         })
     }
@@ -273,6 +289,12 @@ impl SimPart {
     /// What the part has seen.
     pub fn log(&self) -> &Arc<PartLog> {
         &self.log
+    }
+
+    /// Sends GOAWAY on every open connection (they close once their calls finish) while still
+    /// accepting new ones, like a server rotating its connections.
+    pub fn goaway(&self) {
+        self.goaway.send_modify(|n| *n += 1);
     }
 
     /// Kills the part: closes the listener and every connection at once.

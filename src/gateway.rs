@@ -25,6 +25,7 @@ use crate::stack::CallStack;
 use crate::tls::ReloadingAcceptor;
 use crate::webrtc::signaling::Signaling;
 use crate::webrtc::transport::Endpoint;
+use crate::workers::{Workers, default_count};
 
 /// Extra start-up wait beyond the dial timeout for a part's first `ResourceNames`.
 const STARTUP_CHECK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -39,6 +40,8 @@ pub struct Gateway {
     tls: Option<Arc<ReloadingAcceptor>>,
     stack: CallStack,
     webrtc: Option<Endpoint>,
+    /// The data-plane runtimes; they stop when the gateway is shut down or dropped.
+    workers: Workers,
 }
 
 /// The operations side of a running gateway: endpoints, their listener, reloads, samplers.
@@ -83,8 +86,10 @@ impl Gateway {
             }
             None => None,
         };
+        let workers = Workers::start(settings.worker_threads.unwrap_or_else(default_count))
+            .map_err(|e| StartError::Setup(format!("cannot start the worker threads: {e}")))?;
         let metrics = Metrics::new();
-        let pool = Pool::start(&settings, metrics.clone())
+        let pool = Pool::start(&settings, metrics.clone(), workers.len())
             .map_err(|e| StartError::Setup(e.to_string()))?;
         metrics.attach_pool(&pool);
         let admin = Admin::new(metrics, pool.clone(), &settings);
@@ -111,6 +116,7 @@ impl Gateway {
             stopped,
             settings.drain_timeout,
             tls.clone(),
+            Some(workers.clone()),
         ));
         admin.set_phase(Phase::Serving);
         info!("listening on {addr}");
@@ -137,6 +143,7 @@ impl Gateway {
             tls,
             stack,
             webrtc,
+            workers,
         })
     }
 
@@ -192,6 +199,11 @@ impl Gateway {
         if let Ok(mut tasks) = self.ops.tasks.lock() {
             tasks.push(task);
         }
+    }
+
+    /// How many workers serve client connections (`gateway.worker_threads`).
+    pub fn workers(&self) -> usize {
+        self.workers.len()
     }
 
     /// The address the gateway accepts connections on.
@@ -285,6 +297,7 @@ async fn start_admin(settings: &Settings, admin: &Arc<Admin>) -> Result<AdminLis
         handler,
         stopped,
         Duration::from_secs(1),
+        None,
         None,
     ));
     info!("operations endpoints on {addr}");

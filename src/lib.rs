@@ -23,5 +23,6 @@ pub mod session;
 pub mod stack;
 pub mod tls;
 pub mod webrtc;
+pub mod workers;
 
 pub use gateway::Gateway;

@@ -29,6 +29,7 @@ use crate::auth::PeerAddr;
 use crate::h2_server::PREFACE;
 use crate::stack::CallStack;
 use crate::tls::ReloadingAcceptor;
+use crate::workers::Workers;
 
 type Body = tonic::body::Body;
 
@@ -160,12 +161,16 @@ pub type Handler = std::sync::Arc<
 ///
 /// HTTP/2 (the h2c preface, or TLS with ALPN `h2`) is served by [`crate::h2_server`]; anything
 /// else (HTTP/1.1: gRPC-Web, CORS preflights, plain HTTP) by hyper-util's auto server.
+///
+/// With `workers`, each accepted connection is served on the next worker in turn (its socket
+/// re-registered with that worker's I/O driver); without, on the current runtime.
 pub async fn serve(
     listener: TcpListener,
     handler: Handler,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
     tls: Option<Arc<ReloadingAcceptor>>,
+    workers: Option<Workers>,
 ) {
     let builder = Arc::new(http_builder());
     // Every connection task holds a clone; when all are gone, every connection has ended.
@@ -195,7 +200,7 @@ pub async fn serve(
         // never holds up the accept loop. Each way of serving is boxed so that the task is only
         // as large as the way it takes (not the largest of the four).
         let acceptor = tls.as_ref().map(|t| t.acceptor());
-        tokio::spawn(async move {
+        let serve = move |stream: TcpStream| async move {
             match acceptor {
                 None => match is_h2c(&stream).await {
                     Ok(true) => Box::pin(conn.serve_h2(stream)).await,
@@ -214,7 +219,11 @@ pub async fn serve(
                     }
                 }
             }
-        });
+        };
+        match &workers {
+            Some(workers) => on_worker(workers.next(), stream, serve),
+            None => drop(tokio::spawn(serve(stream))),
+        }
     }
     drop(listener);
     drop(open);
@@ -222,6 +231,33 @@ pub async fn serve(
         _ = all_closed.recv() => info!("all connections drained"),
         _ = tokio::time::sleep(drain) => warn!("drain timeout reached; closing remaining connections"),
     }
+}
+
+/// Serves an accepted connection on `worker`. A socket is registered with the I/O driver of the
+/// runtime that accepted it, so one handed to another worker moves there first (or every read
+/// would be woken by the accepting thread).
+fn on_worker<F, Fut>(worker: &tokio::runtime::Handle, stream: TcpStream, serve: F)
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    if tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == worker.id()) {
+        drop(worker.spawn(serve(stream)));
+        return;
+    }
+    let std = match stream.into_std() {
+        Ok(std) => std,
+        Err(e) => {
+            debug!(error = %e, "cannot hand a connection to a worker");
+            return;
+        }
+    };
+    drop(worker.spawn(async move {
+        match TcpStream::from_std(std) {
+            Ok(stream) => serve(stream).await,
+            Err(e) => debug!(error = %e, "cannot hand a connection to a worker"),
+        }
+    }));
 }
 
 /// What a connection task needs besides its stream.

@@ -142,7 +142,6 @@ fn main() -> ExitCode {
             });
             match loaded {
                 Ok(settings) => run(
-                    settings.worker_threads,
                     async move {
                         Gateway::start(settings)
                             .await
@@ -157,7 +156,6 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo { bind } => run(
-            None,
             async move {
                 let (parts, config) =
                     partgate::demo::start_demo(&bind).await.map_err(|source| {
@@ -228,16 +226,16 @@ fn healthcheck(url: &str, timeout: f64) -> ExitCode {
 
 /// Runs the gateway until SIGINT/SIGTERM, then drains. With a config file, SIGHUP and changes
 /// of the file reload it.
-fn run<F, T>(workers: Option<usize>, start: F, config: Option<PathBuf>) -> ExitCode
+fn run<F, T>(start: F, config: Option<PathBuf>) -> ExitCode
 where
     F: std::future::Future<Output = Result<(Gateway, T), partgate::error::StartError>>,
 {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // `gateway.worker_threads`; without it tokio picks one per core (or TOKIO_WORKER_THREADS).
-    if let Some(workers) = workers {
-        builder.worker_threads(workers);
-    }
-    let runtime = match builder.enable_all().build() {
+    // Worker 0 of the gateway's thread-per-core runtimes (`gateway.worker_threads`, one per
+    // core by default): the gateway starts the others itself (src/workers.rs).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!("cannot start the async runtime: {e}");

@@ -80,6 +80,8 @@ impl Drop for ClosedOnDrop {
 
 /// How long one health check (`ResourceNames` + `ResourceRPCSubtypes`) may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many times a call is offered to a part's connections when they refuse it unprocessed.
+const SEND_ATTEMPTS: usize = 3;
 /// Consecutive failed checks after which a connection is dropped and redialed.
 const CHECK_FAILURES_BEFORE_REDIAL: u32 = 3;
 
@@ -122,7 +124,9 @@ pub struct Part {
     pub spec: PartSpec,
     scheme_authority: (http::uri::Scheme, http::uri::Authority),
     dial: DialSettings,
-    conn: ArcSwapOption<Conn>,
+    /// Lane 0: the part's connection, dialed, checked and redialed by `maintain`. Lane i > 0:
+    /// worker i's own connection ([`Lane`]).
+    lanes: Box<[Lane]>,
     generation: watch::Sender<u64>,
     settled: watch::Sender<bool>,
     state: AtomicU8,
@@ -130,6 +134,9 @@ pub struct Part {
     last_error: Mutex<Option<String>>,
     limit: Arc<Semaphore>,
     wake: Notify,
+    /// Set while lane 0 is redialed because the part sent GOAWAY on it (the part is up): calls
+    /// wait for the new connection instead of failing.
+    rotating: AtomicBool,
     connects: AtomicU64,
     last_refresh: Mutex<Option<Instant>>,
     /// The gateway's own access token for this part (never a client's).
@@ -145,12 +152,29 @@ pub struct Part {
     closing: watch::Sender<bool>,
 }
 
+/// One of a part's connections. Each worker ([`crate::workers`]) sends its calls on its own
+/// lane so that a call never crosses threads: lane 0 is the part's main connection (worker 0's;
+/// the one `maintain` dials, health-checks and redials); lane i > 0 is dialed by worker i
+/// itself the first time it has a call for the part while lane 0 is up, and that call (and any
+/// other until the dial completes) goes on lane 0 meanwhile. The other lanes follow lane 0:
+/// never used without it, cleared when it is lost.
+#[derive(Default)]
+struct Lane {
+    conn: ArcSwapOption<Conn>,
+    /// Its connection task, aborted when the part is lost.
+    driver: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Set while its worker dials it (and for `reconnect_interval` after a failed dial).
+    dialing: AtomicBool,
+}
+
 /// Every part, and the route table built from what they report: one [`Snapshot`], swapped
 /// whole on every refresh and reload.
 pub struct Pool {
     current: ArcSwap<Snapshot>,
     rebuild: Mutex<()>,
     metrics: Arc<Metrics>,
+    /// Connections per part (one per worker).
+    lanes: usize,
 }
 
 /// The parts in force and the route table built from them. Route indices index `parts`, so a
@@ -192,6 +216,7 @@ impl Part {
         spec: PartSpec,
         dial: DialSettings,
         limit: usize,
+        lanes: usize,
         metrics: Arc<PartMetrics>,
     ) -> Result<Self, GatewayError> {
         let authority: http::uri::Authority = spec
@@ -207,7 +232,7 @@ impl Part {
             spec,
             scheme_authority: (scheme, authority),
             dial,
-            conn: ArcSwapOption::empty(),
+            lanes: (0..lanes.max(1)).map(|_| Lane::default()).collect(),
             generation: watch::channel(0).0,
             settled: watch::channel(false).0,
             state: AtomicU8::new(PartState::Connecting as u8),
@@ -215,6 +240,7 @@ impl Part {
             last_error: Mutex::new(None),
             limit: Arc::new(Semaphore::new(limit)),
             wake: Notify::new(),
+            rotating: AtomicBool::new(false),
             connects: AtomicU64::new(0),
             last_refresh: Mutex::new(None),
             token: ArcSwapOption::empty(),
@@ -274,7 +300,9 @@ impl Part {
             _ = stop.wait_for(|s| *s) => {}
             _ = self.clone().maintain(pool) => {}
         }
-        self.conn.store(None);
+        // Calls in flight keep their connections until they end (or `closing`).
+        self.lanes[0].conn.store(None);
+        self.clear_lanes(false);
         self.state
             .store(PartState::Disconnected as u8, Ordering::Relaxed);
         self.settled.send_replace(true);
@@ -321,6 +349,14 @@ impl Part {
         self.connects.load(Ordering::Relaxed)
     }
 
+    /// Connections to the part that take new calls now: the main one and the workers' own.
+    pub fn open_connections(&self) -> usize {
+        self.lanes
+            .iter()
+            .filter(|l| l.conn.load().as_ref().is_some_and(|c| !c.is_closed()))
+            .count()
+    }
+
     /// Time since the resource list was last refreshed.
     pub fn refresh_age(&self) -> Option<Duration> {
         self.last_refresh
@@ -352,10 +388,13 @@ impl Part {
         *req.version_mut() = http::Version::HTTP_2;
     }
 
-    /// Sends a targeted request on the part's connection. A request the connection refused
-    /// before sending it (GOAWAY, connection just closed) is retried once on a fresh connection.
+    /// Sends a targeted request on the part's connection. A request a connection refused
+    /// before processing it (GOAWAY, REFUSED_STREAM, connection just closed) is sent again: on
+    /// another connection that is up, or on the one `maintain` redials (waited for up to the
+    /// connect timeout). A part that sends GOAWAY on all its connections at once reaches each
+    /// of them at a slightly different moment, hence more than one retry.
     pub async fn send(
-        &self,
+        self: &Arc<Self>,
         req: http::Request<Body>,
     ) -> Result<http::Response<PartBody>, GatewayError> {
         let unavailable = || GatewayError::PartUnavailable {
@@ -366,50 +405,141 @@ impl Part {
             req.headers_mut()
                 .insert(http::header::AUTHORIZATION, token.clone());
         }
-        let sender = self.sender().ok_or_else(unavailable)?;
         let mut generation = self.generation.subscribe();
-        let req = match send_on(&sender, req).await {
-            Ok(resp) => return Ok(resp),
-            Err(SendError::Failed(e)) => {
-                debug!(part = %self.spec.name, error = %e, "request failed on the part's connection");
-                return Err(unavailable());
-            }
-            Err(SendError::Refused(req, e)) => {
-                debug!(part = %self.spec.name, error = %e, "connection refused a new stream; retrying on a new one");
-                *req
-            }
+        let mut sender = match self.sender() {
+            Some(sender) => sender,
+            // The part is replacing a connection it sent GOAWAY on: wait for the new one.
+            None if self.rotating() => self
+                .redialed(&mut generation)
+                .await
+                .ok_or_else(unavailable)?,
+            None => return Err(unavailable()),
         };
-        // Not sent: the connection is going away. Wait briefly for the redial, then retry once.
-        sender.refused.store(true, Ordering::Release);
-        self.drop_connection(&sender);
-        let wait = tokio::time::timeout(self.dial.connect_timeout, generation.changed()).await;
-        if !matches!(wait, Ok(Ok(()))) {
-            return Err(unavailable());
+        for _ in 0..SEND_ATTEMPTS - 1 {
+            req = match send_on(&sender, req).await {
+                Ok(resp) => return Ok(resp),
+                Err(SendError::Failed(e)) => {
+                    debug!(part = %self.spec.name, error = %e, "request failed on the part's connection");
+                    return Err(unavailable());
+                }
+                Err(SendError::Refused(req, e)) => {
+                    debug!(part = %self.spec.name, error = %e, "connection refused a new stream; retrying");
+                    *req
+                }
+            };
+            sender.refused.store(true, Ordering::Release);
+            self.drop_connection(&sender);
+            let stale = sender;
+            sender = match self.sender().filter(|other| !Arc::ptr_eq(other, &stale)) {
+                Some(other) => other,
+                None => self
+                    .redialed(&mut generation)
+                    .await
+                    .ok_or_else(unavailable)?,
+            };
         }
-        let sender = self.sender().ok_or_else(unavailable)?;
         send_on(&sender, req).await.map_err(|e| {
-            debug!(part = %self.spec.name, error = %e, "retry failed");
+            debug!(part = %self.spec.name, error = %e, "last retry failed");
             unavailable()
         })
     }
 
-    fn sender(&self) -> Option<Sender> {
-        let guard = self.conn.load();
-        let sender = guard.as_ref()?;
-        if sender.is_closed() {
+    /// Waits (up to the connect timeout) for `maintain` to establish a new main connection,
+    /// then picks a connection again.
+    async fn redialed(self: &Arc<Self>, generation: &mut watch::Receiver<u64>) -> Option<Sender> {
+        let wait = tokio::time::timeout(self.dial.connect_timeout, generation.changed()).await;
+        if !matches!(wait, Ok(Ok(()))) {
+            return None;
+        }
+        self.sender()
+    }
+
+    /// The connection for a call on this thread: the worker's own lane when it is up, else
+    /// lane 0 (and the worker's lane is dialed); `None` while lane 0 is down.
+    fn sender(self: &Arc<Self>) -> Option<Sender> {
+        let main = self.lanes[0].conn.load();
+        let main = main.as_ref()?;
+        if main.is_closed() {
             self.wake.notify_one();
             return None;
         }
-        Some(Sender::clone(sender))
+        let lane = crate::workers::current() % self.lanes.len();
+        if lane != 0 {
+            if let Some(own) = self.lanes[lane].conn.load().as_ref() {
+                if !own.is_closed() {
+                    return Some(Sender::clone(own));
+                }
+                self.lanes[lane].clear_if(own, false);
+            }
+            self.dial_lane(lane);
+        }
+        Some(Sender::clone(main))
     }
 
-    fn drop_connection(&self, stale: &Conn) {
-        let current = self.conn.load();
-        if current
-            .as_ref()
-            .is_some_and(|c| c.is_closed() || stale.is_closed())
-        {
-            self.conn.store(None);
+    /// Whether lane 0 is being replaced because the part sent GOAWAY on it (see `rotating`),
+    /// including the moment between the GOAWAY and `maintain` noticing it.
+    fn rotating(&self) -> bool {
+        self.rotating.load(Ordering::Acquire)
+            || self.lanes[0]
+                .conn
+                .load()
+                .as_ref()
+                .is_some_and(|c| c.send.got_goaway())
+    }
+
+    /// Dials worker `lane`'s connection on this worker (unless it is being dialed already).
+    fn dial_lane(self: &Arc<Self>, lane: usize) {
+        let Some(slot) = self.lanes.get(lane) else {
+            return;
+        };
+        if slot.dialing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let part = self.clone();
+        // Spawned here, so the socket and the connection task belong to this worker.
+        tokio::spawn(async move {
+            let main = part.lanes[0].conn.load_full();
+            let slot = &part.lanes[lane];
+            match part.connect().await {
+                Ok((sender, driver)) => {
+                    if let Ok(mut d) = slot.driver.lock() {
+                        *d = Some(driver.abort_handle());
+                    }
+                    slot.conn.store(Some(sender.clone()));
+                    // Lane 0 went (or was replaced) meanwhile: this lane follows it.
+                    let current = part.lanes[0].conn.load();
+                    let same = match (&main, current.as_ref()) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        _ => false,
+                    };
+                    if !same {
+                        slot.clear_if(&sender, true);
+                    }
+                }
+                Err(e) => {
+                    debug!(part = %part.spec.name, lane, error = %e, "cannot dial a worker's connection");
+                    tokio::time::sleep(part.spec.reconnect_interval).await;
+                }
+            }
+            slot.dialing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Clears lanes 1.. (lane 0 is gone). With `abort`, their connections are closed now
+    /// unless they are draining by themselves; without, calls on them finish first.
+    fn clear_lanes(&self, abort: bool) {
+        for lane in self.lanes.iter().skip(1) {
+            if let Some(conn) = lane.conn.load_full() {
+                lane.clear_if(&conn, abort && !conn.is_draining());
+            }
+        }
+    }
+
+    /// A connection refused a call unprocessed: a worker's lane is emptied (redialed on its
+    /// next call); lane 0 is `maintain`'s to replace, which this wakes.
+    fn drop_connection(&self, stale: &Sender) {
+        for lane in self.lanes.iter().skip(1) {
+            lane.clear_if(stale, false);
         }
         self.wake.notify_one();
     }
@@ -589,13 +719,14 @@ impl Part {
                     // A new connection may be a restarted part that forgot our token.
                     if let Err(e) = self.authenticate(&sender).await {
                         warn!(part = %self.spec.name, error = %e, "cannot authenticate to part");
+                        self.rotating.store(false, Ordering::Release);
                         self.set_error(Some(e));
                         self.settled.send_replace(true);
                         driver.abort();
                         tokio::time::sleep(self.spec.reconnect_interval).await;
                         continue;
                     }
-                    self.conn.store(Some(sender.clone()));
+                    self.lanes[0].conn.store(Some(sender.clone()));
                     self.state
                         .store(PartState::Connected as u8, Ordering::Relaxed);
                     self.connects.fetch_add(1, Ordering::Relaxed);
@@ -603,7 +734,9 @@ impl Part {
                     self.generation.send_modify(|g| *g += 1);
                     self.set_error(None);
                     info!(part = %self.spec.name, address = %self.spec.address, "connected to part");
+                    self.rotating.store(false, Ordering::Release);
                     let mut failures = 0;
+                    let mut rotated = false;
                     loop {
                         let checked = self.check().await;
                         match checked {
@@ -638,12 +771,22 @@ impl Part {
                             self.spec.check_interval
                         };
                         tokio::select! {
-                            _ = &mut driver => break,
+                            // Closed right after a GOAWAY is still the part's own rotation.
+                            _ = &mut driver => {
+                                rotated = sender.send.got_goaway();
+                                break;
+                            }
                             // GOAWAY: redial now; the old connection finishes its calls.
-                            () = sender.send.draining() => break,
+                            () = sender.send.draining() => {
+                                rotated = true;
+                                break;
+                            }
                             _ = tokio::time::sleep(pause) => {}
                             _ = self.wake.notified() => {
-                                if self.conn.load().as_ref().is_none_or(|c| c.is_closed()) { break; }
+                                if self.lanes[0].conn.load().as_ref().is_none_or(|c| c.is_closed()) {
+                                    rotated = sender.send.got_goaway();
+                                    break;
+                                }
                             }
                         }
                     }
@@ -652,16 +795,27 @@ impl Part {
                     if !sender.is_draining() {
                         driver.abort();
                     }
-                    self.conn.store(None);
+                    self.metrics.disconnected();
+                    if rotated {
+                        // Not down: the part asked for a new connection. Calls wait for it;
+                        // the workers' connections get their own GOAWAY (and are replaced on
+                        // their next call), so calls on them are left to finish.
+                        self.rotating.store(true, Ordering::Release);
+                        self.lanes[0].conn.store(None);
+                        info!(part = %self.spec.name, "part sent GOAWAY; redialing now");
+                        continue;
+                    }
+                    self.lanes[0].conn.store(None);
+                    self.clear_lanes(true);
                     self.state
                         .store(PartState::Disconnected as u8, Ordering::Relaxed);
                     if self.last_error().is_none() {
                         self.set_error(Some("connection closed".to_owned()));
                     }
                     warn!(part = %self.spec.name, address = %self.spec.address, "disconnected from part");
-                    self.metrics.disconnected();
                 }
                 Err(e) => {
+                    self.rotating.store(false, Ordering::Release);
                     if self.last_error().as_deref() != Some(e.as_str()) {
                         warn!(part = %self.spec.name, error = %e, "cannot reach part; retrying every {:?}", self.spec.reconnect_interval);
                     }
@@ -675,6 +829,19 @@ impl Part {
                 return;
             }
             tokio::time::sleep(self.spec.reconnect_interval).await;
+        }
+    }
+}
+
+impl Lane {
+    /// Empties the lane if it still holds `conn`; with `abort`, also ends its connection task.
+    fn clear_if(&self, conn: &Sender, abort: bool) {
+        let previous = self.conn.compare_and_swap(conn, None::<Sender>);
+        if previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, conn)) {
+            let driver = self.driver.lock().ok().and_then(|mut d| d.take());
+            if abort && let Some(driver) = driver {
+                driver.abort();
+            }
         }
     }
 }
@@ -714,12 +881,18 @@ impl DialSettings {
 
 impl Pool {
     /// Creates the pool and starts maintaining every part's connection.
-    pub fn start(settings: &Settings, metrics: Arc<Metrics>) -> Result<Arc<Self>, GatewayError> {
+    ///
+    /// `lanes`: connections per part, one for each worker ([`crate::workers`]).
+    pub fn start(
+        settings: &Settings,
+        metrics: Arc<Metrics>,
+        lanes: usize,
+    ) -> Result<Arc<Self>, GatewayError> {
         let dial = DialSettings::from_settings(settings)?;
         let parts = settings
             .parts
             .iter()
-            .map(|spec| new_part(spec, &dial, settings, &metrics))
+            .map(|spec| new_part(spec, &dial, settings, &metrics, lanes))
             .collect::<Result<Vec<_>, _>>()?;
         let pool = Arc::new(Self {
             current: ArcSwap::from_pointee(Snapshot {
@@ -728,6 +901,7 @@ impl Pool {
             }),
             rebuild: Mutex::new(()),
             metrics,
+            lanes,
         });
         pool.install(Some(parts.clone()));
         pool.spawn(&parts);
@@ -762,7 +936,7 @@ impl Pool {
                 Some(_) => changes.redialed.push(spec.name.clone()),
                 None => changes.added.push(spec.name.clone()),
             }
-            let part = new_part(spec, &dial, settings, &self.metrics)?;
+            let part = new_part(spec, &dial, settings, &self.metrics, self.lanes)?;
             fresh.push(part.clone());
             parts.push(part);
         }
@@ -866,11 +1040,13 @@ fn new_part(
     dial: &DialSettings,
     settings: &Settings,
     metrics: &Metrics,
+    lanes: usize,
 ) -> Result<Arc<Part>, GatewayError> {
     Part::new(
         spec.clone(),
         dial.clone(),
         settings.max_concurrent_calls_per_part,
+        lanes,
         metrics.part(&spec.name),
     )
     .map(Arc::new)

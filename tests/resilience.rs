@@ -488,3 +488,158 @@ async fn drain_sends_goaway_on_http2_and_finishes_open_streams() {
         .expect("drain finished once the open stream ended")
         .unwrap();
 }
+
+/// Thread-per-core: every worker sends its calls on its own connection to the part (dialed on
+/// its first call, which goes on the main connection meanwhile), and those connections follow
+/// the part down and back up.
+#[tokio::test]
+async fn each_worker_gets_its_own_part_connection_which_follows_the_part() {
+    let mut fleet = fleet(vec![(spec("p", &["m"]), None)], None, |c| {
+        c.gateway.worker_threads = Some(3);
+    })
+    .await;
+    assert_eq!(fleet.gateway.workers(), 3);
+    let part_log = fleet.part("p").log().clone();
+    let accepted = || part_log.accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(accepted(), 1, "only the main connection before any call");
+    // Three client connections: one on each worker.
+    let mut channels = Vec::new();
+    for _ in 0..3 {
+        channels.push(fleet.channel().await);
+    }
+    let open = |fleet: &Fleet| fleet.gateway.pool().parts()[0].open_connections();
+    let call_everywhere = |power: f64| {
+        let channels = channels.clone();
+        async move {
+            let mut results = Vec::new();
+            for ch in &channels {
+                results.push(motor_client(ch).set_power(set_power("p:m", power)).await);
+            }
+            results
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open(&fleet) < 3 {
+        for result in call_everywhere(0.25).await {
+            result.expect("calls succeed while the workers dial");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workers never got their own connection"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        accepted(),
+        3,
+        "one connection per worker, none dialed twice"
+    );
+    let before = fleet.part("p").log().calls.lock().unwrap().len();
+    for result in call_everywhere(0.5).await {
+        result.expect("call on a worker's connection");
+    }
+    let log = fleet.part("p").log().calls.lock().unwrap().clone();
+    assert_eq!(
+        &log[before..],
+        &[
+            ("SetPower".to_owned(), "m".to_owned()),
+            ("SetPower".to_owned(), "m".to_owned()),
+            ("SetPower".to_owned(), "m".to_owned()),
+        ],
+        "every worker's connection rewrites the name"
+    );
+    assert_eq!(accepted(), 3, "calls reuse the workers' connections");
+
+    // The part goes down: every worker fails fast, none keeps a connection.
+    let killed = fleet.kill("p").await;
+    for result in call_everywhere(0.5).await {
+        let err = result.expect_err("part is down");
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    }
+    assert_eq!(open(&fleet), 0);
+
+    // Back up: every worker recovers and dials again, without client action.
+    fleet.restart("p", killed).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let results = call_everywhere(0.75).await;
+        if results.iter().all(Result::is_ok) && open(&fleet) == 3 {
+            break;
+        }
+        for err in results.into_iter().filter_map(Result::err) {
+            assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        }
+        assert!(Instant::now() < deadline, "workers never reconnected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(accepted(), 6, "three connections again after the restart");
+}
+
+/// A part that sends GOAWAY on its connections (and keeps serving) costs no call: the
+/// connections are replaced, the main one at once, the workers' on their next call.
+#[tokio::test]
+async fn part_goaway_on_every_connection_fails_no_call() {
+    let fleet = fleet(vec![(spec("p", &["m"]), None)], None, |c| {
+        c.gateway.worker_threads = Some(3);
+    })
+    .await;
+    let part_log = fleet.part("p").log().clone();
+    let accepted = || part_log.accepted.load(std::sync::atomic::Ordering::Relaxed);
+    let mut channels = Vec::new();
+    for _ in 0..3 {
+        channels.push(fleet.channel().await);
+    }
+    let open = || fleet.gateway.pool().parts()[0].open_connections();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open() < 3 {
+        for ch in &channels {
+            motor_client(ch)
+                .set_power(set_power("p:m", 0.1))
+                .await
+                .expect("warm-up call");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workers never got their own connection"
+        );
+    }
+    assert_eq!(accepted(), 3);
+
+    // Calls run on every client connection while the part sends GOAWAY three times.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = channels
+        .iter()
+        .map(|ch| {
+            let (ch, stop) = (ch.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut calls = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    motor_client(&ch)
+                        .set_power(set_power("p:m", 0.2))
+                        .await
+                        .expect("no call fails across the part's GOAWAY");
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        fleet.part("p").goaway();
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for caller in callers {
+        assert!(caller.await.expect("caller") > 0);
+    }
+    assert!(
+        accepted() >= 6,
+        "connections were replaced: {} accepted",
+        accepted()
+    );
+    assert_eq!(
+        fleet.gateway.pool().parts()[0].state(),
+        PartState::Connected
+    );
+}

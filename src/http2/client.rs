@@ -110,6 +110,11 @@ impl SendRequest {
         std::future::poll_fn(|cx| self.poll_draining(cx))
     }
 
+    /// Whether the server sent GOAWAY (it may have closed the connection since).
+    pub fn got_goaway(&self) -> bool {
+        self.shared.lock().goaway.is_some()
+    }
+
     /// Opens a stream for `head` (method, URI with scheme and authority, headers) and queues
     /// its HEADERS, the `data` chunks and, per `end`, END_STREAM or trailers, all in one write
     /// of the connection task. Data beyond the server's windows is buffered and sent as the
