@@ -104,7 +104,7 @@ impl Gateway {
         }
         let stack = CallStack::new(pool.clone(), &settings, auth);
         let webrtc = match &settings.webrtc {
-            Some(w) => start_webrtc(w, &settings, addr, &stack, pool.metrics()).await,
+            Some(w) => start_webrtc(w, &settings, addr, &stack, pool.metrics(), &workers).await,
             None => None,
         };
         let frontend = Frontend::new(stack.clone()).with_admin(admin.clone());
@@ -247,8 +247,9 @@ async fn start_webrtc(
     addr: SocketAddr,
     stack: &CallStack,
     metrics: &Arc<Metrics>,
+    workers: &Workers,
 ) -> Option<Endpoint> {
-    let endpoint = match Endpoint::bind(webrtc.transport.clone()).await {
+    let endpoint = match Endpoint::bind_on(webrtc.transport.clone(), Some(workers.clone())).await {
         Ok(endpoint) => {
             info!("WebRTC on udp {}", endpoint.local_addr());
             Some(endpoint)

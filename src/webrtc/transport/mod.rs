@@ -203,6 +203,8 @@ struct Shared {
     table: Mutex<demux::Table>,
     next_id: AtomicU64,
     closed: watch::Sender<bool>,
+    /// Where peer tasks run: the gateway's workers in turn, or the runtime that bound.
+    workers: Option<crate::workers::Workers>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -242,8 +244,17 @@ fn channel_config((id, label): (u16, &str)) -> ChannelConfig {
 // === impl Endpoint ===
 
 impl Endpoint {
-    /// Binds the UDP socket and starts the endpoint's driver task.
+    /// Binds the UDP socket and starts the endpoint's driver task; peers run on this runtime.
     pub async fn bind(config: TransportConfig) -> Result<Self, TransportError> {
+        Self::bind_on(config, None).await
+    }
+
+    /// Like [`Endpoint::bind`], with each new peer's task on the next of `workers` (the UDP
+    /// socket's receive loop stays on this runtime and hands packets to the peers).
+    pub async fn bind_on(
+        config: TransportConfig,
+        workers: Option<crate::workers::Workers>,
+    ) -> Result<Self, TransportError> {
         let socket = addrs::bind_socket(config.bind_ip, config.port_range).await?;
         let local_addr = socket.local_addr()?;
         let host_addrs = addrs::advertised(&config, local_addr);
@@ -257,6 +268,7 @@ impl Endpoint {
             table: Mutex::new(demux::Table::default()),
             next_id: AtomicU64::new(1),
             closed,
+            workers,
             runtime: tokio::runtime::Handle::current(),
         });
         tokio::spawn(demux::receive_loop(shared.clone(), closed_rx));
@@ -446,7 +458,8 @@ impl Shared {
             (start.data, start.negotiation),
             open_tx,
         );
-        self.runtime.spawn(task.run());
+        let runtime = self.workers.as_ref().map_or(&self.runtime, |w| w.next());
+        drop(runtime.spawn(task.run()));
         tracing::debug!(peer = id, "WebRTC peer started");
         let handle = PeerHandle {
             peer,
