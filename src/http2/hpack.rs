@@ -159,8 +159,8 @@ fn read_int(buf: &[u8], pos: &mut usize, prefix: u32) -> Result<usize, HpackErro
     Ok(value as usize)
 }
 
-/// Reads a string literal (RFC 7541 section 5.2) at `*pos`.
-fn read_string(block: &Bytes, pos: &mut usize) -> Result<Bytes, HpackError> {
+/// The span of a string literal (RFC 7541 section 5.2) at `*pos`: (Huffman-coded, start, end).
+fn string_span(block: &[u8], pos: &mut usize) -> Result<(bool, usize, usize), HpackError> {
     let Some(&first) = block.get(*pos) else {
         return Err(HpackError::Truncated);
     };
@@ -171,13 +171,30 @@ fn read_string(block: &Bytes, pos: &mut usize) -> Result<Bytes, HpackError> {
         .filter(|&end| end <= block.len())
         .ok_or(HpackError::Truncated)?;
     *pos = end;
-    if first & 0x80 == 0 {
-        return Ok(block.slice(start..end));
-    }
+    Ok((first & 0x80 != 0, start, end))
+}
+
+fn decode_huffman(code: &[u8]) -> Result<Bytes, HpackError> {
     let mut out = Vec::new();
-    huffman::decode(&block[start..end], &mut out)?;
+    huffman::decode(code, &mut out)?;
     Ok(Bytes::from(out))
 }
+
+/// Reads a string literal (RFC 7541 section 5.2) at `*pos`.
+fn read_string(block: &Bytes, pos: &mut usize) -> Result<Bytes, HpackError> {
+    let (huffman, start, end) = string_span(block, pos)?;
+    if huffman {
+        decode_huffman(&block[start..end])
+    } else {
+        Ok(block.slice(start..end))
+    }
+}
+
+/// Slots of the decoder's cache of Huffman-coded values (a power of two).
+const HUFFMAN_SLOTS: usize = 8;
+
+/// Longer Huffman codes are not cached (a cached value is kept until its slot is reused).
+const MAX_CACHED_HUFFMAN: usize = 128;
 
 /// Decodes header blocks of one connection direction.
 #[derive(Debug)]
@@ -190,6 +207,13 @@ pub struct Decoder {
     max: usize,
     /// Our SETTINGS_HEADER_TABLE_SIZE: size updates above it are errors.
     limit: usize,
+    /// Huffman-coded values of fields sent *without indexing*, recently decoded: (code,
+    /// decoded), direct-mapped by a hash of the code; empty until the first one. Such values
+    /// can repeat call after call (h2 sends every `:path` this way, Huffman-coded) and would
+    /// otherwise be decoded and allocated again each time; a hit is a compare and a clone.
+    /// Indexed literals come back as table entries instead, and never-indexed ones (the
+    /// peer's credentials) are not kept.
+    huffman: Vec<(Bytes, Bytes)>,
 }
 
 impl Decoder {
@@ -200,6 +224,7 @@ impl Decoder {
             size: 0,
             max: max_table_size,
             limit: max_table_size,
+            huffman: Vec::new(),
         }
     }
 
@@ -254,7 +279,11 @@ impl Decoder {
                 // Literal without indexing or never indexed (sections 6.2.2, 6.2.3).
                 let index = read_int(buf, &mut pos, 4)?;
                 let name = self.literal_name(block, &mut pos, index)?;
-                let value = read_string(block, &mut pos)?;
+                let value = if b & 0x10 == 0 {
+                    self.unindexed_value(block, &mut pos)?
+                } else {
+                    read_string(block, &mut pos)?
+                };
                 (name, value)
             };
             in_fields = true;
@@ -270,6 +299,32 @@ impl Decoder {
             return Err(HpackError::ListTooLarge(max_list_size));
         }
         Ok(())
+    }
+
+    /// The value of a literal without indexing, through the Huffman cache.
+    fn unindexed_value(&mut self, block: &Bytes, pos: &mut usize) -> Result<Bytes, HpackError> {
+        let (huffman, start, end) = string_span(block, pos)?;
+        let code = &block[start..end];
+        if !huffman {
+            return Ok(block.slice(start..end));
+        }
+        if code.len() > MAX_CACHED_HUFFMAN {
+            return decode_huffman(code);
+        }
+        let slot = (sample_hash(code) >> (64 - HUFFMAN_SLOTS.trailing_zeros())) as usize;
+        if let Some((cached, value)) = self.huffman.get(slot)
+            && cached[..] == *code
+        {
+            return Ok(value.clone());
+        }
+        let value = decode_huffman(code)?;
+        if self.huffman.is_empty() {
+            self.huffman = vec![(Bytes::new(), Bytes::new()); HUFFMAN_SLOTS];
+        }
+        if let Some(entry) = self.huffman.get_mut(slot) {
+            *entry = (Bytes::copy_from_slice(code), value.clone());
+        }
+        Ok(value)
     }
 
     /// The field at `index` of the static or dynamic table.
@@ -1178,6 +1233,48 @@ mod tests {
             assert_eq!(cached.size, d.size, "tables out of step");
         }
         assert!(cached.inserted < 1000, "the counter wrapped");
+    }
+
+    /// Huffman-coded values sent without indexing come from the cache the second time (the
+    /// same Bytes), decode right when slots collide, and never-indexed ones are not kept.
+    #[test]
+    fn huffman_values_without_indexing_are_cached() {
+        let mut d = Decoder::new(4096);
+        let literal = |flags: u8, value: &str| {
+            let code = huffman::encode(value.as_bytes());
+            let mut block = vec![flags | 4, 0x80 | code.len() as u8];
+            block.extend_from_slice(&code);
+            Bytes::from(block)
+        };
+        let path = "/viam.component.motor.v1.MotorService/IsPowered";
+        let block = literal(0x00, path);
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            d.decode(&block, usize::MAX, |n, v| got.push((n, v)))
+                .unwrap();
+        }
+        assert_eq!(got[0], (Bytes::from_static(b":path"), Bytes::from(path)));
+        assert_eq!(got[0], got[1]);
+        assert_eq!(
+            got[0].1.as_ptr(),
+            got[1].1.as_ptr(),
+            "second one from the cache"
+        );
+        // Many distinct values: every one decodes right whatever the slot reuse.
+        for round in 0..3 {
+            for i in 0..40 {
+                let value = format!("/svc.S/M{i}");
+                let f = decode(&mut d, &literal(0x00, &value)).unwrap();
+                assert_eq!(f, fields(&[(":path", &value)]), "round {round}");
+            }
+        }
+        // Never indexed: decoded, not cached.
+        let mut d = Decoder::new(4096);
+        let block = literal(0x10, "secret");
+        d.decode(&block, usize::MAX, |_, v| assert_eq!(&v[..], b"secret"))
+            .unwrap();
+        assert!(d.huffman.is_empty());
+        assert!(d.table.is_empty());
     }
 
     #[test]
