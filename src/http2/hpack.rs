@@ -541,7 +541,7 @@ pub struct Encoder {
     /// Entries inserted so far (mod 2^31): the newest entry is number `inserted - 1`, so entry
     /// number `seq` sits at `table[inserted - 1 - seq]` while it has not been evicted.
     inserted: u32,
-    /// Field hash -> where that field was last found: (high 32 bits of the hash, payload).
+    /// Field hash -> where that field was last found: (the hash's low 32 bits as a tag, payload).
     /// Only a hint: the table state is never changed by it, and a hit is used only after the
     /// entry's bytes compare equal, so the output is what the table scan would give.
     cache: [(u32, u32); CACHE_SLOTS],
