@@ -637,6 +637,20 @@ impl Encoder {
     /// -> "without indexing").
     pub fn encode(&mut self, name: &[u8], value: &[u8], never_index: bool, dst: &mut BytesMut) {
         let sensitive = never_index || is_sensitive(name);
+        if !sensitive && is_unique_valued(name) {
+            // Never indexed here, so never in the dynamic table (name or field): only the
+            // static table can match. Skips hashing, the cache and the table scan for the
+            // `date` every response carries.
+            let (name_index, exact) = static_lookup(name, value);
+            if exact != 0 {
+                dst.reserve(1);
+                put_int(dst, 0x80, 7, exact);
+            } else {
+                dst.reserve(name.len() + value.len() + 10);
+                put_literal(dst, 0x00, 4, name_index, name, value);
+            }
+            return;
+        }
         let (hash, field_hash) = field_hashes(name, value);
         if !sensitive && let Some(index) = self.cached(field_hash, name, value) {
             dst.reserve(2);
@@ -675,10 +689,7 @@ impl Encoder {
         dst.reserve(field_len + 10);
         if sensitive {
             put_literal(dst, 0x10, 4, name_index, name, value);
-        } else if is_unique_valued(name)
-            || field_len > MAX_INDEXED_FIELD
-            || field_len + ENTRY_OVERHEAD > self.max
-        {
+        } else if field_len > MAX_INDEXED_FIELD || field_len + ENTRY_OVERHEAD > self.max {
             // (An entry larger than the table would empty the peer's table: not worth it.)
             put_literal(dst, 0x00, 4, name_index, name, value);
         } else {
@@ -1209,7 +1220,11 @@ mod tests {
                     1 => ("content-type".to_string(), "application/grpc".to_string()),
                     2 => (":path".to_string(), format!("/svc.S/M{}", next(70))),
                     3 => (format!("x-f{}", next(50)), format!("{}", next(4))),
-                    4 => ("authorization".to_string(), "Bearer t".to_string()),
+                    4 => match next(3) {
+                        0 => ("authorization".to_string(), "Bearer t".to_string()),
+                        1 => ("date".to_string(), format!("Tue, {} Nov", next(3))),
+                        _ => ("grpc-timeout".to_string(), format!("{}m", next(3))),
+                    },
                     _ => ("grpc-status".to_string(), format!("{}", next(3))),
                 };
                 list.push((n, v, next(20) == 0));
