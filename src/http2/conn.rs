@@ -339,6 +339,8 @@ pub(crate) struct State {
     pub(crate) local_goaway: Option<u32>,
     /// Rapid-reset accounting: resets of unanswered streams in the window starting at `.0`.
     pub(crate) resets: (Instant, u32),
+    /// Request targets parsed lately (a per-connection parse cache).
+    pub(crate) targets: super::server::Targets,
 }
 
 /// Which end of the connection we are. [server role hook]
@@ -456,6 +458,7 @@ impl State {
             max_peer_streams: 0,
             local_goaway: None,
             resets: (Instant::now(), 0),
+            targets: Default::default(),
         }
     }
 

@@ -6,9 +6,11 @@
 //! when inserted into the dynamic table, so the table never pins a whole read buffer.
 //!
 //! Encoder: strings are written raw (no Huffman): cheaper, RFC-legal, and a gRPC connection's
-//! repeated fields are indexed after their first use anyway. Lookups are cheap: static names
-//! through a small hash table built at compile time, the dynamic table (at most 4096 bytes,
-//! a few dozen entries) scanned comparing a name hash first.
+//! repeated fields are indexed after their first use anyway. A gateway sends nearly the same
+//! fields call after call, so a field seen before is found through a small direct-mapped cache
+//! (field hash -> static index or dynamic entry), checked against the table's bytes before use.
+//! Otherwise: static names through a small hash table built at compile time, the dynamic table
+//! (at most 4096 bytes, a few dozen entries) scanned comparing a name hash first.
 
 use std::collections::VecDeque;
 
@@ -157,8 +159,8 @@ fn read_int(buf: &[u8], pos: &mut usize, prefix: u32) -> Result<usize, HpackErro
     Ok(value as usize)
 }
 
-/// Reads a string literal (RFC 7541 section 5.2) at `*pos`.
-fn read_string(block: &Bytes, pos: &mut usize) -> Result<Bytes, HpackError> {
+/// The span of a string literal (RFC 7541 section 5.2) at `*pos`: (Huffman-coded, start, end).
+fn string_span(block: &[u8], pos: &mut usize) -> Result<(bool, usize, usize), HpackError> {
     let Some(&first) = block.get(*pos) else {
         return Err(HpackError::Truncated);
     };
@@ -169,13 +171,30 @@ fn read_string(block: &Bytes, pos: &mut usize) -> Result<Bytes, HpackError> {
         .filter(|&end| end <= block.len())
         .ok_or(HpackError::Truncated)?;
     *pos = end;
-    if first & 0x80 == 0 {
-        return Ok(block.slice(start..end));
-    }
+    Ok((first & 0x80 != 0, start, end))
+}
+
+fn decode_huffman(code: &[u8]) -> Result<Bytes, HpackError> {
     let mut out = Vec::new();
-    huffman::decode(&block[start..end], &mut out)?;
+    huffman::decode(code, &mut out)?;
     Ok(Bytes::from(out))
 }
+
+/// Reads a string literal (RFC 7541 section 5.2) at `*pos`.
+fn read_string(block: &Bytes, pos: &mut usize) -> Result<Bytes, HpackError> {
+    let (huffman, start, end) = string_span(block, pos)?;
+    if huffman {
+        decode_huffman(&block[start..end])
+    } else {
+        Ok(block.slice(start..end))
+    }
+}
+
+/// Slots of the decoder's cache of Huffman-coded values (a power of two).
+const HUFFMAN_SLOTS: usize = 8;
+
+/// Longer Huffman codes are not cached (a cached value is kept until its slot is reused).
+const MAX_CACHED_HUFFMAN: usize = 128;
 
 /// Decodes header blocks of one connection direction.
 #[derive(Debug)]
@@ -188,6 +207,13 @@ pub struct Decoder {
     max: usize,
     /// Our SETTINGS_HEADER_TABLE_SIZE: size updates above it are errors.
     limit: usize,
+    /// Huffman-coded values of fields sent *without indexing*, recently decoded: (code,
+    /// decoded), direct-mapped by a hash of the code; empty until the first one. Such values
+    /// can repeat call after call (h2 sends every `:path` this way, Huffman-coded) and would
+    /// otherwise be decoded and allocated again each time; a hit is a compare and a clone.
+    /// Indexed literals come back as table entries instead, and never-indexed ones (the
+    /// peer's credentials) are not kept.
+    huffman: Vec<(Bytes, Bytes)>,
 }
 
 impl Decoder {
@@ -198,6 +224,7 @@ impl Decoder {
             size: 0,
             max: max_table_size,
             limit: max_table_size,
+            huffman: Vec::new(),
         }
     }
 
@@ -252,7 +279,11 @@ impl Decoder {
                 // Literal without indexing or never indexed (sections 6.2.2, 6.2.3).
                 let index = read_int(buf, &mut pos, 4)?;
                 let name = self.literal_name(block, &mut pos, index)?;
-                let value = read_string(block, &mut pos)?;
+                let value = if b & 0x10 == 0 {
+                    self.unindexed_value(block, &mut pos)?
+                } else {
+                    read_string(block, &mut pos)?
+                };
                 (name, value)
             };
             in_fields = true;
@@ -268,6 +299,32 @@ impl Decoder {
             return Err(HpackError::ListTooLarge(max_list_size));
         }
         Ok(())
+    }
+
+    /// The value of a literal without indexing, through the Huffman cache.
+    fn unindexed_value(&mut self, block: &Bytes, pos: &mut usize) -> Result<Bytes, HpackError> {
+        let (huffman, start, end) = string_span(block, pos)?;
+        let code = &block[start..end];
+        if !huffman {
+            return Ok(block.slice(start..end));
+        }
+        if code.len() > MAX_CACHED_HUFFMAN {
+            return decode_huffman(code);
+        }
+        let slot = (sample_hash(code) >> (64 - HUFFMAN_SLOTS.trailing_zeros())) as usize;
+        if let Some((cached, value)) = self.huffman.get(slot)
+            && cached[..] == *code
+        {
+            return Ok(value.clone());
+        }
+        let value = decode_huffman(code)?;
+        if self.huffman.is_empty() {
+            self.huffman = vec![(Bytes::new(), Bytes::new()); HUFFMAN_SLOTS];
+        }
+        if let Some(entry) = self.huffman.get_mut(slot) {
+            *entry = (Bytes::copy_from_slice(code), value.clone());
+        }
+        Ok(value)
     }
 
     /// The field at `index` of the static or dynamic table.
@@ -401,11 +458,27 @@ fn static_lookup(name: &[u8], value: &[u8]) -> (usize, usize) {
     }
 }
 
-/// FNV-1a: names are short, and only compared within the dynamic table.
-fn name_hash(name: &[u8]) -> u32 {
-    name.iter().fold(0x811c_9dc5u32, |h, &b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
+/// A hash of a string's length and three of its bytes: O(1) whatever the length, as the
+/// encoder hashes every field it sends (hashing every byte cost as much as the comparison
+/// it saves). Collisions only cost a comparison: every hit is checked against the bytes.
+fn sample_hash(s: &[u8]) -> u64 {
+    let len = s.len();
+    if len == 0 {
+        return 0;
+    }
+    let w = len as u64
+        | u64::from(s[0]) << 32
+        | u64::from(s[len / 2]) << 40
+        | u64::from(s[len - 1]) << 48;
+    w.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// A name's hash (compared within the dynamic table) and the whole field's (the cache key).
+fn field_hashes(name: &[u8], value: &[u8]) -> (u64, u64) {
+    let name_hash = sample_hash(name);
+    let field =
+        (name_hash.rotate_left(29) ^ sample_hash(value)).wrapping_mul(0x517c_c1b7_2722_0a95);
+    (name_hash, field)
 }
 
 /// Credentials: always "never indexed", so no intermediary ever stores them in a table.
@@ -430,7 +503,7 @@ const MAX_INDEXED_FIELD: usize = 256;
 /// One dynamic table entry of the encoder: name and value in one allocation.
 #[derive(Debug)]
 struct Entry {
-    name_hash: u32,
+    name_hash: u64,
     name_len: usize,
     field: Box<[u8]>,
 }
@@ -447,6 +520,15 @@ impl Entry {
     }
 }
 
+/// Slots of the encoder's field cache: a power of two, comfortably more than the dozen
+/// distinct fields a gRPC connection repeats, and small (8 bytes each) per connection.
+const CACHE_SLOTS: usize = 32;
+
+/// A cache slot's payload: 0 empty, `1..=61` a static index, `DYN_SLOT | seq` the dynamic
+/// entry inserted as number `seq` (31 bits, wrapping: a stale or wrapped slot fails the byte
+/// check, see `Encoder::cached`).
+const DYN_SLOT: u32 = 1 << 31;
+
 /// Encodes header blocks of one connection direction, mirroring the peer decoder's table.
 #[derive(Debug)]
 pub struct Encoder {
@@ -456,6 +538,13 @@ pub struct Encoder {
     max: usize,
     /// Size updates owed at the next block start: (smallest size since the last block, final).
     pending: Option<(usize, usize)>,
+    /// Entries inserted so far (mod 2^31): the newest entry is number `inserted - 1`, so entry
+    /// number `seq` sits at `table[inserted - 1 - seq]` while it has not been evicted.
+    inserted: u32,
+    /// Field hash -> where that field was last found: (the hash's low 32 bits as a tag, payload).
+    /// Only a hint: the table state is never changed by it, and a hit is used only after the
+    /// entry's bytes compare equal, so the output is what the table scan would give.
+    cache: [(u32, u32); CACHE_SLOTS],
 }
 
 impl Default for Encoder {
@@ -472,7 +561,38 @@ impl Encoder {
             size: 0,
             max: DEFAULT_TABLE_SIZE,
             pending: None,
+            inserted: 0,
+            cache: [(0, 0); CACHE_SLOTS],
         }
+    }
+
+    /// The cache slot (the hash's top bits, the best mixed) and tag of a field hash.
+    fn slot(hash: u64) -> (usize, u32) {
+        let bits = CACHE_SLOTS.trailing_zeros();
+        ((hash >> (64 - bits)) as usize, hash as u32)
+    }
+
+    /// The index of `(name, value)` if the cache knows where it is and the table still holds
+    /// exactly those bytes there.
+    fn cached(&self, hash: u64, name: &[u8], value: &[u8]) -> Option<usize> {
+        let (slot, tag) = Self::slot(hash);
+        let (got_tag, payload) = self.cache[slot];
+        if got_tag != tag || payload == 0 {
+            return None;
+        }
+        if payload & DYN_SLOT == 0 {
+            let index = payload as usize;
+            let (n, v) = STATIC.get(index.wrapping_sub(1))?;
+            return (*n == name && *v == value).then_some(index);
+        }
+        let pos = self.inserted.wrapping_sub(1).wrapping_sub(payload) & !DYN_SLOT;
+        let e = self.table.get(pos as usize)?;
+        (e.name() == name && e.value() == value).then_some(DYNAMIC_BASE + pos as usize)
+    }
+
+    fn remember(&mut self, hash: u64, payload: u32) {
+        let (slot, tag) = Self::slot(hash);
+        self.cache[slot] = (tag, payload);
     }
 
     /// The peer's SETTINGS_HEADER_TABLE_SIZE: the encoder uses min(size, 4096) and emits a
@@ -517,19 +637,41 @@ impl Encoder {
     /// -> "without indexing").
     pub fn encode(&mut self, name: &[u8], value: &[u8], never_index: bool, dst: &mut BytesMut) {
         let sensitive = never_index || is_sensitive(name);
+        if !sensitive && is_unique_valued(name) {
+            // Never indexed here, so never in the dynamic table (name or field): only the
+            // static table can match. Skips hashing, the cache and the table scan for the
+            // `date` every response carries.
+            let (name_index, exact) = static_lookup(name, value);
+            if exact != 0 {
+                dst.reserve(1);
+                put_int(dst, 0x80, 7, exact);
+            } else {
+                dst.reserve(name.len() + value.len() + 10);
+                put_literal(dst, 0x00, 4, name_index, name, value);
+            }
+            return;
+        }
+        let (hash, field_hash) = field_hashes(name, value);
+        if !sensitive && let Some(index) = self.cached(field_hash, name, value) {
+            dst.reserve(2);
+            put_int(dst, 0x80, 7, index);
+            return;
+        }
         let (mut name_index, exact) = static_lookup(name, value);
         if exact != 0 && !sensitive {
+            self.remember(field_hash, exact as u32);
             dst.reserve(1);
             put_int(dst, 0x80, 7, exact);
             return;
         }
-        let hash = name_hash(name);
         if !sensitive || name_index == 0 {
             for (i, e) in self.table.iter().enumerate() {
                 if e.name_hash != hash || e.name() != name {
                     continue;
                 }
                 if !sensitive && e.value() == value {
+                    let seq = self.inserted.wrapping_sub(1).wrapping_sub(i as u32);
+                    self.remember(field_hash, DYN_SLOT | (seq & !DYN_SLOT));
                     dst.reserve(2);
                     put_int(dst, 0x80, 7, DYNAMIC_BASE + i);
                     return;
@@ -547,20 +689,19 @@ impl Encoder {
         dst.reserve(field_len + 10);
         if sensitive {
             put_literal(dst, 0x10, 4, name_index, name, value);
-        } else if is_unique_valued(name)
-            || field_len > MAX_INDEXED_FIELD
-            || field_len + ENTRY_OVERHEAD > self.max
-        {
+        } else if field_len > MAX_INDEXED_FIELD || field_len + ENTRY_OVERHEAD > self.max {
             // (An entry larger than the table would empty the peer's table: not worth it.)
             put_literal(dst, 0x00, 4, name_index, name, value);
         } else {
             put_literal(dst, 0x40, 6, name_index, name, value);
             self.insert(hash, name, value);
+            let seq = self.inserted.wrapping_sub(1);
+            self.remember(field_hash, DYN_SLOT | (seq & !DYN_SLOT));
         }
     }
 
     /// Mirrors the peer's insertion (the caller checked the entry fits).
-    fn insert(&mut self, name_hash: u32, name: &[u8], value: &[u8]) {
+    fn insert(&mut self, name_hash: u64, name: &[u8], value: &[u8]) {
         let mut field = Vec::with_capacity(name.len() + value.len());
         field.extend_from_slice(name);
         field.extend_from_slice(value);
@@ -572,6 +713,7 @@ impl Encoder {
         self.evict(entry.size());
         self.size += entry.size();
         self.table.push_front(entry);
+        self.inserted = self.inserted.wrapping_add(1) & !DYN_SLOT;
     }
 
     /// Evicts the oldest entries until `room` more bytes fit.
@@ -589,6 +731,8 @@ impl Encoder {
 }
 
 /// Writes an integer with a `prefix`-bit prefix after `flags` (section 5.1). Callers reserve.
+/// Inlined: nearly every call is an index below the prefix, one byte.
+#[inline]
 fn put_int(dst: &mut BytesMut, flags: u8, prefix: u32, value: usize) {
     let mask = (1usize << prefix) - 1;
     if value < mask {
@@ -1039,6 +1183,113 @@ mod tests {
         let b = round_trip(&mut e, &mut d, &[("x-big", &big, false)]);
         assert_eq!(b[0], 0x00);
         assert_eq!(d.table.len(), 2);
+    }
+
+    /// The field cache only short-cuts lookups: an encoder whose cache is wiped before every
+    /// field (so it always scans the tables) must write the same bytes, through evictions,
+    /// size updates, slot collisions (more distinct fields than slots) and the wrap of the
+    /// insertion counter; and the blocks decode to the fields with the tables in step.
+    #[test]
+    fn cache_writes_what_the_table_scan_writes() {
+        let mut cached = Encoder::new();
+        let mut scan = Encoder::new();
+        // Start just below the wrap of the 31-bit insertion counter.
+        cached.inserted = DYN_SLOT - 5;
+        scan.inserted = DYN_SLOT - 5;
+        let mut d = Decoder::new(4096);
+        let mut lcg = 12345u64;
+        let mut next = |n: u64| {
+            lcg = lcg
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (lcg >> 33) % n
+        };
+        for round in 0..400 {
+            if round % 97 == 96 {
+                let size = [0, 200, 4096, 1000][(round / 97) % 4];
+                cached.set_max_table_size(size);
+                scan.set_max_table_size(size);
+            }
+            let mut list = Vec::new();
+            for _ in 0..(1 + next(12)) {
+                let (n, v) = match next(6) {
+                    0 => (
+                        ":method".to_string(),
+                        ["POST", "GET", "PUT"][next(3) as usize].to_string(),
+                    ),
+                    1 => ("content-type".to_string(), "application/grpc".to_string()),
+                    2 => (":path".to_string(), format!("/svc.S/M{}", next(70))),
+                    3 => (format!("x-f{}", next(50)), format!("{}", next(4))),
+                    4 => match next(3) {
+                        0 => ("authorization".to_string(), "Bearer t".to_string()),
+                        1 => ("date".to_string(), format!("Tue, {} Nov", next(3))),
+                        _ => ("grpc-timeout".to_string(), format!("{}m", next(3))),
+                    },
+                    _ => ("grpc-status".to_string(), format!("{}", next(3))),
+                };
+                list.push((n, v, next(20) == 0));
+            }
+            let mut a = BytesMut::new();
+            let mut b = BytesMut::new();
+            cached.begin_block(&mut a);
+            scan.begin_block(&mut b);
+            for (n, v, never) in &list {
+                cached.encode(n.as_bytes(), v.as_bytes(), *never, &mut a);
+                scan.cache = [(0, 0); CACHE_SLOTS];
+                scan.encode(n.as_bytes(), v.as_bytes(), *never, &mut b);
+            }
+            assert_eq!(a, b, "round {round}");
+            let got = decode(&mut d, &a.freeze()).unwrap();
+            let want: Fields = list
+                .iter()
+                .map(|(n, v, _)| (n.clone(), v.clone()))
+                .collect();
+            assert_eq!(got, want);
+            assert_eq!(cached.size, d.size, "tables out of step");
+        }
+        assert!(cached.inserted < 1000, "the counter wrapped");
+    }
+
+    /// Huffman-coded values sent without indexing come from the cache the second time (the
+    /// same Bytes), decode right when slots collide, and never-indexed ones are not kept.
+    #[test]
+    fn huffman_values_without_indexing_are_cached() {
+        let mut d = Decoder::new(4096);
+        let literal = |flags: u8, value: &str| {
+            let code = huffman::encode(value.as_bytes());
+            let mut block = vec![flags | 4, 0x80 | code.len() as u8];
+            block.extend_from_slice(&code);
+            Bytes::from(block)
+        };
+        let path = "/viam.component.motor.v1.MotorService/IsPowered";
+        let block = literal(0x00, path);
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            d.decode(&block, usize::MAX, |n, v| got.push((n, v)))
+                .unwrap();
+        }
+        assert_eq!(got[0], (Bytes::from_static(b":path"), Bytes::from(path)));
+        assert_eq!(got[0], got[1]);
+        assert_eq!(
+            got[0].1.as_ptr(),
+            got[1].1.as_ptr(),
+            "second one from the cache"
+        );
+        // Many distinct values: every one decodes right whatever the slot reuse.
+        for round in 0..3 {
+            for i in 0..40 {
+                let value = format!("/svc.S/M{i}");
+                let f = decode(&mut d, &literal(0x00, &value)).unwrap();
+                assert_eq!(f, fields(&[(":path", &value)]), "round {round}");
+            }
+        }
+        // Never indexed: decoded, not cached.
+        let mut d = Decoder::new(4096);
+        let block = literal(0x10, "secret");
+        d.decode(&block, usize::MAX, |_, v| assert_eq!(&v[..], b"secret"))
+            .unwrap();
+        assert!(d.huffman.is_empty());
+        assert!(d.table.is_empty());
     }
 
     #[test]
