@@ -70,13 +70,15 @@ def opened(metrics: Dict[str, float]) -> float:
     return metrics.get("partgate_webrtc_streams_opened_total", 0.0)
 
 
-async def drive_fleet(robot: RobotClient) -> int:
+async def drive_fleet(robot: RobotClient, motor: str = "sub1:motor1") -> int:
     """Drives components on two non-main parts and the main part; returns how many component
-    calls it made (each one a stream on the data channel when WebRTC is in use)."""
+    calls it made (each one a stream on the data channel when WebRTC is in use). Clients driving
+    the fleet at the same time need a motor each: another's `stop` would land between this one's
+    `set_power` and `is_powered`."""
     names = {str(n.name) for n in robot.resource_names}
     expected = {*part_names("main"), *part_names("sub1"), *part_names("sub2")}
     assert expected <= {n.split("/")[-1] if "/" in n else n for n in names} or expected <= names, names
-    m = Motor.from_robot(robot, "sub1:motor1")
+    m = Motor.from_robot(robot, motor)
     await m.set_power(0.4, timeout=T)
     powered, power = await m.is_powered(timeout=T)
     assert powered and abs(power - 0.4) < 1e-9, (powered, power)
@@ -168,7 +170,8 @@ async def test_several_sdk_clients_over_webrtc_at_once(part_factory, gateway_fro
     try:
         during = webrtc_metrics(url)
         assert during.get("partgate_webrtc_peers", 0.0) == 3, f"want 3 WebRTC peers: {during}\n{gw.log(80)}"
-        counts = await asyncio.gather(*(drive_fleet(r) for r in robots))
+        motors = ["sub1:motor1", "sub1:lift", "sub1:solo"]
+        counts = await asyncio.gather(*(drive_fleet(r, m) for r, m in zip(robots, motors)))
         after = webrtc_metrics(url)
         assert opened(after) - opened(before) >= sum(counts), f"before {before}, after {after}"
     finally:
