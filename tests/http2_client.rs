@@ -518,6 +518,11 @@ struct Raw {
 
 impl Raw {
     async fn accept(listener: &TcpListener) -> Raw {
+        Self::accept_with(listener, &[]).await
+    }
+
+    /// Like `accept`, announcing `settings` in the server's first SETTINGS frame.
+    async fn accept_with(listener: &TcpListener, settings: &[(u16, u32)]) -> Raw {
         let (mut tcp, _) = listener.accept().await.unwrap();
         let mut preface = [0u8; 24];
         tcp.read_exact(&mut preface).await.unwrap();
@@ -529,9 +534,31 @@ impl Raw {
             resets: Vec::new(),
         };
         let mut out = BytesMut::new();
-        frame::put_settings(&mut out, &[]);
+        frame::put_settings(&mut out, settings);
         raw.write(out).await;
         raw
+    }
+
+    /// Reads DATA of `stream` into `got` until it holds `want` bytes or the stream ends;
+    /// returns whether it ended.
+    async fn data(&mut self, stream: u32, got: &mut Vec<u8>, want: usize) -> bool {
+        while got.len() < want {
+            match self.next().await.expect("more DATA") {
+                Frame::Data {
+                    stream: s,
+                    data,
+                    end_stream,
+                    ..
+                } if s == stream => {
+                    got.extend_from_slice(&data);
+                    if end_stream {
+                        return true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        false
     }
 
     async fn write(&mut self, out: BytesMut) {
@@ -740,4 +767,64 @@ async fn bad_response_headers_reset_only_their_stream() {
         resets,
         [(s1, Reason::PROTOCOL_ERROR), (s2, Reason::PROTOCOL_ERROR)]
     );
+}
+
+/// RFC 9113 section 6.9.2: a change of SETTINGS_INITIAL_WINDOW_SIZE applies to the streams
+/// already open. The server starts with a 10-byte stream window, so the client sends 10 of the
+/// request's 100 bytes and waits; raising the setting mid-stream (no WINDOW_UPDATE) releases the
+/// other 90.
+#[tokio::test]
+async fn initial_window_size_change_applies_to_open_streams() {
+    const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut raw = Raw::accept_with(&listener, &[(INITIAL_WINDOW_SIZE, 10)]).await;
+        let stream = raw.request().await;
+        let mut got = Vec::new();
+        assert!(!raw.data(stream, &mut got, 10).await, "ended early");
+        assert_eq!(got.len(), 10, "exactly the stream window");
+        let beyond = tokio::time::timeout(Duration::from_millis(200), async {
+            loop {
+                match raw.next().await {
+                    Some(Frame::Data { .. }) => return true,
+                    Some(_) => continue,
+                    None => return false,
+                }
+            }
+        })
+        .await;
+        assert!(beyond.is_err(), "DATA sent beyond the stream window");
+        let mut out = BytesMut::new();
+        frame::put_settings(&mut out, &[(INITIAL_WINDOW_SIZE, 1000)]);
+        raw.write(out).await;
+        assert!(
+            raw.data(stream, &mut got, usize::MAX).await,
+            "the rest arrives"
+        );
+        assert_eq!(got, vec![7u8; 100]);
+        let out = raw.headers(stream, &[(":status", "200"), ("grpc-status", "0")], true);
+        raw.write(out).await;
+        while raw.next().await.is_some() {}
+    });
+    let send = connect(addr, Config::default()).await;
+    let (resp, _) = send
+        .send_request(
+            &head(addr, "/svc/Window"),
+            [Bytes::from(vec![7u8; 100])],
+            End::Done,
+        )
+        .await
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .expect("answered")
+        .expect("ok");
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    drop(send);
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
 }
