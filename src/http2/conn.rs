@@ -927,6 +927,26 @@ struct Keepalive {
     waiting: bool,
 }
 
+/// Our SETTINGS (`role_setting`, then the ones both roles send) and the WINDOW_UPDATE that
+/// raises the connection window from the default to `config.initial_conn_window`.
+fn put_local_settings(out: &mut BytesMut, role_setting: (u16, u32), config: &Config) {
+    frame::put_settings(
+        out,
+        &[
+            role_setting,
+            (setting::INITIAL_WINDOW_SIZE, config.initial_stream_window),
+            (setting::MAX_FRAME_SIZE, config.max_frame_size),
+            (setting::MAX_HEADER_LIST_SIZE, config.max_header_list_size),
+        ],
+    );
+    let extra = config
+        .initial_conn_window
+        .saturating_sub(frame::DEFAULT_WINDOW);
+    if extra > 0 {
+        frame::put_window_update(out, 0, extra);
+    }
+}
+
 /// Starts a client connection over `io` (already connected, TLS done): queues the preface,
 /// our SETTINGS and the connection WINDOW_UPDATE, which the connection task writes first.
 pub(crate) fn start<I>(io: I, config: Config) -> (Arc<Shared>, Connection<I>)
@@ -937,21 +957,7 @@ where
     {
         let out = state.write.scratch();
         out.extend_from_slice(frame::PREFACE);
-        frame::put_settings(
-            out,
-            &[
-                (setting::ENABLE_PUSH, 0),
-                (setting::INITIAL_WINDOW_SIZE, config.initial_stream_window),
-                (setting::MAX_FRAME_SIZE, config.max_frame_size),
-                (setting::MAX_HEADER_LIST_SIZE, config.max_header_list_size),
-            ],
-        );
-        let extra = config
-            .initial_conn_window
-            .saturating_sub(frame::DEFAULT_WINDOW);
-        if extra > 0 {
-            frame::put_window_update(out, 0, extra);
-        }
+        put_local_settings(out, (setting::ENABLE_PUSH, 0), &config);
     }
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
@@ -1005,21 +1011,7 @@ where
         st.settings_received = true;
         let out = st.write.scratch();
         out.clear();
-        frame::put_settings(
-            out,
-            &[
-                (setting::MAX_CONCURRENT_STREAMS, max_streams),
-                (setting::INITIAL_WINDOW_SIZE, config.initial_stream_window),
-                (setting::MAX_FRAME_SIZE, config.max_frame_size),
-                (setting::MAX_HEADER_LIST_SIZE, config.max_header_list_size),
-            ],
-        );
-        let extra = config
-            .initial_conn_window
-            .saturating_sub(frame::DEFAULT_WINDOW);
-        if extra > 0 {
-            frame::put_window_update(out, 0, extra);
-        }
+        put_local_settings(out, (setting::MAX_CONCURRENT_STREAMS, max_streams), &config);
     }
     conn.preface_pending = true;
     (shared, conn)
