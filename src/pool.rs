@@ -476,15 +476,15 @@ impl Part {
         Some(Sender::clone(main))
     }
 
-    /// Whether lane 0 is being replaced because the part sent GOAWAY on it (see `rotating`),
-    /// including the moment between the GOAWAY and `maintain` noticing it.
+    /// Whether lane 0 is being replaced because the part sent GOAWAY on it (or its stream ids
+    /// ran out; see `rotating`), including the moment before `maintain` notices it.
     fn rotating(&self) -> bool {
         self.rotating.load(Ordering::Acquire)
             || self.lanes[0]
                 .conn
                 .load()
                 .as_ref()
-                .is_some_and(|c| c.send.got_goaway())
+                .is_some_and(|c| c.send.went_away())
     }
 
     /// Dials worker `lane`'s connection on this worker (unless it is being dialed already).
@@ -771,20 +771,21 @@ impl Part {
                             self.spec.check_interval
                         };
                         tokio::select! {
-                            // Closed right after a GOAWAY is still the part's own rotation.
+                            // GOAWAY (or ids used up): redial now; the old connection finishes
+                            // its calls. Also when it closed right after its GOAWAY; but a
+                            // connection that broke (this wakes for that too) is a lost part.
                             _ = &mut driver => {
-                                rotated = sender.send.got_goaway();
+                                rotated = sender.send.went_away();
                                 break;
                             }
-                            // GOAWAY: redial now; the old connection finishes its calls.
                             () = sender.send.draining() => {
-                                rotated = true;
+                                rotated = sender.send.went_away();
                                 break;
                             }
                             _ = tokio::time::sleep(pause) => {}
                             _ = self.wake.notified() => {
                                 if self.lanes[0].conn.load().as_ref().is_none_or(|c| c.is_closed()) {
-                                    rotated = sender.send.got_goaway();
+                                    rotated = sender.send.went_away();
                                     break;
                                 }
                             }

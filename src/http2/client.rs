@@ -110,9 +110,11 @@ impl SendRequest {
         std::future::poll_fn(|cx| self.poll_draining(cx))
     }
 
-    /// Whether the server sent GOAWAY (it may have closed the connection since).
-    pub fn got_goaway(&self) -> bool {
-        self.shared.lock().goaway.is_some()
+    /// Whether the connection stopped taking new streams in order: the server sent GOAWAY (it
+    /// may have closed the connection since) or the stream ids ran out. False while it takes
+    /// streams, and when it broke (lost, keepalive unanswered) without a GOAWAY.
+    pub fn went_away(&self) -> bool {
+        self.shared.lock().went_away()
     }
 
     /// Opens a stream for `head` (method, URI with scheme and authority, headers) and queues

@@ -477,6 +477,12 @@ impl State {
 
     // === opening streams (client role) ===
 
+    /// Whether new streams are refused for an orderly reason (the peer's GOAWAY, even if the
+    /// connection closed since, or our stream ids ran out) rather than because it broke.
+    pub(crate) fn went_away(&self) -> bool {
+        self.goaway.is_some() || self.next_id > MAX_STREAM_ID
+    }
+
     /// Why no new stream can be opened now, if it cannot ever be on this connection.
     pub(crate) fn refusal(&self) -> Option<Error> {
         if self.closed.is_some() {
