@@ -301,6 +301,10 @@ async fn graceful_shutdown_lets_an_in_flight_call_finish() {
 
 #[tokio::test]
 async fn silently_hung_part_is_detected_by_keepalive_and_recovers() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("partgate=debug")
+        .with_test_writer()
+        .try_init();
     let mut slow = spec("hung", &["m"]);
     slow.delay = Some(Duration::from_millis(1500));
     let part = SimPart::start(slow, LOOPBACK.parse().unwrap())
@@ -494,19 +498,8 @@ async fn drain_sends_goaway_on_http2_and_finishes_open_streams() {
 /// the part down and back up.
 #[tokio::test]
 async fn each_worker_gets_its_own_part_connection_which_follows_the_part() {
-    let mut fleet = fleet(vec![(spec("p", &["m"]), None)], None, |c| {
-        c.gateway.worker_threads = Some(3);
-    })
-    .await;
-    assert_eq!(fleet.gateway.workers(), 3);
-    let part_log = fleet.part("p").log().clone();
+    let (mut fleet, channels, part_log) = three_workers_with_their_own_connections().await;
     let accepted = || part_log.accepted.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(accepted(), 1, "only the main connection before any call");
-    // Three client connections: one on each worker.
-    let mut channels = Vec::new();
-    for _ in 0..3 {
-        channels.push(fleet.channel().await);
-    }
     let open = |fleet: &Fleet| fleet.gateway.pool().parts()[0].open_connections();
     let call_everywhere = |power: f64| {
         let channels = channels.clone();
@@ -518,22 +511,6 @@ async fn each_worker_gets_its_own_part_connection_which_follows_the_part() {
             results
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while open(&fleet) < 3 {
-        for result in call_everywhere(0.25).await {
-            result.expect("calls succeed while the workers dial");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "workers never got their own connection"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(
-        accepted(),
-        3,
-        "one connection per worker, none dialed twice"
-    );
     let before = fleet.part("p").log().calls.lock().unwrap().len();
     for result in call_everywhere(0.5).await {
         result.expect("call on a worker's connection");
@@ -579,31 +556,8 @@ async fn each_worker_gets_its_own_part_connection_which_follows_the_part() {
 /// connections are replaced, the main one at once, the workers' on their next call.
 #[tokio::test]
 async fn part_goaway_on_every_connection_fails_no_call() {
-    let fleet = fleet(vec![(spec("p", &["m"]), None)], None, |c| {
-        c.gateway.worker_threads = Some(3);
-    })
-    .await;
-    let part_log = fleet.part("p").log().clone();
+    let (fleet, channels, part_log) = three_workers_with_their_own_connections().await;
     let accepted = || part_log.accepted.load(std::sync::atomic::Ordering::Relaxed);
-    let mut channels = Vec::new();
-    for _ in 0..3 {
-        channels.push(fleet.channel().await);
-    }
-    let open = || fleet.gateway.pool().parts()[0].open_connections();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while open() < 3 {
-        for ch in &channels {
-            motor_client(ch)
-                .set_power(set_power("p:m", 0.1))
-                .await
-                .expect("warm-up call");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "workers never got their own connection"
-        );
-    }
-    assert_eq!(accepted(), 3);
 
     // Calls run on every client connection while the part sends GOAWAY three times.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -642,4 +596,46 @@ async fn part_goaway_on_every_connection_fails_no_call() {
         fleet.gateway.pool().parts()[0].state(),
         PartState::Connected
     );
+}
+
+/// A gateway with three workers in front of part `p` (motor `m`), and a client connection on
+/// each worker, called through until every worker has its own connection to the part: one
+/// each, none dialed twice, and only the main one before any call.
+async fn three_workers_with_their_own_connections() -> (
+    Fleet,
+    Vec<tonic::transport::Channel>,
+    std::sync::Arc<partgate::demo::PartLog>,
+) {
+    let fleet = fleet(vec![(spec("p", &["m"]), None)], None, |c| {
+        c.gateway.worker_threads = Some(3);
+    })
+    .await;
+    assert_eq!(fleet.gateway.workers(), 3);
+    let part_log = fleet.part("p").log().clone();
+    let accepted = || part_log.accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(accepted(), 1, "only the main connection before any call");
+    let mut channels = Vec::new();
+    for _ in 0..3 {
+        channels.push(fleet.channel().await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fleet.gateway.pool().parts()[0].open_connections() < 3 {
+        for ch in &channels {
+            motor_client(ch)
+                .set_power(set_power("p:m", 0.25))
+                .await
+                .expect("calls succeed while the workers dial");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workers never got their own connection"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        accepted(),
+        3,
+        "one connection per worker, none dialed twice"
+    );
+    (fleet, channels, part_log)
 }
