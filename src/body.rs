@@ -252,20 +252,42 @@ impl StreamRewrite {
 
     /// Appends client bytes and moves every complete message to `out`, rewritten if it names
     /// the same resource. Compressed or unreadable messages pass through untouched.
-    fn push(&mut self, data: &[u8], out: &mut VecDeque<Bytes>) {
+    fn push(&mut self, data: &Bytes, out: &mut VecDeque<Bytes>) {
+        if self.buf.is_empty() {
+            // Usual case: whole messages in one chunk, taken as slices of it (no copy).
+            let mut data = data.clone();
+            while let Some(header) = FrameHeader::parse(&data) {
+                if data.len() < HEADER_LEN + header.len {
+                    break;
+                }
+                let framed = data.split_to(HEADER_LEN + header.len);
+                self.forward(header, framed, out);
+            }
+            self.buf.extend_from_slice(&data);
+            return;
+        }
         self.buf.extend_from_slice(data);
         while let Some(header) = FrameHeader::parse(&self.buf) {
             if self.buf.len() < HEADER_LEN + header.len {
                 break;
             }
             let framed = self.buf.split_to(HEADER_LEN + header.len).freeze();
-            let message = framed.slice(HEADER_LEN..);
-            let same_name = !header.compressed
-                && matches!(frame::read_name(&message, self.path), Ok(Some(n)) if n.as_bytes() == &self.original[..]);
-            match same_name.then(|| frame::strip_framed(&message, self.path, self.strip, 0)) {
-                Some(Ok(framed)) => out.extend(framed),
-                _ => out.push_back(framed),
-            }
+            self.forward(header, framed, out);
+        }
+    }
+
+    /// Passes on one whole framed message, rewritten if it names the same resource.
+    fn forward(&self, header: FrameHeader, framed: Bytes, out: &mut VecDeque<Bytes>) {
+        if header.compressed
+            || !frame::restrip_framed(
+                &framed.slice(HEADER_LEN..),
+                self.path,
+                &self.original,
+                self.strip,
+                out,
+            )
+        {
+            out.push_back(framed);
         }
     }
 
@@ -889,6 +911,8 @@ mod tests {
         ));
     }
 
+    /// Whatever the client's chunks (one byte, a few, several messages in one, messages cut
+    /// anywhere), every whole message is rewritten exactly when it names the same resource.
     #[tokio::test]
     async fn stream_rewrite_touches_only_the_same_name() {
         let mut input = framed(&name_msg("sub1:echo"));
@@ -896,23 +920,27 @@ mod tests {
         let mut compressed = framed(&name_msg("sub1:echo"));
         compressed[0] = 1;
         input.extend(&compressed);
-        let inner = body_of(input.chunks(4).map(<[u8]>::to_vec).collect());
-        let body = ForwardBody::new(
-            vec![],
-            Bytes::new(),
-            inner,
-            None,
-            Some(StreamRewrite::new(
-                &[1],
-                Bytes::from_static(b"sub1:echo"),
-                5,
-            )),
-        );
-        let out = body.collect().await.expect("ok").to_bytes();
+        input.extend(framed(&name_msg("sub1:echo")));
         let mut expected = framed(&name_msg("echo"));
         expected.extend(framed(&name_msg("other")));
         expected.extend(&compressed);
-        assert_eq!(out.to_vec(), expected);
+        expected.extend(framed(&name_msg("echo")));
+        for chunk in [1, 4, 7, 16, input.len()] {
+            let inner = body_of(input.chunks(chunk).map(<[u8]>::to_vec).collect());
+            let body = ForwardBody::new(
+                vec![],
+                Bytes::new(),
+                inner,
+                None,
+                Some(StreamRewrite::new(
+                    &[1],
+                    Bytes::from_static(b"sub1:echo"),
+                    5,
+                )),
+            );
+            let out = body.collect().await.expect("ok").to_bytes();
+            assert_eq!(out.to_vec(), expected, "chunks of {chunk}");
+        }
     }
 
     #[test]

@@ -294,6 +294,57 @@ pub fn strip_framed(
     Ok(vec![out.freeze()])
 }
 
+/// A later message of a stream, rewritten when it names `name`: the framed message with the
+/// string at `path` shortened by its first `strip` bytes, or `None` when the message names
+/// something else, has no name, or is malformed (then it goes on untouched). The pieces go to
+/// `out`; returns whether there were any. `name` is valid UTF-8 (read by [`read_name`]), so
+/// equal bytes are an equal name.
+///
+/// The same result as [`read_name`], a comparison and [`strip_framed`], in one walk over the
+/// message for a top-level name in a small message (the usual case: `name = 1` of a few-dozen-
+/// byte message); nested paths and large messages take that longer way.
+pub fn restrip_framed(
+    msg: &Bytes,
+    path: &[u32],
+    name: &[u8],
+    strip: usize,
+    out: &mut impl Extend<Bytes>,
+) -> bool {
+    if let ([field], true) = (path, msg.len() <= COALESCE_LIMIT && strip > 0) {
+        let Ok(Some(loc)) = locate(msg, *field) else {
+            return false;
+        };
+        let value = &msg[loc.value_start..loc.value_end];
+        if value != name {
+            return false;
+        }
+        let kept = &value[strip.min(value.len())..];
+        let tag = u64::from(*field) << 3 | 2;
+        let len =
+            loc.start + varint_len(tag) + varint_len(kept.len() as u64) + kept.len() + msg.len()
+                - loc.value_end;
+        let mut framed = BytesMut::with_capacity(HEADER_LEN + len);
+        framed.extend_from_slice(&FrameHeader::encode(len));
+        framed.extend_from_slice(&msg[..loc.start]);
+        put_varint(&mut framed, tag);
+        put_varint(&mut framed, kept.len() as u64);
+        framed.extend_from_slice(kept);
+        framed.extend_from_slice(&msg[loc.value_end..]);
+        out.extend([framed.freeze()]);
+        return true;
+    }
+    match read_name(msg, path) {
+        Ok(Some(n)) if n.as_bytes() == name => match strip_framed(msg, path, strip, 0) {
+            Ok(pieces) => {
+                out.extend(pieces);
+                true
+            }
+            Err(_) => false,
+        },
+        _ => false,
+    }
+}
+
 /// Bytes a varint of `value` takes.
 fn varint_len(value: u64) -> usize {
     let bits = 64 - (value | 1).leading_zeros() as usize;

@@ -231,3 +231,84 @@ fn strip_framed_matches_strip_then_frame() {
         Err(FrameError::Truncated)
     );
 }
+
+/// The one-walk rewrite of a stream's later messages agrees with reading the name, comparing
+/// it and calling `strip_framed`: for matching and other names, nested paths, large messages,
+/// repeated fields, and arbitrary bytes.
+#[test]
+fn restrip_framed_matches_read_compare_strip() {
+    fn slow(msg: &Bytes, path: &[u32], name: &[u8], strip: usize) -> Option<Vec<u8>> {
+        match read_name(msg, path) {
+            Ok(Some(n)) if n.as_bytes() == name => {
+                strip_framed(msg, path, strip, 0).ok().map(|s| join(&s))
+            }
+            _ => None,
+        }
+    }
+    fn fast(msg: &Bytes, path: &[u32], name: &[u8], strip: usize) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        restrip_framed(msg, path, name, strip, &mut out).then(|| join(&out))
+    }
+    let mut nested = field(3, b"x");
+    nested.extend(field(1, b"speakers:main:amp"));
+    let mut outer = varint_field(4, 1);
+    outer.extend(field(1, &nested));
+    let mut repeated = field(1, b"sub1:other");
+    repeated.extend(field(1, b"sub1:motor1"));
+    let mut big = field(1, b"sub1:motor1");
+    big.extend(field(2, &vec![7u8; 100 * 1024]));
+    let long_name = "p".repeat(200) + ":motor";
+    /// A message, the name's path, the name a stream started with, bytes to strip.
+    type Case<'a> = (Vec<u8>, &'a [u32], &'a [u8], usize);
+    let cases: Vec<Case> = vec![
+        (field(1, b"sub1:motor1"), &[1], b"sub1:motor1", 5),
+        (field(1, b"sub1:motor1"), &[1], b"sub1:motor2", 5),
+        (field(1, b"sub1:motor1"), &[1], b"sub1:motor1", 0),
+        (field(2, b"sub1:motor1"), &[1], b"sub1:motor1", 5),
+        (varint_field(1, 5), &[1], b"sub1:motor1", 5),
+        (repeated.clone(), &[1], b"sub1:motor1", 5),
+        (repeated, &[1], b"sub1:other", 5),
+        (
+            field(1, long_name.as_bytes()),
+            &[1],
+            long_name.as_bytes(),
+            201,
+        ),
+        (outer.clone(), &[1, 1], b"speakers:main:amp", 9),
+        (outer, &[1, 1], b"speakers:main:x", 9),
+        (big, &[1], b"sub1:motor1", 5),
+        (vec![0x0a, 0x09, b'a'], &[1], b"a", 1),
+        (Vec::new(), &[1], b"", 1),
+    ];
+    for (msg, path, name, strip) in cases {
+        let msg = Bytes::from(msg);
+        let expected = slow(&msg, path, name, strip);
+        assert_eq!(
+            fast(&msg, path, name, strip),
+            expected,
+            "path {path:?} name {name:?}"
+        );
+    }
+    assert!(
+        fast(
+            &Bytes::from(field(1, b"sub1:motor1")),
+            &[1],
+            b"sub1:motor1",
+            5
+        )
+        .is_some()
+    );
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..20_000 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let len = (state % 24) as usize;
+        let mut msg: Vec<u8> = (0..len).map(|i| (state >> (i % 8 * 8)) as u8).collect();
+        if state & 1 == 0 {
+            msg.extend(field(1, b"a:b"));
+        }
+        let msg = Bytes::from(msg);
+        assert_eq!(fast(&msg, &[1], b"a:b", 2), slow(&msg, &[1], b"a:b", 2));
+    }
+}
