@@ -6,9 +6,10 @@
 //! Receives hyper/tonic bodies; hands on bodies that forward bytes without decoding messages.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
@@ -17,8 +18,6 @@ use http_body_util::BodyExt;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::Sleep;
-use tokio_stream::Stream as _;
-use tokio_stream::wrappers::WatchStream;
 
 use crate::error::GatewayError;
 use crate::metrics::{CallGuard, grpc_status};
@@ -479,14 +478,33 @@ pub struct ResponseBody {
 
 /// The reload signal a response body watches. Registering a waker with it boxes a future, so
 /// that happens only once the body has to wait for the part: a unary response, which usually
-/// arrives whole, just reads the signal's version (one atomic load).
+/// arrives whole, just reads the signal's version (one atomic load). Once registered, a poll
+/// with the same waker (the usual case: a stream's later messages) reads the version too, and
+/// polls the registration again only for another waker.
 enum Closing {
     /// Not watched.
     Off,
     /// Read on every poll, no waker registered yet.
     Idle(watch::Receiver<bool>),
-    /// Registered: wakes the body when the signal changes.
-    Armed(WatchStream<bool>),
+    /// Registered: `changed` wakes `waker` when the signal changes.
+    Armed {
+        rx: watch::Receiver<bool>,
+        changed: Pin<Box<dyn Future<Output = bool> + Send>>,
+        waker: Option<Waker>,
+    },
+}
+
+impl Closing {
+    /// A registration for the next change of `rx` (whose current version has been read): the
+    /// future ends with `false` when the sender is gone.
+    fn armed(rx: watch::Receiver<bool>) -> Self {
+        let mut next = rx.clone();
+        Self::Armed {
+            rx,
+            changed: Box::pin(async move { next.changed().await.is_ok() }),
+            waker: None,
+        }
+    }
 }
 
 /// Any response body on its way to the client, metered: bytes counted, and the call's end
@@ -529,25 +547,50 @@ impl ResponseBody {
     /// only once armed (see [`Closing`]).
     fn closed(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
-            match &mut self.closing {
+            let (rx, armed) = match &mut self.closing {
                 Closing::Off => return false,
-                Closing::Idle(rx) => {
-                    return match rx.has_changed() {
-                        Ok(true) => *rx.borrow_and_update(),
-                        Ok(false) => false,
-                        // The part is gone without closing: nothing will ever signal.
-                        Err(_) => {
-                            self.closing = Closing::Off;
-                            false
-                        }
-                    };
+                Closing::Idle(rx) => (rx, None),
+                Closing::Armed { rx, changed, waker } => (rx, Some((changed, waker))),
+            };
+            match rx.has_changed() {
+                Ok(true) => {
+                    if *rx.borrow_and_update() {
+                        return true;
+                    }
+                    // A change back to false: register afresh (the old future has fired).
+                    if armed.is_some() {
+                        let rx = rx.clone();
+                        self.closing = Closing::armed(rx);
+                    }
+                    continue;
                 }
-                Closing::Armed(stream) => match Pin::new(stream).poll_next(cx) {
-                    Poll::Ready(Some(true)) => return true,
-                    Poll::Ready(Some(false)) => {}
-                    Poll::Ready(None) => self.closing = Closing::Off,
-                    Poll::Pending => return false,
-                },
+                Ok(false) => {}
+                // The part is gone without closing: nothing will ever signal.
+                Err(_) => {
+                    self.closing = Closing::Off;
+                    return false;
+                }
+            }
+            let Some((changed, waker)) = armed else {
+                return false;
+            };
+            if waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                return false;
+            }
+            match changed.as_mut().poll(cx) {
+                Poll::Pending => {
+                    *waker = Some(cx.waker().clone());
+                    return false;
+                }
+                // Changed meanwhile: the next turn reads it.
+                Poll::Ready(true) => {
+                    let rx = rx.clone();
+                    self.closing = Closing::armed(rx);
+                }
+                Poll::Ready(false) => {
+                    self.closing = Closing::Off;
+                    return false;
+                }
             }
         }
     }
@@ -558,8 +601,7 @@ impl ResponseBody {
         if let Closing::Idle(_) = self.closing
             && let Closing::Idle(rx) = std::mem::replace(&mut self.closing, Closing::Off)
         {
-            // Changes seen so far were read by `closed`; the stream yields only later ones.
-            self.closing = Closing::Armed(WatchStream::from_changes(rx));
+            self.closing = Closing::armed(rx);
             return self.closed(cx);
         }
         false
@@ -740,8 +782,6 @@ impl Drop for MeteredBody {
         }
     }
 }
-
-use std::future::Future as _;
 
 /// Parses a `grpc-timeout` header value (`"100m"`, `"5S"`, ...).
 pub fn parse_grpc_timeout(value: &HeaderValue) -> Option<std::time::Duration> {
