@@ -372,6 +372,12 @@ impl MethodTable {
         self.index.get(path).copied().unwrap_or(MethodId(0))
     }
 
+    /// The path of a known method as a shared string (no allocation per call); `None` for
+    /// `other`, whose calls each have their own path.
+    pub fn path(&self, id: MethodId) -> Option<Arc<str>> {
+        (id.0 != 0).then(|| self.names.get(usize::from(id.0)).cloned())?
+    }
+
     /// The label value of an id.
     pub fn name(&self, id: MethodId) -> &str {
         self.names
@@ -1174,6 +1180,11 @@ mod tests {
             MethodId(0)
         );
         assert_eq!(table.name(MethodId(0)), OTHER_METHOD);
+        assert_eq!(
+            table.path(set_power).as_deref(),
+            Some("/viam.component.motor.v1.MotorService/SetPower")
+        );
+        assert_eq!(table.path(MethodId(0)), None);
         assert!(table.len() > 100 && table.len() < 2000, "{}", table.len());
     }
 
