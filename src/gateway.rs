@@ -108,7 +108,8 @@ impl Gateway {
             None => None,
         };
         let frontend = Frontend::new(stack.clone()).with_admin(admin.clone());
-        let handler: Handler = Arc::new(move |req| Box::pin(frontend.clone().serve(req)));
+        let handler: Handler =
+            Arc::new(move |req, peer| Box::pin(frontend.clone().serve(req, peer)));
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(listener::serve(
             listener,
@@ -289,7 +290,7 @@ async fn start_admin(settings: &Settings, admin: &Arc<Admin>) -> Result<AdminLis
         source,
     })?;
     let admin = admin.clone();
-    let handler: Handler = Arc::new(move |req| {
+    let handler: Handler = Arc::new(move |req, _peer| {
         let resp = admin.serve(&req);
         Box::pin(async move { Ok(resp) })
     });

@@ -3,7 +3,8 @@
 //! that dials parts.
 //!
 //! Receives an accepted (and, for TLS, handshaken) stream whose first bytes are the HTTP/2
-//! preface; hands each request, as an `http::Request<Body>` carrying [`PeerAddr`], to the same
+//! preface; hands each request, an `http::Request<Body>` and the client's address (which the
+//! frontend stores as [`PeerAddr`] only for the calls that read it), to the same
 //! [`Handler`] as the HTTP/1.1 path (the [`Frontend`](crate::listener::Frontend), so gRPC goes
 //! to the one call stack and gRPC-Web and plain HTTP are served as before), and writes the
 //! response back on the stream: headers, then the body as the client's flow control allows, then

@@ -4,7 +4,7 @@
 //!
 //! Receives sockets; after the TLS handshake (if any), HTTP/2 connections go to
 //! [`crate::h2_server`] and the rest to hyper-util's auto server. Either way each request reaches
-//! the [`Frontend`] as an `http::Request<Body>` with [`PeerAddr`], and the Frontend hands gRPC to
+//! the [`Frontend`] as an `http::Request<Body>` with the client's address, and the Frontend hands gRPC to
 //! the call stack.
 
 use std::convert::Infallible;
@@ -79,18 +79,24 @@ impl Frontend {
     }
 
     /// Serves one request.
-    pub async fn serve(self, req: http::Request<Body>) -> Result<http::Response<Body>, Infallible> {
+    /// Serves one request from the client at `peer`.
+    pub async fn serve(
+        self,
+        mut req: http::Request<Body>,
+        peer: SocketAddr,
+    ) -> Result<http::Response<Body>, Infallible> {
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)
             .map(HeaderValue::as_bytes)
             .unwrap_or_default();
         if content_type.starts_with(b"application/grpc-web") || is_preflight(&req) {
+            req.extensions_mut().insert(PeerAddr(peer));
             let web = tower_http::cors::Cors::clone(&self.web);
             return web.oneshot(req).await.map(|r| r.map(Body::new));
         }
         if content_type.starts_with(b"application/grpc") {
-            return Ok(self.grpc.serve(req).await);
+            return Ok(self.grpc.serve(req, peer).await);
         }
         match &self.admin {
             Some(admin) => Ok(admin.serve_main(&req)),
@@ -146,10 +152,13 @@ pub fn http_builder() -> auto::Builder<TokioExecutor> {
 }
 
 /// A boxed per-request handler. Both server paths (hyper for HTTP/1.1, `h2_server` for HTTP/2)
-/// hand it requests with a [`Body`] and the [`PeerAddr`] extension.
+/// hand it requests with a [`Body`], and the client's address. (The address is not put in the
+/// request's extensions here: that costs three allocations, and only the few calls the gateway
+/// answers itself read it. [`Frontend::serve`] adds it where it is read.)
 pub type Handler = std::sync::Arc<
     dyn Fn(
             http::Request<Body>,
+            SocketAddr,
         )
             -> Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>
         + Send
@@ -288,9 +297,8 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (peer, handler) = (self.peer, self.handler);
-        let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-            req.extensions_mut().insert(PeerAddr(peer));
-            handler(req.map(Body::new))
+        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            handler(req.map(Body::new), peer)
         });
         let conn = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);

@@ -14,6 +14,7 @@
 //! boxed future instead of one per layer, and the order is still readable top to bottom.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -106,10 +107,10 @@ impl CallStack {
         let _ = self.inner.signaling.set(signaling);
     }
 
-    /// Serves one call: what `Service::call` does, without boxing the future (the front
-    /// door's own future is boxed already).
-    pub async fn serve(&self, req: http::Request<Body>) -> http::Response<Body> {
-        self.inner.handle(req).await
+    /// Serves one call from the client at `peer`: what `Service::call` does, without boxing
+    /// the future (the front door's own future is boxed already).
+    pub async fn serve(&self, req: http::Request<Body>, peer: SocketAddr) -> http::Response<Body> {
+        self.inner.handle(req, Some(peer)).await
     }
 
     /// The pool behind the stack.
@@ -161,21 +162,31 @@ impl tower::Service<http::Request<Body>> for CallStack {
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let shared = self.inner.clone();
-        Box::pin(async move { Ok(shared.handle(req).await) })
+        Box::pin(async move { Ok(shared.handle(req, None).await) })
     }
 }
 
 impl Shared {
-    async fn handle(self: &Arc<Self>, req: http::Request<Body>) -> http::Response<Body> {
-        let path: Arc<str> = req.uri().path().into();
+    /// `peer`: the client's address, when the request does not carry it already ([`PeerAddr`]
+    /// is added only for the calls answered here, which are the ones that read it).
+    async fn handle(
+        self: &Arc<Self>,
+        req: http::Request<Body>,
+        peer: Option<SocketAddr>,
+    ) -> http::Response<Body> {
         let metrics = self.pool.metrics();
+        let methods = metrics.methods();
+        let method = methods.id(req.uri().path());
+        let path = methods
+            .path(method)
+            .unwrap_or_else(|| req.uri().path().into());
         let mut call = Call {
-            method: metrics.methods().id(&path),
+            method,
             path: path.clone(),
             started: Instant::now(),
             guard: None,
         };
-        match self.dispatch(req, &path, &mut call).await {
+        match self.dispatch(req, &path, &mut call, peer).await {
             Ok(resp) => {
                 let header_code = grpc_status(resp.headers());
                 let guard = match call.guard {
@@ -215,11 +226,15 @@ impl Shared {
     /// auth, then classify: who is calling, then what the call is.
     async fn dispatch(
         self: &Arc<Self>,
-        req: http::Request<Body>,
+        mut req: http::Request<Body>,
         path: &str,
         call: &mut Call,
+        peer: Option<SocketAddr>,
     ) -> Result<http::Response<Body>, GatewayError> {
         let kind = classify(path);
+        if let (MethodKind::Local(_), Some(peer)) = (kind, peer) {
+            req.extensions_mut().insert(PeerAddr(peer));
+        }
         // A WebRTC stream carries the identity its signaling call was authenticated with (no
         // token per call, like goutils). Only the data-channel server sets this extension;
         // requests from the listener start with none but `PeerAddr`.

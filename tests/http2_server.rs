@@ -34,7 +34,10 @@ where
     F: Fn(Request<Body>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
-    Arc::new(move |req| {
+    // The server hands the peer address beside the request; the test handlers
+    // see it as the extension the gateway's frontends would insert.
+    Arc::new(move |mut req: Request<Body>, peer| {
+        req.extensions_mut().insert(PeerAddr(peer));
         let fut = f(req);
         Box::pin(async move { Ok::<_, Infallible>(fut.await) })
     })
@@ -290,7 +293,9 @@ async fn server_client_and_bidi_streaming() {
     // Server streaming: 100 messages, spaced.
     let h = handler(|req: Request<Body>| async move {
         if req.uri().path() == "/echo" {
-            return echo_handler()(req).await.unwrap();
+            return echo_handler()(req, ([127, 0, 0, 1], 1).into())
+                .await
+                .unwrap();
         }
         if req.uri().path() == "/client" {
             // Client streaming: counts the bytes, answers at the end.

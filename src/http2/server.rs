@@ -54,7 +54,6 @@ use super::conn::{
 };
 use super::frame::{self, ConnError, Reason};
 use super::hpack;
-use crate::auth::PeerAddr;
 use crate::listener::Handler;
 
 type Body = tonic::body::Body;
@@ -109,6 +108,7 @@ where
         calls: FuturesUnordered::new(),
         handler,
         peer,
+        taken: Vec::new(),
     };
     let mut draining = *shutdown.borrow_and_update();
     let mut goaway_sent = false;
@@ -133,6 +133,8 @@ struct Server<I> {
     calls: FuturesUnordered<Call>,
     handler: Handler,
     peer: SocketAddr,
+    /// Requests taken from the core, kept between turns so taking them does not allocate.
+    taken: Vec<(usize, http::Request<Body>)>,
 }
 
 impl<I> Server<I>
@@ -163,7 +165,7 @@ where
             if let Poll::Ready(result) = Pin::new(&mut self.conn).poll(cx) {
                 return Poll::Ready(result);
             }
-            let mut dropped = Vec::new();
+            let mut taken = std::mem::take(&mut self.taken);
             {
                 let mut st = self.shared.lock();
                 while let Some((idx, req)) = st.accepted.pop_front() {
@@ -174,9 +176,7 @@ where
                             .headers()
                             .get(header::CONTENT_LENGTH)
                             .and_then(|v| v.to_str().ok()?.parse().ok());
-                        let mut req = req.map(|()| Body::new(body));
-                        req.extensions_mut().insert(PeerAddr(self.peer));
-                        dropped.push((idx, req));
+                        taken.push((idx, req.map(|()| Body::new(body))));
                     } else {
                         // Reset before we took it: the handler never sees it.
                         st.drop_ref(idx);
@@ -187,8 +187,8 @@ where
                 // writes what they queue right after.
                 st.task_woken = true;
             }
-            for (idx, req) in dropped {
-                let call = (self.handler)(req);
+            for (idx, req) in taken.drain(..) {
+                let call = (self.handler)(req, self.peer);
                 self.calls.push(Call {
                     shared: self.shared.clone(),
                     idx,
@@ -196,6 +196,7 @@ where
                     room: true,
                 });
             }
+            self.taken = taken;
             while let Poll::Ready(Some(())) = self.calls.poll_next_unpin(cx) {}
             let again = {
                 let mut st = self.shared.lock();
