@@ -185,12 +185,16 @@ impl RouteTable {
         service: &str,
         allowed: &dyn Fn(usize) -> bool,
     ) -> Result<Route, GatewayError> {
-        let api = self
-            .service_api
-            .get(service)
-            .cloned()
-            .or_else(|| builtin_api_of_service(service));
-        self.resolve_in(name, api.as_deref(), allowed)
+        // Borrowed on the hot path: the parts report the service of every API they serve.
+        let builtin;
+        let api = match self.service_api.get(service) {
+            Some(api) => Some(api.as_str()),
+            None => {
+                builtin = builtin_api_of_service(service);
+                builtin.as_deref()
+            }
+        };
+        self.resolve_in(name, api, allowed)
     }
 
     /// Decides which part serves `name` of the given API key (`None`: any API).
