@@ -25,9 +25,6 @@ use crate::route::frame::{self, FrameHeader, HEADER_LEN};
 
 type Body = tonic::body::Body;
 
-/// How a part's stream can fail (a reset, a lost connection); never carries header values.
-type PartError = crate::http2::client::Error;
-
 /// The first message of a call, and whatever the client sent after it in the same reads.
 #[derive(Debug)]
 pub struct FirstMessage {
@@ -510,8 +507,8 @@ impl Closing {
 /// Any response body on its way to the client, metered: bytes counted, and the call's end
 /// recorded once with the `grpc-status` of its trailers (or of its headers, for a trailers-only
 /// response). Dropped before the end, the call counts as cancelled.
-pub struct MeteredBody {
-    inner: Body,
+pub struct MeteredBody<B: http_body::Body = Body> {
+    inner: B,
     call: Option<CallGuard>,
     header_code: Option<tonic::Code>,
     /// Response bytes not yet added to the call's counter (see [`BYTES_FLUSH`]).
@@ -607,7 +604,7 @@ impl ResponseBody {
         false
     }
 
-    fn end_closing(&mut self) -> Poll<Option<Result<Frame<Bytes>, PartError>>> {
+    fn end_closing(&mut self) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
         let message = format!(
             "part {} was removed or re-dialed by a configuration reload",
             self.part
@@ -619,7 +616,7 @@ impl ResponseBody {
         &mut self,
         code: tonic::Code,
         message: &str,
-    ) -> Poll<Option<Result<Frame<Bytes>, PartError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
         self.done = true;
         let mut trailers = HeaderMap::with_capacity(2);
         trailers.insert("grpc-status", HeaderValue::from(code as i32));
@@ -630,9 +627,10 @@ impl ResponseBody {
     }
 }
 
+/// Never yields an error: a failure on the part's side ends the call with trailers.
 impl http_body::Body for ResponseBody {
     type Data = Bytes;
-    type Error = PartError;
+    type Error = tonic::Status;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -672,11 +670,10 @@ impl http_body::Body for ResponseBody {
                 let message = format!("connection to part {} lost during the call", this.part);
                 this.end_with(tonic::Code::Unavailable, &message)
             }
-            other => {
-                if other.is_none() {
-                    this.done = true;
-                }
-                Poll::Ready(other)
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            None => {
+                this.done = true;
+                Poll::Ready(None)
             }
         }
     }
@@ -697,9 +694,9 @@ pub type PartBody = crate::http2::client::RecvBody;
 
 // === impl MeteredBody ===
 
-impl MeteredBody {
+impl<B: http_body::Body> MeteredBody<B> {
     /// Meters `inner`; `header_code` is the `grpc-status` of the response headers, if any.
-    pub fn new(inner: Body, call: CallGuard, header_code: Option<tonic::Code>) -> Self {
+    pub fn new(inner: B, call: CallGuard, header_code: Option<tonic::Code>) -> Self {
         Self {
             inner,
             call: Some(call),
@@ -728,7 +725,11 @@ impl MeteredBody {
     }
 }
 
-impl http_body::Body for MeteredBody {
+/// Generic so that a part's [`ResponseBody`] is metered in place: one box per response body.
+impl<B> http_body::Body for MeteredBody<B>
+where
+    B: http_body::Body<Data = Bytes, Error = tonic::Status> + Unpin,
+{
     type Data = Bytes;
     type Error = tonic::Status;
 
@@ -771,7 +772,7 @@ impl http_body::Body for MeteredBody {
     }
 }
 
-impl Drop for MeteredBody {
+impl<B: http_body::Body> Drop for MeteredBody<B> {
     fn drop(&mut self) {
         self.flush_bytes();
         // A trailers-only response is never polled: its status is in the headers. Anything else

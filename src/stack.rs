@@ -134,6 +134,26 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// What [`Shared::dispatch`] answers with: a part's response body, metered in place (one box
+/// per call), or a body the gateway made (already boxed).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the large variant is the common one; boxing it would add the allocation this saves"
+)]
+enum Answer {
+    Part(http::Response<ResponseBody>),
+    Here(http::Response<Body>),
+}
+
+impl Answer {
+    fn headers(&self) -> &http::HeaderMap {
+        match self {
+            Answer::Part(resp) => resp.headers(),
+            Answer::Here(resp) => resp.headers(),
+        }
+    }
+}
+
 /// One call as the metrics see it: what was called, since when, and (once routed) its guard.
 struct Call {
     method: MethodId,
@@ -187,13 +207,20 @@ impl Shared {
             guard: None,
         };
         match self.dispatch(req, &path, &mut call, peer).await {
-            Ok(resp) => {
-                let header_code = grpc_status(resp.headers());
+            Ok(answer) => {
+                let header_code = grpc_status(answer.headers());
                 let guard = match call.guard {
                     Some(guard) => guard,
                     None => metrics.no_part().start(call.method, path, call.started),
                 };
-                resp.map(|body| Body::new(MeteredBody::new(body, guard, header_code)))
+                match answer {
+                    Answer::Part(resp) => {
+                        resp.map(|body| Body::new(MeteredBody::new(body, guard, header_code)))
+                    }
+                    Answer::Here(resp) => {
+                        resp.map(|body| Body::new(MeteredBody::new(body, guard, header_code)))
+                    }
+                }
             }
             Err(err) => self.failed(err, call),
         }
@@ -230,7 +257,7 @@ impl Shared {
         path: &str,
         call: &mut Call,
         peer: Option<SocketAddr>,
-    ) -> Result<http::Response<Body>, GatewayError> {
+    ) -> Result<Answer, GatewayError> {
         let kind = classify(path);
         if let (MethodKind::Local(_), Some(peer)) = (kind, peer) {
             req.extensions_mut().insert(PeerAddr(peer));
@@ -244,7 +271,7 @@ impl Shared {
             .map(|c| c.0.clone());
         let principal = match (&self.auth, kind, channel) {
             (_, MethodKind::Local(LocalMethod::Authenticate), _) => {
-                return self.authenticate(req).await;
+                return Box::pin(self.authenticate(req)).await.map(Answer::Here);
             }
             (auth, _, Some(principal)) => {
                 if auth.is_some() {
@@ -266,18 +293,24 @@ impl Shared {
             }
         };
         match kind {
-            MethodKind::Local(method) => self.robot.answer(method, req, &principal).await,
-            MethodKind::MainPart => self.forward_to_main(req, &principal, call).await,
-            MethodKind::ByName(field) => {
-                self.forward_by_name(req, path, field, &principal, call)
-                    .await
-            }
+            MethodKind::Local(method) => Box::pin(self.robot.answer(method, req, &principal))
+                .await
+                .map(Answer::Here),
+            MethodKind::MainPart => self
+                .forward_to_main(req, &principal, call)
+                .await
+                .map(Answer::Part),
+            MethodKind::ByName(field) => self
+                .forward_by_name(req, path, field, &principal, call)
+                .await
+                .map(Answer::Part),
             MethodKind::Signaling => match self.signaling.get() {
                 Some(signaling) => {
                     let stack = CallStack {
                         inner: self.clone(),
                     };
-                    Ok(signaling.serve(req, principal, stack).await)
+                    let answer = Box::pin(signaling.serve(req, principal, stack)).await;
+                    Ok(Answer::Here(answer))
                 }
                 None => Err(GatewayError::Unimplemented(
                     "WebRTC is not enabled on this gateway".into(),
@@ -324,7 +357,7 @@ impl Shared {
         mut req: http::Request<Body>,
         principal: &Principal,
         call: &mut Call,
-    ) -> Result<http::Response<Body>, GatewayError> {
+    ) -> Result<http::Response<ResponseBody>, GatewayError> {
         let snapshot = self.pool.snapshot();
         let part = snapshot
             .table()
@@ -356,7 +389,7 @@ impl Shared {
         field: &'static [u32],
         principal: &Principal,
         call: &mut Call,
-    ) -> Result<http::Response<Body>, GatewayError> {
+    ) -> Result<http::Response<ResponseBody>, GatewayError> {
         let (mut parts, mut body) = req.into_parts();
         let limit = self.max_message_size.load(Ordering::Relaxed);
         let first = read_first_message_routed(&mut body, limit, field.first().copied()).await?;
@@ -425,7 +458,12 @@ impl Shared {
             forward = forward.watch_replay(watch.clone());
         }
         let req = http::Request::from_parts(parts, Body::new(forward));
-        let mut resp = self.send_replayable(&part, req, permit, replay).await?;
+        // Boxed for parts we hold credentials for: the plain path's future stays small.
+        let mut resp = if part.has_credentials() {
+            Box::pin(self.send_replayable(&part, req, permit, replay)).await?
+        } else {
+            self.send(&part, req, permit).await?
+        };
         self.sessions.on_response(&part, resp.headers_mut());
         Ok(resp)
     }
@@ -439,7 +477,7 @@ impl Shared {
         req: http::Request<Body>,
         permit: tokio::sync::OwnedSemaphorePermit,
         replay: Option<(Vec<bytes::Bytes>, Arc<ReplayWatch>)>,
-    ) -> Result<http::Response<Body>, GatewayError> {
+    ) -> Result<http::Response<ResponseBody>, GatewayError> {
         if !part.has_credentials() {
             return self.send(part, req, permit).await;
         }
@@ -460,7 +498,9 @@ impl Shared {
         if !rejected {
             return Ok(resp);
         }
-        let refreshed = part.reauthenticate(seen).await;
+        // Boxed, like the other rare branches: the future of every call is as large as its
+        // largest branch, and it is moved (copied) whole when it starts.
+        let refreshed = Box::pin(part.reauthenticate(seen)).await;
         // Only a request whose stream ended with nothing beyond the first message is complete.
         let (Some((method, uri, headers, (body, watch))), Ok(())) = (head, refreshed) else {
             return Ok(resp);
@@ -490,7 +530,7 @@ impl Shared {
         part: &Arc<Part>,
         mut req: http::Request<Body>,
         permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> Result<http::Response<Body>, GatewayError> {
+    ) -> Result<http::Response<ResponseBody>, GatewayError> {
         let headers = req.headers_mut();
         // One pass over the few headers a call carries finds the (rarely present) ones to drop;
         // a `remove` per name would hash each of the seven every call.
@@ -529,15 +569,13 @@ impl Shared {
             }
         };
         Ok(resp.map(|incoming| {
-            Body::new(
-                ResponseBody::new(
-                    incoming,
-                    permit,
-                    body_deadline,
-                    part.metrics().name().clone(),
-                )
-                .close_on(part.closing()),
+            ResponseBody::new(
+                incoming,
+                permit,
+                body_deadline,
+                part.metrics().name().clone(),
             )
+            .close_on(part.closing())
         }))
     }
 }
