@@ -93,7 +93,8 @@ impl Frontend {
         if content_type.starts_with(b"application/grpc-web") || is_preflight(&req) {
             req.extensions_mut().insert(PeerAddr(peer));
             let web = tower_http::cors::Cors::clone(&self.web);
-            return web.oneshot(req).await.map(|r| r.map(Body::new));
+            // Boxed: browsers' calls are few, and every call's future is as large as this one.
+            return Box::pin(web.oneshot(req)).await.map(|r| r.map(Body::new));
         }
         if content_type.starts_with(b"application/grpc") {
             return Ok(self.grpc.serve(req, peer).await);
