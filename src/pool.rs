@@ -138,6 +138,9 @@ pub struct Part {
     /// wait for the new connection instead of failing.
     rotating: AtomicBool,
     connects: AtomicU64,
+    /// The gateway's own session with the part (`viam-sid`), with the connection epoch it was
+    /// started under; kept by `session::upstream`, checked by `send`.
+    own_session: ArcSwapOption<(u64, HeaderValue)>,
     last_refresh: Mutex<Option<Instant>>,
     /// The gateway's own access token for this part (never a client's).
     token: ArcSwapOption<HeaderValue>,
@@ -242,6 +245,7 @@ impl Part {
             wake: Notify::new(),
             rotating: AtomicBool::new(false),
             connects: AtomicU64::new(0),
+            own_session: ArcSwapOption::empty(),
             last_refresh: Mutex::new(None),
             token: ArcSwapOption::empty(),
             reauth: tokio::sync::Mutex::new(0),
@@ -416,6 +420,7 @@ impl Part {
             None => return Err(unavailable()),
         };
         for _ in 0..SEND_ATTEMPTS - 1 {
+            self.check_own_session(&mut req);
             req = match send_on(&sender, req).await {
                 Ok(resp) => return Ok(resp),
                 Err(SendError::Failed(e)) => {
@@ -438,10 +443,26 @@ impl Part {
                     .ok_or_else(unavailable)?,
             };
         }
+        self.check_own_session(&mut req);
         send_on(&sender, req).await.map_err(|e| {
             debug!(part = %self.spec.name, error = %e, "last retry failed");
             unavailable()
         })
+    }
+
+    /// Called once the connection for `req` is picked: a `viam-sid` on a request to a part is
+    /// the gateway's own session (the session stage replaced the client's), and it goes only
+    /// if the session was started on the current connection. A part that restarted knows no
+    /// session, and would answer SESSION_EXPIRED in the gap before the gateway opens a new one.
+    /// The connection was loaded before the epoch is read here, and the epoch goes up before a
+    /// connection is published, so a new connection is never paired with an old session.
+    fn check_own_session(&self, req: &mut http::Request<Body>) {
+        let Some(sent) = req.headers().get(crate::session::SESSION_HEADER) else {
+            return;
+        };
+        if self.own_session().as_ref() != Some(sent) {
+            req.headers_mut().remove(crate::session::SESSION_HEADER);
+        }
     }
 
     /// Waits (up to the connect timeout) for `maintain` to establish a new main connection,
@@ -726,10 +747,13 @@ impl Part {
                         tokio::time::sleep(self.spec.reconnect_interval).await;
                         continue;
                     }
+                    // Counted before the connection is published: a call that picks the new
+                    // connection sees the new count, so it never carries per-connection state
+                    // (our session id) that belongs to the old one (see `connection_epoch`).
+                    self.connects.fetch_add(1, Ordering::SeqCst);
                     self.lanes[0].conn.store(Some(sender.clone()));
                     self.state
                         .store(PartState::Connected as u8, Ordering::Relaxed);
-                    self.connects.fetch_add(1, Ordering::Relaxed);
                     self.metrics.connected();
                     self.generation.send_modify(|g| *g += 1);
                     self.set_error(None);
@@ -1140,6 +1164,25 @@ impl tower::Service<http::Request<Body>> for PartChannel {
 // === accessors for the session module (issue 7) ===
 
 impl Part {
+    /// Which connection to the part is current: read before sending on a connection, it is at
+    /// least the number of the connection taken (it goes up before a connection is published).
+    pub fn connection_epoch(&self) -> u64 {
+        self.connects.load(Ordering::SeqCst)
+    }
+
+    /// The gateway's session with the part, if it holds one on the current connection.
+    pub fn own_session(&self) -> Option<HeaderValue> {
+        let held = self.own_session.load();
+        let (epoch, value) = held.as_deref()?;
+        (*epoch == self.connection_epoch()).then(|| value.clone())
+    }
+
+    /// Records (or, with `None`, forgets) the gateway's session with the part, started under
+    /// connection `epoch`.
+    pub fn set_own_session(&self, session: Option<(u64, HeaderValue)>) {
+        self.own_session.store(session.map(Arc::new));
+    }
+
     /// Changes every time a new connection to the part is established, so per-connection state
     /// (the gateway's own session with the part) restarts with it.
     pub fn connections(&self) -> watch::Receiver<u64> {

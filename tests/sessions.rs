@@ -536,3 +536,60 @@ async fn the_gateway_session_with_a_part_restarts_with_its_connection() {
         .to_owned();
     assert!(log.session_ids().contains(&sid));
 }
+
+/// Right after a part restarts, no call carries the gateway's session with the old part
+/// instance (the restarted part would answer SESSION_EXPIRED to a client that never used
+/// sessions): until the gateway holds a new session, calls go without one. Three workers and
+/// callers on each, retrying at once, so calls reach the new connection on other threads while
+/// the session task (on worker 0) has yet to notice it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_right_after_a_part_restart_never_carry_the_old_session() {
+    // The default window: heartbeats far enough apart that none fails while the part is
+    // down, so the gateway still holds the old session when the part is back.
+    let mut fleet = fleet(
+        vec![
+            (spec("main", &["motor1"]), None),
+            (spec("sub1", &["motor1"]), None),
+        ],
+        Some("main"),
+        |c| c.gateway.worker_threads = Some(3),
+    )
+    .await;
+    let mut channels = Vec::new();
+    for _ in 0..3 {
+        channels.push(fleet.channel().await);
+    }
+    for round in 0..5 {
+        let log = fleet.part("sub1").log().clone();
+        wait_for("a session with the part", Duration::from_secs(3), || {
+            !log.session_ids().is_empty()
+        })
+        .await;
+        let killed = fleet.kill("sub1").await;
+        let callers: Vec<_> = (0..12)
+            .map(|i| {
+                let mut client = Client::new(&channels[i % 3], None);
+                tokio::spawn(async move {
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    let mut answered = 0;
+                    while answered < 5 {
+                        match client.set_power("sub1:motor1", 0.5, &[]).await {
+                            Ok(()) => answered += 1,
+                            Err(err) => {
+                                assert_eq!(err.code(), Code::Unavailable, "round {round}: {err:?}")
+                            }
+                        }
+                        assert!(
+                            Instant::now() < deadline,
+                            "round {round}: part never came back"
+                        );
+                    }
+                })
+            })
+            .collect();
+        fleet.restart("sub1", killed).await;
+        for caller in callers {
+            caller.await.expect("caller");
+        }
+    }
+}

@@ -12,7 +12,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -45,8 +44,6 @@ struct Inner {
 /// The gateway's session with one part (one part instance: a re-dialed part gets a new one).
 struct PartSession {
     part: Weak<Part>,
-    /// The `viam-sid` value to send, while the session is live.
-    id: ArcSwapOption<HeaderValue>,
     /// Resources the part said it safety-monitors for our session (`viam-smrn`).
     monitored: Mutex<BTreeSet<String>>,
 }
@@ -84,13 +81,16 @@ impl PartSessions {
         if !std::ptr::eq(session.part.as_ptr(), Arc::as_ptr(part)) {
             return None;
         }
-        session.id.load().as_deref().cloned()
+        // Only a session started on the current connection (checked again once the call's
+        // connection is picked: `Part::send`). Until the session task has started one on a new
+        // connection, calls go without a session rather than with one the part may not know.
+        part.own_session()
     }
 
     /// The session id the gateway holds with the named part, if any (tests, `/statusz`).
     pub fn id_for(&self, part: &str) -> Option<String> {
         let by_part = self.inner.by_part.lock().ok()?;
-        let id = by_part.get(part)?.id.load_full()?;
+        let id = by_part.get(part)?.part.upgrade()?.own_session()?;
         id.to_str().ok().map(str::to_owned)
     }
 
@@ -144,7 +144,6 @@ impl Inner {
             }
             let session = Arc::new(PartSession {
                 part: Arc::downgrade(part),
-                id: ArcSwapOption::empty(),
                 monitored: Mutex::new(BTreeSet::new()),
             });
             by_part.insert(part.name().to_owned(), session.clone());
@@ -173,7 +172,7 @@ impl PartSession {
             _ = closing.wait_for(|c| *c) => {}
             _ = self.run(&part) => {}
         }
-        self.id.store(None);
+        part.set_own_session(None);
     }
 
     async fn run(&self, part: &Arc<Part>) {
@@ -207,6 +206,9 @@ impl PartSession {
         resume: &mut String,
     ) -> Ended {
         let mut client = Client::new(PartChannel::for_part(part.clone()));
+        // Read before the call: if a new connection comes up meanwhile, this session is not
+        // used (and the heartbeat loop starts another one at once).
+        let epoch = part.connection_epoch();
         let request = robot::StartSessionRequest {
             resume: resume.clone(),
         };
@@ -235,9 +237,9 @@ impl PartSession {
             info!(part = %part.name(), session = %started.id, window_ms = window.as_millis(), "holding a session with part");
         }
         *resume = started.id.clone();
-        self.id.store(Some(Arc::new(value)));
+        part.set_own_session(Some((epoch, value)));
         let ended = heartbeat(&mut client, &started.id, window, connections).await;
-        self.id.store(None);
+        part.set_own_session(None);
         ended
     }
 }
