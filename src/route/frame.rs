@@ -319,17 +319,10 @@ pub fn restrip_framed(
             return false;
         }
         let kept = &value[strip.min(value.len())..];
-        let tag = u64::from(*field) << 3 | 2;
-        let len =
-            loc.start + varint_len(tag) + varint_len(kept.len() as u64) + kept.len() + msg.len()
-                - loc.value_end;
+        let len = replaced_len(msg.len(), *field, &loc, kept.len());
         let mut framed = BytesMut::with_capacity(HEADER_LEN + len);
         framed.extend_from_slice(&FrameHeader::encode(len));
-        framed.extend_from_slice(&msg[..loc.start]);
-        put_varint(&mut framed, tag);
-        put_varint(&mut framed, kept.len() as u64);
-        framed.extend_from_slice(kept);
-        framed.extend_from_slice(&msg[loc.value_end..]);
+        write_replaced(msg, *field, &loc, kept, &mut framed);
         out.extend([framed.freeze()]);
         return true;
     }
@@ -365,8 +358,23 @@ fn stripped_len(msg: &[u8], path: &[u32], strip: usize) -> Result<usize, FrameEr
     } else {
         stripped_len(value, rest, strip)?
     };
+    Ok(replaced_len(msg.len(), field, &loc, inner))
+}
+
+/// The length of a message of `msg_len` bytes once the length-delimited `field` at `loc` holds
+/// `inner` bytes.
+fn replaced_len(msg_len: usize, field: u32, loc: &FieldLoc, inner: usize) -> usize {
     let tag = varint_len(u64::from(field) << 3 | 2);
-    Ok(loc.start + tag + varint_len(inner as u64) + inner + (msg.len() - loc.value_end))
+    loc.start + tag + varint_len(inner as u64) + inner + (msg_len - loc.value_end)
+}
+
+/// Appends `msg` with the length-delimited `field` at `loc` holding `kept` instead.
+fn write_replaced(msg: &[u8], field: u32, loc: &FieldLoc, kept: &[u8], out: &mut BytesMut) {
+    out.extend_from_slice(&msg[..loc.start]);
+    put_varint(out, u64::from(field) << 3 | 2);
+    put_varint(out, kept.len() as u64);
+    out.extend_from_slice(kept);
+    out.extend_from_slice(&msg[loc.value_end..]);
 }
 
 /// Appends `msg` after [`splice`] to `out` (copying; for small messages).
@@ -385,16 +393,14 @@ fn write_stripped(
         return Ok(());
     };
     let value = &msg[loc.value_start..loc.value_end];
+    if rest.is_empty() {
+        write_replaced(msg, field, &loc, &value[strip.min(value.len())..], out);
+        return Ok(());
+    }
     out.extend_from_slice(&msg[..loc.start]);
     put_varint(out, u64::from(field) << 3 | 2);
-    if rest.is_empty() {
-        let kept = &value[strip.min(value.len())..];
-        put_varint(out, kept.len() as u64);
-        out.extend_from_slice(kept);
-    } else {
-        put_varint(out, stripped_len(value, rest, strip)? as u64);
-        write_stripped(value, rest, strip, out)?;
-    }
+    put_varint(out, stripped_len(value, rest, strip)? as u64);
+    write_stripped(value, rest, strip, out)?;
     out.extend_from_slice(&msg[loc.value_end..]);
     Ok(())
 }
