@@ -153,16 +153,25 @@ fn long_names_change_varint_width() {
     );
 }
 
-#[test]
-fn random_bytes_never_panic() {
-    // A small deterministic xorshift fuzz over arbitrary inputs.
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    for _ in 0..20_000 {
+/// A small deterministic xorshift fuzz: `count` messages of 0 to 23 arbitrary bytes, each with
+/// the generator state it was made from.
+fn random_messages(seed: u64, count: usize) -> impl Iterator<Item = (u64, Vec<u8>)> {
+    let mut state = seed;
+    (0..count).map(move |_| {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         let len = (state % 24) as usize;
-        let msg: Vec<u8> = (0..len).map(|i| (state >> (i % 8 * 8)) as u8).collect();
+        (
+            state,
+            (0..len).map(|i| (state >> (i % 8 * 8)) as u8).collect(),
+        )
+    })
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    for (_, msg) in random_messages(0x2545_f491_4f6c_dd1d, 20_000) {
         let bytes = Bytes::from(msg);
         if let Ok(Some(name)) = read_name(&bytes, &[1]) {
             let strip = name.len() / 2;
@@ -298,13 +307,7 @@ fn restrip_framed_matches_read_compare_strip() {
         )
         .is_some()
     );
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    for _ in 0..20_000 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let len = (state % 24) as usize;
-        let mut msg: Vec<u8> = (0..len).map(|i| (state >> (i % 8 * 8)) as u8).collect();
+    for (state, mut msg) in random_messages(0x9e37_79b9_7f4a_7c15, 20_000) {
         if state & 1 == 0 {
             msg.extend(field(1, b"a:b"));
         }
