@@ -138,7 +138,7 @@ pub struct Part {
     /// wait for the new connection instead of failing.
     rotating: AtomicBool,
     connects: AtomicU64,
-    /// The gateway's own session with the part (`viam-sid`), with the connection epoch it was
+    /// The gateway's own session with the part (`viam-sid`), with the `connects` count it was
     /// started under; kept by `session::upstream`, checked by `send`.
     own_session: ArcSwapOption<(u64, HeaderValue)>,
     last_refresh: Mutex<Option<Instant>>,
@@ -348,9 +348,11 @@ impl Part {
         self.reported.load_full()
     }
 
-    /// How many times a connection to the part was established.
+    /// How many times a connection to the part was established. Also which connection is
+    /// current: read after a call's connection was picked, it is at least that connection's
+    /// number (it goes up before a connection is published).
     pub fn connects(&self) -> u64 {
-        self.connects.load(Ordering::Relaxed)
+        self.connects.load(Ordering::SeqCst)
     }
 
     /// Connections to the part that take new calls now: the main one and the workers' own.
@@ -749,7 +751,7 @@ impl Part {
                     }
                     // Counted before the connection is published: a call that picks the new
                     // connection sees the new count, so it never carries per-connection state
-                    // (our session id) that belongs to the old one (see `connection_epoch`).
+                    // (our session id) that belongs to the old one (see `own_session`).
                     self.connects.fetch_add(1, Ordering::SeqCst);
                     self.lanes[0].conn.store(Some(sender.clone()));
                     self.state
@@ -1164,17 +1166,11 @@ impl tower::Service<http::Request<Body>> for PartChannel {
 // === accessors for the session module (issue 7) ===
 
 impl Part {
-    /// Which connection to the part is current: read before sending on a connection, it is at
-    /// least the number of the connection taken (it goes up before a connection is published).
-    pub fn connection_epoch(&self) -> u64 {
-        self.connects.load(Ordering::SeqCst)
-    }
-
     /// The gateway's session with the part, if it holds one on the current connection.
     pub fn own_session(&self) -> Option<HeaderValue> {
         let held = self.own_session.load();
         let (epoch, value) = held.as_deref()?;
-        (*epoch == self.connection_epoch()).then(|| value.clone())
+        (*epoch == self.connects()).then(|| value.clone())
     }
 
     /// Records (or, with `None`, forgets) the gateway's session with the part, started under

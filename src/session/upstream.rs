@@ -208,7 +208,7 @@ impl PartSession {
         let mut client = Client::new(PartChannel::for_part(part.clone()));
         // Read before the call: if a new connection comes up meanwhile, this session is not
         // used (and the heartbeat loop starts another one at once).
-        let epoch = part.connection_epoch();
+        let epoch = part.connects();
         let request = robot::StartSessionRequest {
             resume: resume.clone(),
         };
