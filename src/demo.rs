@@ -429,7 +429,7 @@ impl Sim {
     /// Honours `viam-sid` on a safety-monitored motor call like viam-server: absent is fine, an
     /// unknown or expired id is SESSION_EXPIRED, a live one now monitors the motor.
     fn monitor<T>(&self, req: &Request<T>, motor: &str) -> Result<bool, Status> {
-        let Some(value) = req.metadata().get(crate::session::SESSION_HEADER) else {
+        let Some(value) = req.metadata().get(crate::session::SESSION_HEADER.as_str()) else {
             return Ok(false);
         };
         let expired = || Status::invalid_argument("SESSION_EXPIRED");
@@ -528,7 +528,7 @@ fn monitored_reply<T>(msg: T, motor: &str, monitored: bool) -> Response<T> {
     let value = format!("rdk:component:motor/{motor}");
     if let (true, Ok(value)) = (monitored, tonic::metadata::MetadataValue::try_from(value)) {
         resp.metadata_mut()
-            .insert(crate::session::MONITORED_HEADER, value);
+            .insert(crate::session::MONITORED_NAME, value);
     }
     resp
 }

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -48,10 +48,13 @@ use crate::proto::viam::robot::v1 as robot;
 
 pub use upstream::PartSessions;
 
-/// The request header carrying a session id on safety-monitored calls.
-pub const SESSION_HEADER: &str = "viam-sid";
+/// The request header carrying a session id on safety-monitored calls. Pre-parsed: a lookup by
+/// `&str` parses and hashes the name first (~270 instructions), and every call looks this up.
+pub const SESSION_HEADER: HeaderName = HeaderName::from_static("viam-sid");
 /// The response header naming resources a part itself safety-monitored for our session.
-pub const MONITORED_HEADER: &str = "viam-smrn";
+pub const MONITORED_NAME: &str = "viam-smrn";
+/// [`MONITORED_NAME`] pre-parsed like [`SESSION_HEADER`]: every answer is checked for it.
+pub const MONITORED_HEADER: HeaderName = HeaderName::from_static(MONITORED_NAME);
 /// The heartbeat window the gateway grants (viam-server's default).
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(2);
 /// At most this many sessions are live at once (viam-server's limit).
