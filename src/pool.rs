@@ -1240,7 +1240,11 @@ async fn send_on(
         tokio::spawn(RequestPump::new(body, tx));
     }
     match response.await {
-        Ok(resp) => Ok(resp),
+        Ok(resp) => {
+            // The request's fields are on the wire and no retry needs them.
+            crate::http2::maps::give(head.headers);
+            Ok(resp)
+        }
         // Refused after sending (GOAWAY below its id, REFUSED_STREAM): the part never saw it.
         Err(e) if e.is_refused() && !streaming => {
             Err(SendError::Refused(again(head, data, end, Body::empty()), e))

@@ -245,6 +245,73 @@ async fn unary_request_head_body_and_trailers() {
     }
 }
 
+/// Header maps are reused across calls (`http2::maps`): the response headers and trailers the
+/// server encoded come back as later requests' maps. Nothing of one call's fields may show up in
+/// the next call's request or response.
+#[tokio::test]
+async fn reused_header_maps_carry_nothing_over() {
+    let seen: Arc<std::sync::Mutex<Vec<HeaderMap>>> = Arc::default();
+    let seen2 = seen.clone();
+    let h = handler(move |req: Request<Body>| {
+        let seen = seen2.clone();
+        async move {
+            let first = req.headers().contains_key("x-first");
+            seen.lock().unwrap().push(req.headers().clone());
+            let (tx, rx) = mpsc::channel(4);
+            let mut end = trailers("0");
+            if first {
+                end.insert("x-trailer-first", HeaderValue::from_static("t"));
+            }
+            tx.send(BodyFrame::trailers(end)).await.unwrap();
+            let mut resp = Response::new(Body::new(ChanBody { rx, on_drop: None }));
+            resp.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/grpc"));
+            if first {
+                resp.headers_mut()
+                    .insert("x-response-first", HeaderValue::from_static("r"));
+            }
+            resp
+        }
+    });
+    let mut s = serve(h);
+    let mut client = h2_client(s.addr_io.take().unwrap()).await;
+    for call in 0..6 {
+        let mut req = grpc_request("/pkg.Svc/Method");
+        if call % 3 == 0 {
+            req.headers_mut()
+                .insert("x-first", HeaderValue::from_static("1"));
+        }
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let resp = timeout(T, resp).await.unwrap().unwrap();
+        let first = call % 3 == 0;
+        assert_eq!(
+            resp.headers().contains_key("x-response-first"),
+            first,
+            "call {call}"
+        );
+        let (_, end) = timeout(T, read_all(resp.into_body())).await.unwrap();
+        let end = end.unwrap();
+        assert_eq!(end.get("grpc-status").unwrap(), "0");
+        assert_eq!(end.contains_key("x-trailer-first"), first, "call {call}");
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 6);
+    for (call, headers) in seen.iter().enumerate() {
+        let first = call % 3 == 0;
+        assert_eq!(headers.contains_key("x-first"), first, "call {call}");
+        for leaked in ["x-response-first", "x-trailer-first", "grpc-status"] {
+            assert!(!headers.contains_key(leaked), "call {call} got {leaked}");
+        }
+        assert_eq!(headers.get_all("content-type").iter().count(), 1);
+        // content-type, te, and x-first on the calls that sent it.
+        assert_eq!(
+            headers.len(),
+            2 + usize::from(first),
+            "call {call}: {headers:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn trailers_only_and_plain_http_content_length() {
     let h = handler(|req: Request<Body>| async move {

@@ -659,7 +659,10 @@ impl State {
             let id = s.id;
             match trailers {
                 None => self.write.put_data(id, Bytes::new(), true),
-                Some(trailers) => self.put_trailers(id, &trailers),
+                Some(trailers) => {
+                    self.put_trailers(id, &trailers);
+                    super::maps::give(trailers);
+                }
             }
             wrote = true;
         }
@@ -1497,7 +1500,10 @@ fn on_headers(
             Err(_) => Err(compression_error()),
         };
     };
-    let mut decoded = Decoded::default();
+    let mut decoded = Decoded {
+        headers: super::maps::take(),
+        ..Decoded::default()
+    };
     match decoder.decode(block, max_list, |n, v| decoded.field(n, v)) {
         Ok(()) => {}
         Err(hpack::HpackError::ListTooLarge { .. }) => {

@@ -8,11 +8,12 @@
 //!
 //! [`conn`] is the role-neutral connection core (IO loop, stream table, flow control, settings,
 //! ping, GOAWAY); [`client`] dials parts with it (the pool), [`server`] serves clients with it
-//! (`h2_server`, the listener's HTTP/2 path).
+//! (`h2_server`, the listener's HTTP/2 path). [`maps`] keeps decoded header maps for reuse.
 
 pub mod client;
 pub mod conn;
 pub mod frame;
 pub mod hpack;
 mod huffman;
+pub mod maps;
 pub mod server;

@@ -366,8 +366,8 @@ impl RequestDecoder {
             scheme: None,
             authority: None,
             path: None,
-            // Room for a gRPC request's fields without regrowing the map.
-            headers: HeaderMap::with_capacity(12),
+            // A reused map (see `maps`), else one with room for a gRPC request's fields.
+            headers: super::maps::take_with_capacity(12),
             regular: false,
             bad: None,
         }
@@ -733,7 +733,9 @@ impl Call {
                         gather(&mut body, cx, &mut got);
                     }
                     let pending = got.pending;
-                    if self.commit(Some(&head), got, cx) {
+                    let done = self.commit(Some(&head), got, cx);
+                    super::maps::give(std::mem::take(&mut head.headers));
+                    if done {
                         self.state = CallState::Done;
                         return Poll::Ready(());
                     }
