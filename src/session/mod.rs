@@ -454,7 +454,8 @@ impl SessionMetrics {
 
 /// The service of a safety-monitored method, or `None`.
 pub fn monitored(path: &str) -> Option<Monitored> {
-    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    let (service, method) = crate::route::method::split_path(path.strip_prefix('/')?);
+    let method = method?;
     MONITORED
         .iter()
         .find(|(s, methods, _)| *s == service && methods.contains(&method))
