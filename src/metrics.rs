@@ -12,7 +12,6 @@
 //! touches.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Instant, SystemTime};
 
@@ -115,14 +114,10 @@ pub struct MethodId(u16);
 /// The bounded set of `method` label values.
 #[derive(Debug)]
 pub struct MethodTable {
-    index: HashMap<Box<str>, MethodId, BuildHasherDefault<Fnv>>,
+    /// Looked up once per call with a path of ~50 bytes: the fast table hasher (see there).
+    index: crate::route::hash::TableMap<Box<str>, MethodId>,
     names: Vec<Arc<str>>,
 }
-
-/// FNV-1a: the method table is looked up once per call with a path of ~50 bytes, where SipHash
-/// costs several times more. The table is fixed, so colliding paths only slow their own lookup.
-#[derive(Debug)]
-struct Fnv(u64);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -318,26 +313,6 @@ struct ScrapeCollector {
     pool: Arc<OnceLock<Weak<Pool>>>,
 }
 
-// === impl Fnv ===
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 // === impl MethodTable ===
 
 impl MethodTable {
@@ -352,7 +327,10 @@ impl MethodTable {
 
     fn from_paths(paths: Vec<String>) -> Self {
         let mut table = Self {
-            index: HashMap::with_capacity_and_hasher(paths.len(), BuildHasherDefault::default()),
+            index: crate::route::hash::TableMap::with_capacity_and_hasher(
+                paths.len(),
+                std::hash::BuildHasherDefault::default(),
+            ),
             names: vec![Arc::from(OTHER_METHOD)],
         };
         for path in paths {

@@ -4,6 +4,7 @@
 //! the `pool` stage a part index and how many bytes of the name to strip.
 
 pub mod frame;
+pub mod hash;
 pub mod method;
 pub mod resource_name;
 pub mod table;

@@ -4,7 +4,9 @@
 //! changes, swapped in atomically); hands [`RouteTable::resolve`] answers to the call path and
 //! the fleet-wide listing to the robot service.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+use super::hash::TableMap;
 use std::sync::Arc;
 
 use super::resource_name::{
@@ -63,10 +65,10 @@ struct Candidate {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     parts: Vec<PartInfo>,
-    part_index: HashMap<String, usize>,
-    names: HashMap<String, Vec<Candidate>>,
+    part_index: TableMap<String, usize>,
+    names: TableMap<String, Vec<Candidate>>,
     prefixes: Vec<(String, usize)>,
-    service_api: HashMap<String, String>,
+    service_api: TableMap<String, String>,
     main: Option<usize>,
     main_loaded: bool,
     listing: Vec<(usize, Resource)>,
