@@ -14,6 +14,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::{HeaderValue, Method, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -78,9 +80,30 @@ impl Frontend {
         self
     }
 
-    /// Serves one request.
-    /// Serves one request from the client at `peer`.
-    pub async fn serve(
+    /// Serves one request from the client at `peer`. A gRPC call's future is the call stack's
+    /// own (no `async` layer of ours around it that would copy the request once more); the rest
+    /// go through [`Frontend::serve_other`].
+    pub fn serve(
+        self,
+        req: http::Request<Body>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Result<http::Response<Body>, Infallible>> + Send + use<> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
+        if content_type.starts_with(b"application/grpc")
+            && !content_type.starts_with(b"application/grpc-web")
+            && !is_preflight(&req)
+        {
+            return Either::Left(self.grpc.serve(req, peer).map(Ok));
+        }
+        Either::Right(self.serve_other(req, peer))
+    }
+
+    /// gRPC-Web, CORS preflights and plain HTTP.
+    async fn serve_other(
         self,
         mut req: http::Request<Body>,
         peer: SocketAddr,

@@ -14,12 +14,14 @@
 //! boxed future instead of one per layer, and the order is still readable top to bottom.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http::header::{self, HeaderName, HeaderValue};
 use tracing::{debug, info};
@@ -108,9 +110,14 @@ impl CallStack {
     }
 
     /// Serves one call from the client at `peer`: what `Service::call` does, without boxing
-    /// the future (the front door's own future is boxed already).
-    pub async fn serve(&self, req: http::Request<Body>, peer: SocketAddr) -> http::Response<Body> {
-        self.inner.handle(req, Some(peer)).await
+    /// the future (the front door's own future is boxed already). Not an `async fn`: the call's
+    /// future is `handle`'s own, with no layer around it that would copy the request again.
+    pub fn serve(
+        &self,
+        req: http::Request<Body>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = http::Response<Body>> + Send + use<> {
+        self.inner.clone().handle(req, Some(peer))
     }
 
     /// The pool behind the stack.
@@ -181,8 +188,7 @@ impl tower::Service<http::Request<Body>> for CallStack {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let shared = self.inner.clone();
-        Box::pin(async move { Ok(shared.handle(req, None).await) })
+        Box::pin(self.inner.clone().handle(req, None).map(Ok))
     }
 }
 
@@ -190,7 +196,7 @@ impl Shared {
     /// `peer`: the client's address, when the request does not carry it already ([`PeerAddr`]
     /// is added only for the calls answered here, which are the ones that read it).
     async fn handle(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         req: http::Request<Body>,
         peer: Option<SocketAddr>,
     ) -> http::Response<Body> {
