@@ -119,9 +119,7 @@ impl Frontend {
             // Boxed: browsers' calls are few, and every call's future is as large as this one.
             return Box::pin(web.oneshot(req)).await.map(|r| r.map(Body::new));
         }
-        if content_type.starts_with(b"application/grpc") {
-            return Ok(self.grpc.serve(req, peer).await);
-        }
+        // Plain gRPC never gets here (see `serve`), so this future stays small.
         match &self.admin {
             Some(admin) => Ok(admin.serve_main(&req)),
             None => Ok(plain_http(&req)),
