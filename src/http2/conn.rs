@@ -932,8 +932,32 @@ struct Keepalive {
     interval: Duration,
     timeout: Duration,
     sleep: Pin<Box<Sleep>>,
+    /// `sleep` was polled since it was made or reset: it holds this task's waker, and the
+    /// timer driver wakes the task when it fires.
+    armed: bool,
     /// A PING is in flight; `sleep` is its deadline.
     waiting: bool,
+}
+
+impl Keepalive {
+    /// Whether the timer fired. The `Sleep` is polled only when that can tell something new:
+    /// until it is armed, and once the driver took it off the wheel (`is_elapsed`, an atomic
+    /// load). Polling it on every turn of the connection loop cost ~140 instructions a turn,
+    /// several turns per call.
+    fn fired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.armed && !self.sleep.is_elapsed() {
+            return false;
+        }
+        self.armed = true;
+        self.sleep.as_mut().poll(cx).is_ready()
+    }
+
+    /// Moves the deadline and registers this task's waker for it.
+    fn reset(&mut self, deadline: Instant, cx: &mut Context<'_>) {
+        self.sleep.as_mut().reset(deadline);
+        self.armed = true;
+        let _ = self.sleep.as_mut().poll(cx);
+    }
 }
 
 /// Our SETTINGS (`role_setting`, then the ones both roles send) and the WINDOW_UPDATE that
@@ -976,6 +1000,7 @@ where
         interval,
         timeout,
         sleep: Box::pin(tokio::time::sleep(interval)),
+        armed: false,
         waiting: false,
     });
     let conn = Connection {
@@ -1070,17 +1095,14 @@ where
             // 2. Keepalive.
             let mut ping_due = false;
             if let Some(ka) = this.keepalive.as_mut()
-                && ka.sleep.as_mut().poll(cx).is_ready()
+                && ka.fired(cx)
             {
                 if ka.waiting {
                     failed.get_or_insert(Error::KeepaliveTimeout);
                 } else {
                     ping_due = true;
                     ka.waiting = true;
-                    let deadline = Instant::now() + ka.timeout;
-                    ka.sleep.as_mut().reset(deadline);
-                    // Registers the timer.
-                    let _ = ka.sleep.as_mut().poll(cx);
+                    ka.reset(Instant::now() + ka.timeout, cx);
                 }
             }
             // 3. Handle the frames, under one lock.
@@ -1155,9 +1177,7 @@ where
             };
             if pong && let Some(ka) = this.keepalive.as_mut() {
                 ka.waiting = false;
-                let next = Instant::now() + ka.interval;
-                ka.sleep.as_mut().reset(next);
-                let _ = ka.sleep.as_mut().poll(cx);
+                ka.reset(Instant::now() + ka.interval, cx);
             }
             this.wakers.wake_all();
             if let Some(result) = done {
