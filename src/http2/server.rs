@@ -110,32 +110,31 @@ where
         peer,
         taken: Vec::new(),
     };
-    if *shutdown.borrow_and_update() {
-        server.goaway();
-        return poll_fn(|cx| server.poll(cx)).await;
-    }
-    // The shutdown signal is polled only until its waker is registered and once it may have
-    // changed (`has_changed` on a second receiver: an atomic load). Polling `changed()` on
-    // every turn of the connection cost ~500 instructions per call at c=1.
-    let probe = shutdown.clone();
-    let mut changed = std::pin::pin!(shutdown.changed());
-    let mut armed = false;
-    let signalled = poll_fn(|cx| {
-        if let Poll::Ready(result) = server.poll(cx) {
-            return Poll::Ready(Some(result));
+    if !*shutdown.borrow_and_update() {
+        // The shutdown signal is polled only until its waker is registered and once it may
+        // have changed (`has_changed` on a second receiver: an atomic load). Polling
+        // `changed()` on every turn of the connection cost ~500 instructions per call at c=1.
+        let probe = shutdown.clone();
+        let mut changed = std::pin::pin!(shutdown.changed());
+        let mut armed = false;
+        let ended = poll_fn(|cx| {
+            if let Poll::Ready(result) = server.poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            // An error: the sender is gone, which also means the listener is shutting down.
+            let may_have_changed = !armed || probe.has_changed().unwrap_or(true);
+            if may_have_changed {
+                armed = true;
+                if changed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        if let Some(result) = ended {
+            return result;
         }
-        // An error: the sender is gone, which also means the listener is shutting down.
-        if (!armed || probe.has_changed().unwrap_or(true)) && {
-            armed = true;
-            changed.as_mut().poll(cx).is_ready()
-        } {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
-    })
-    .await;
-    if let Some(result) = signalled {
-        return result;
     }
     server.goaway();
     poll_fn(|cx| server.poll(cx)).await
