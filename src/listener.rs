@@ -93,27 +93,21 @@ impl Frontend {
             .get(header::CONTENT_TYPE)
             .map(HeaderValue::as_bytes)
             .unwrap_or_default();
-        if content_type.starts_with(b"application/grpc")
-            && !content_type.starts_with(b"application/grpc-web")
-            && !is_preflight(&req)
-        {
+        let web = content_type.starts_with(b"application/grpc-web") || is_preflight(&req);
+        if !web && content_type.starts_with(b"application/grpc") {
             return Either::Left(self.grpc.serve(req, peer).map(Ok));
         }
-        Either::Right(self.serve_other(req, peer))
+        Either::Right(self.serve_other(req, peer, web))
     }
 
-    /// gRPC-Web, CORS preflights and plain HTTP.
+    /// gRPC-Web and CORS preflights (`web`, as `serve` classified the request), else plain HTTP.
     async fn serve_other(
         self,
         mut req: http::Request<Body>,
         peer: SocketAddr,
+        web: bool,
     ) -> Result<http::Response<Body>, Infallible> {
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(HeaderValue::as_bytes)
-            .unwrap_or_default();
-        if content_type.starts_with(b"application/grpc-web") || is_preflight(&req) {
+        if web {
             req.extensions_mut().insert(PeerAddr(peer));
             let web = tower_http::cors::Cors::clone(&self.web);
             // Boxed: browsers' calls are few, and every call's future is as large as this one.
