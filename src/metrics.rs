@@ -329,7 +329,7 @@ impl MethodTable {
         let mut table = Self {
             index: crate::route::hash::TableMap::with_capacity_and_hasher(
                 paths.len(),
-                std::hash::BuildHasherDefault::default(),
+                Default::default(),
             ),
             names: vec![Arc::from(OTHER_METHOD)],
         };

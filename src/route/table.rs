@@ -5,10 +5,9 @@
 //! the fleet-wide listing to the robot service.
 
 use std::collections::HashSet;
-
-use super::hash::TableMap;
 use std::sync::Arc;
 
+use super::hash::TableMap;
 use super::resource_name::{
     Naming, api_key, builtin_api_of_service, gateway_name, split_first_remote,
 };
