@@ -117,6 +117,9 @@ pub struct MethodTable {
     /// Looked up once per call with a path of ~50 bytes: the fast table hasher (see there).
     index: crate::route::hash::TableMap<Box<str>, MethodId>,
     names: Vec<Arc<str>>,
+    /// Where each path's `package.Service` starts and ends (the route stage looks up the
+    /// service on every call; splitting the path again costs ~230 instructions).
+    services: Vec<(u16, u16)>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -332,14 +335,22 @@ impl MethodTable {
                 Default::default(),
             ),
             names: vec![Arc::from(OTHER_METHOD)],
+            services: vec![(0, 0)],
         };
         for path in paths {
             if table.index.contains_key(path.as_str()) || table.names.len() > usize::from(u16::MAX)
             {
                 continue;
             }
+            // `service_of` gives a slice of `path` after its leading `/`s.
+            let start = path.len() - path.trim_start_matches('/').len();
+            let end = start + crate::route::method::service_of(&path).len();
+            let (Ok(start), Ok(end)) = (u16::try_from(start), u16::try_from(end)) else {
+                continue;
+            };
             let id = MethodId(table.names.len() as u16);
             table.names.push(Arc::from(path.as_str()));
+            table.services.push((start, end));
             table.index.insert(path.into_boxed_str(), id);
         }
         table
@@ -354,6 +365,14 @@ impl MethodTable {
     /// `other`, whose calls each have their own path.
     pub fn path(&self, id: MethodId) -> Option<Arc<str>> {
         (id.0 != 0).then(|| self.names.get(usize::from(id.0)).cloned())?
+    }
+
+    /// The `package.Service` of a known method's path ([`crate::route::method::service_of`]
+    /// without splitting it again); `None` for `other`.
+    pub fn service(&self, id: MethodId) -> Option<&str> {
+        let path = self.names.get(usize::from(id.0)).filter(|_| id.0 != 0)?;
+        let &(start, end) = self.services.get(usize::from(id.0))?;
+        path.get(usize::from(start)..usize::from(end))
     }
 
     /// The label value of an id.
@@ -1164,6 +1183,30 @@ mod tests {
         );
         assert_eq!(table.path(MethodId(0)), None);
         assert!(table.len() > 100 && table.len() < 2000, "{}", table.len());
+    }
+
+    #[test]
+    fn a_known_method_carries_its_service() {
+        let table = MethodTable::known();
+        // Every known path's stored service is what splitting the path gives.
+        for id in 1..table.len() {
+            let id = MethodId(id as u16);
+            let path = table.name(id);
+            assert_eq!(
+                table.service(id),
+                Some(crate::route::method::service_of(path)),
+                "{path}"
+            );
+        }
+        let set_power = table.id("/viam.component.motor.v1.MotorService/SetPower");
+        assert_eq!(
+            table.service(set_power),
+            Some("viam.component.motor.v1.MotorService")
+        );
+        assert_eq!(table.service(MethodId(0)), None);
+        let odd = MethodTable::from_paths(vec!["//a.B/C/d".into(), "nothing".into()]);
+        assert_eq!(odd.service(MethodId(1)), Some("a.B"));
+        assert_eq!(odd.service(MethodId(2)), Some("nothing"));
     }
 
     #[test]

@@ -50,7 +50,7 @@ type Body = tonic::body::Body;
 /// headers of HTTP/1.1 (gRPC-Web), and a length the rewrite may change. The client's session id
 /// (`viam-sid`) is not in this list on purpose: the forward paths remove it themselves and put
 /// the gateway's own session with the part in its place on monitored calls (`session`).
-const DROPPED_HEADERS: [HeaderName; 7] = [
+static DROPPED_HEADERS: [HeaderName; 7] = [
     header::AUTHORIZATION,
     header::HOST,
     header::CONNECTION,
@@ -59,6 +59,21 @@ const DROPPED_HEADERS: [HeaderName; 7] = [
     header::UPGRADE,
     HeaderName::from_static("keep-alive"),
 ];
+
+/// Whether `name` is one of [`DROPPED_HEADERS`]: one match on the name's bytes (dispatched on
+/// its length), where comparing it with each of the seven names costs ~40 instructions a header.
+fn is_dropped(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "authorization"
+            | "host"
+            | "connection"
+            | "content-length"
+            | "transfer-encoding"
+            | "upgrade"
+            | "keep-alive"
+    )
+}
 
 /// `grpc-timeout`, pre-parsed (a `&str` lookup parses the name on every call).
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
@@ -420,7 +435,11 @@ impl Shared {
                 .get(i)
                 .is_some_and(|p| principal.may_reach(&p.name))
         };
-        let route = table.resolve_within(name, service_of(path), &allowed)?;
+        let methods = self.pool.metrics().methods();
+        let service = methods
+            .service(call.method)
+            .unwrap_or_else(|| service_of(path));
+        let route = table.resolve_within(name, service, &allowed)?;
         let part = snapshot.part(route.part).cloned().ok_or_else(|| {
             GatewayError::Internal(format!(
                 "route to part #{} of a snapshot without it",
@@ -540,7 +559,7 @@ impl Shared {
         let headers = req.headers_mut();
         // One pass over the few headers a call carries finds the (rarely present) ones to drop;
         // a `remove` per name would hash each of the seven every call.
-        if headers.keys().any(|name| DROPPED_HEADERS.contains(name)) {
+        if headers.keys().any(is_dropped) {
             for name in &DROPPED_HEADERS {
                 headers.remove(name);
             }
@@ -614,5 +633,27 @@ fn frame_error_text(err: frame::FrameError) -> &'static str {
         frame::FrameError::Truncated => "field length past end of message",
         frame::FrameError::BadTag => "invalid protobuf tag",
         frame::FrameError::NotUtf8 => "resource name is not valid UTF-8",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_dropped_matches_the_dropped_list_exactly() {
+        for name in &DROPPED_HEADERS {
+            assert!(is_dropped(name), "{name}");
+        }
+        for kept in [
+            header::CONTENT_TYPE,
+            header::TE,
+            header::USER_AGENT,
+            GRPC_TIMEOUT,
+            HeaderName::from_static("viam-sid"),
+            HeaderName::from_static("hosts"),
+        ] {
+            assert!(!is_dropped(&kept), "{kept}");
+        }
     }
 }
