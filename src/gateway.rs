@@ -20,6 +20,7 @@ use crate::error::StartError;
 use crate::listener::{self, Frontend, Handler};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::recycle::Recycler;
 use crate::reload::{ReloadError, ReloadOutcome, Reloader};
 use crate::stack::CallStack;
 use crate::tls::ReloadingAcceptor;
@@ -108,8 +109,11 @@ impl Gateway {
             None => None,
         };
         let frontend = Frontend::new(stack.clone()).with_admin(admin.clone());
+        // Each call's ~4 KiB future goes into a reused slot (see `recycle`); the handler's own
+        // box is then a small one.
+        let slots = Recycler::new(workers.len());
         let handler: Handler =
-            Arc::new(move |req, peer| Box::pin(frontend.clone().serve(req, peer)));
+            Arc::new(move |req, peer| Box::pin(slots.wrap(frontend.clone().serve(req, peer))));
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(listener::serve(
             listener,

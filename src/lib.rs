@@ -16,6 +16,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod proto;
+pub mod recycle;
 pub mod reload;
 pub mod robot;
 pub mod route;
