@@ -32,6 +32,7 @@ use crate::body::{
     read_first_message_routed,
 };
 use crate::config::Settings;
+use crate::deadline::Deadlines;
 use crate::error::{Fault, GatewayError};
 use crate::metrics::{CallGuard, MethodId, grpc_status};
 use crate::pool::{Part, Pool};
@@ -43,6 +44,7 @@ use crate::route::{MethodKind, classify};
 use crate::session::{SESSION_HEADER, Sessions};
 use crate::webrtc::server::ChannelPrincipal;
 use crate::webrtc::signaling::Signaling;
+use crate::workers::default_count;
 
 type Body = tonic::body::Body;
 
@@ -94,6 +96,8 @@ pub struct Shared {
     pub sessions: Arc<Sessions>,
     /// Milliseconds; reloadable.
     default_timeout_ms: AtomicU64,
+    /// The default timeout's deadlines (a coarse table: a tokio timer per call cost ~3% of it).
+    deadlines: Arc<Deadlines>,
     /// Reloadable.
     max_message_size: AtomicUsize,
     auth: Option<Arc<Auth>>,
@@ -112,6 +116,10 @@ impl CallStack {
                 robot,
                 sessions,
                 default_timeout_ms: AtomicU64::new(millis(settings.default_timeout)),
+                deadlines: Deadlines::new(
+                    settings.worker_threads.unwrap_or_else(default_count),
+                    settings.default_timeout,
+                ),
                 max_message_size: AtomicUsize::new(settings.max_message_size),
                 auth,
                 signaling: OnceLock::new(),
@@ -146,6 +154,7 @@ impl CallStack {
         inner
             .default_timeout_ms
             .store(millis(settings.default_timeout), Ordering::Relaxed);
+        inner.deadlines.set_timeout(settings.default_timeout);
         inner
             .max_message_size
             .store(settings.max_message_size, Ordering::Relaxed);
@@ -586,10 +595,12 @@ impl Shared {
             }
             None => {
                 let default_timeout = self.default_timeout_ms.load(Ordering::Relaxed);
-                let wait = Duration::from_millis(default_timeout);
-                let resp = tokio::time::timeout(wait, part.send(req))
-                    .await
-                    .map_err(|_| expired())??;
+                let deadline = self.deadlines.after(Duration::from_millis(default_timeout));
+                let resp = tokio::select! {
+                    biased;
+                    resp = part.send(req) => resp?,
+                    () = deadline => return Err(expired()),
+                };
                 (resp, None)
             }
         };

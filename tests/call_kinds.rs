@@ -268,6 +268,46 @@ async fn client_deadline_is_enforced_against_a_slow_part() {
 }
 
 #[tokio::test]
+async fn default_timeout_bounds_a_call_without_a_client_deadline() {
+    let mut slow = spec("slow", &["m"]);
+    slow.delay = Some(Duration::from_secs(5));
+    let fleet = fleet(
+        vec![(slow, None), (spec("fast", &["f"]), None)],
+        None,
+        |c| c.gateway.default_timeout = "300ms".into(),
+    )
+    .await;
+    let ch = fleet.channel().await;
+    // Several calls at once, with no grpc-timeout: each ends by the gateway's default.
+    let started = Instant::now();
+    let calls = (0..8).map(|_| {
+        let req = grpc_request(
+            fleet.addr(),
+            "/viam.component.motor.v1.MotorService/SetPower",
+            grpc_frame(false, &encode(&set_power("slow:m", 0.1))),
+        );
+        tokio::time::timeout(Duration::from_secs(3), raw_call(fleet.addr(), true, req))
+    });
+    for resp in futures_util::future::join_all(calls).await {
+        let resp = resp.expect("the gateway answers before the part does");
+        assert_eq!(
+            resp.grpc_status(),
+            Some(Code::DeadlineExceeded as i32),
+            "{resp:?}"
+        );
+    }
+    let took = started.elapsed();
+    // The deadline fires at its time or up to one tick (a sixteenth of it) later.
+    assert!(took >= Duration::from_millis(300), "took {took:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // A part that answers in time is not cut short.
+    motor_client(&ch)
+        .set_power(set_power("fast:f", 0.1))
+        .await
+        .expect("fast part answers");
+}
+
+#[tokio::test]
 async fn per_part_limit_sheds_load_without_touching_other_parts() {
     let mut slow = spec("slow", &["m"]);
     slow.delay = Some(Duration::from_millis(800));
