@@ -125,27 +125,34 @@ const PING_PAYLOAD: [u8; 8] = *b"partgate";
 const READS_PER_POLL: usize = 8;
 
 /// A queue of chunks, the first one inline: a stream usually holds one chunk at a time, and
-/// then the queue allocates nothing.
+/// then the queue allocates nothing. The rest is made only when needed: dropping a `VecDeque`,
+/// even an empty one, costs ~35 instructions, and a call drops four queues.
 #[derive(Debug, Default)]
 pub(crate) struct Chunks {
     /// Empty only when `rest` is empty too.
     first: Option<Bytes>,
-    rest: VecDeque<Bytes>,
+    rest: Option<VecDeque<Bytes>>,
 }
 
 impl Chunks {
+    #[inline]
     pub(crate) fn push_back(&mut self, chunk: Bytes) {
         if self.first.is_none() {
             self.first = Some(chunk);
         } else {
-            self.rest.push_back(chunk);
+            self.push_rest(chunk);
         }
+    }
+
+    #[inline(never)]
+    fn push_rest(&mut self, chunk: Bytes) {
+        self.rest.get_or_insert_default().push_back(chunk);
     }
 
     pub(crate) fn pop_front(&mut self) -> Option<Bytes> {
         let first = self.first.take();
         if first.is_some() {
-            self.first = self.rest.pop_front();
+            self.first = self.rest.as_mut().and_then(VecDeque::pop_front);
         }
         first
     }
@@ -160,21 +167,31 @@ impl Chunks {
 
     pub(crate) fn clear(&mut self) {
         self.first = None;
-        self.rest.clear();
+        if let Some(rest) = &mut self.rest {
+            rest.clear();
+        }
     }
 
     /// Total bytes queued.
     pub(crate) fn len(&self) -> usize {
-        self.first.as_ref().map_or(0, Bytes::len) + self.rest.iter().map(Bytes::len).sum::<usize>()
+        let rest = self
+            .rest
+            .as_ref()
+            .map_or(0, |r| r.iter().map(Bytes::len).sum());
+        self.first.as_ref().map_or(0, Bytes::len) + rest
     }
 
     /// The chunks in order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Bytes> {
-        self.first.iter().chain(&self.rest)
+        let rest = self.rest.as_ref().map(VecDeque::iter).unwrap_or_default();
+        self.first.iter().chain(rest)
     }
 
     pub(crate) fn into_vec(self) -> Vec<Bytes> {
-        self.first.into_iter().chain(self.rest).collect()
+        self.first
+            .into_iter()
+            .chain(self.rest.into_iter().flatten())
+            .collect()
     }
 }
 
@@ -1716,4 +1733,39 @@ fn on_window_update(
         st.after_send(idx, wakers);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_keep_their_order_through_pushes_pops_and_clears() {
+        let mut q = Chunks::default();
+        assert!(q.is_empty());
+        assert_eq!(q.pop_front(), None);
+        for round in 0..3u8 {
+            for i in 0..5u8 {
+                q.push_back(Bytes::from(vec![round, i]));
+            }
+            assert_eq!(q.len(), 10);
+            assert_eq!(q.iter().count(), 5);
+            assert_eq!(q.front_mut().map(|b| b.to_vec()), Some(vec![round, 0]));
+            assert_eq!(q.pop_front(), Some(Bytes::from(vec![round, 0])));
+            assert_eq!(q.pop_front(), Some(Bytes::from(vec![round, 1])));
+            q.push_back(Bytes::from(vec![round, 9]));
+            let rest: Vec<_> = q.iter().map(|b| b[1]).collect();
+            assert_eq!(rest, [2, 3, 4, 9]);
+            if round == 2 {
+                let all: Vec<_> = std::mem::take(&mut q).into_vec();
+                assert_eq!(all.len(), 4);
+                assert_eq!(all[3], Bytes::from(vec![2, 9]));
+            } else {
+                q.clear();
+            }
+            assert!(q.is_empty());
+            assert_eq!(q.len(), 0);
+            assert_eq!(q.pop_front(), None);
+        }
+    }
 }
