@@ -29,7 +29,8 @@ const MAX_TICK: Duration = Duration::from_secs(1);
 
 /// One call's deadline.
 struct Entry {
-    expires: Instant,
+    /// `None`: too far away to represent (never fires).
+    expires: Option<Instant>,
     /// The deadline passed (set by the sweeper).
     fired: bool,
     waker: Option<Waker>,
@@ -93,7 +94,7 @@ impl Deadlines {
     /// (a table made outside one) on the caller's, so it must then be called within one.
     pub fn after(self: &Arc<Self>, after: Duration) -> Deadline<'_> {
         let shelf = crate::workers::current() % self.shelves.len();
-        let expires = Instant::now() + after;
+        let expires = Instant::now().checked_add(after);
         let idx = {
             let mut s = self.shelf(shelf);
             let entry = Some(Entry {
@@ -143,7 +144,7 @@ impl Deadlines {
             any |= shelf.live > 0;
             registered = registered.wrapping_add(shelf.registered);
             for entry in shelf.entries.iter_mut().flatten() {
-                if !entry.fired && entry.expires <= now {
+                if !entry.fired && entry.expires.is_some_and(|at| at <= now) {
                     entry.fired = true;
                     wakers.extend(entry.waker.take());
                 }
@@ -281,6 +282,17 @@ mod tests {
             again.await.is_ok(),
             "the idle sweeper never woke for a new deadline"
         );
+    }
+
+    #[tokio::test]
+    async fn a_deadline_too_far_to_represent_never_fires() {
+        let table = Deadlines::new(1, Duration::from_millis(80));
+        let never = table.after(Duration::MAX);
+        let soon = table.after(Duration::from_millis(10));
+        soon.await;
+        let mut never = std::pin::pin!(never);
+        let polled = std::future::poll_fn(|cx| Poll::Ready(never.as_mut().poll(cx))).await;
+        assert!(polled.is_pending());
     }
 
     #[tokio::test]
