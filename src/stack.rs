@@ -96,7 +96,8 @@ pub struct Shared {
     pub sessions: Arc<Sessions>,
     /// Milliseconds; reloadable.
     default_timeout_ms: AtomicU64,
-    /// The default timeout's deadlines (a coarse table: a tokio timer per call cost ~3% of it).
+    /// The default timeout's deadlines: a coarse table (a tokio timer per call cost ~3% of a
+    /// call's instructions).
     deadlines: Arc<Deadlines>,
     /// Reloadable.
     max_message_size: AtomicUsize,
