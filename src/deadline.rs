@@ -8,20 +8,21 @@
 //! task checks the table every *tick* (a sixteenth of the default timeout, between 5 ms and 1 s):
 //! a deadline fires between its time and one tick later.
 //!
-//! The table has a shelf per worker thread ([`crate::workers::current`]), each behind its own
-//! mutex, so a call's registration takes an uncontended lock; threads that are no worker share
-//! shelf 0. The sweeper is spawned when the first call registers, on the runtime the table was
-//! made on; it sleeps on a [`Notify`] while every shelf is empty, and ends when the table is
-//! dropped.
+//! The table has a shelf per worker thread ([`PerWorker`]), so a call's registration takes an
+//! uncontended lock. The sweeper is spawned when the first call registers, on the runtime the
+//! table was made on; it sleeps on a [`Notify`] while every shelf is empty, and ends when the
+//! table is dropped.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+
+use crate::workers::PerWorker;
 
 /// The sweeper's period bounds: a sixteenth of the timeout, clamped to these.
 const MIN_TICK: Duration = Duration::from_millis(5);
@@ -48,7 +49,7 @@ struct Shelf {
 
 /// The deadlines of every call in flight (see the module docs).
 pub struct Deadlines {
-    shelves: Box<[Mutex<Shelf>]>,
+    shelves: PerWorker<Shelf>,
     tick_ms: AtomicU64,
     /// The sweeper found every shelf empty and waits for `wake` (or is not started yet).
     idle: AtomicBool,
@@ -64,7 +65,7 @@ impl Deadlines {
     /// A table with a shelf for each of `workers` threads, for deadlines near `timeout`.
     pub fn new(workers: usize, timeout: Duration) -> Arc<Self> {
         let table = Arc::new(Self {
-            shelves: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+            shelves: PerWorker::new(workers),
             tick_ms: AtomicU64::new(0),
             idle: AtomicBool::new(true),
             started: AtomicBool::new(false),
@@ -82,21 +83,14 @@ impl Deadlines {
         self.tick_ms.store(ms, Ordering::Relaxed);
     }
 
-    fn shelf(&self, index: usize) -> MutexGuard<'_, Shelf> {
-        // `shelves` is never empty (see `new`); `index` is always taken modulo its length.
-        self.shelves[index % self.shelves.len()]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// A deadline `after` from now: a future that completes once it has passed. Dropping it
     /// takes it out of the table. The first call starts the sweeper: on the table's runtime, or
     /// (a table made outside one) on the caller's, so it must then be called within one.
     pub fn after(self: &Arc<Self>, after: Duration) -> Deadline<'_> {
-        let shelf = crate::workers::current() % self.shelves.len();
+        let shelf = self.shelves.current();
         let expires = Instant::now().checked_add(after);
         let idx = {
-            let mut s = self.shelf(shelf);
+            let mut s = self.shelves.lock(shelf);
             let entry = Some(Entry {
                 expires,
                 fired: false,
@@ -140,7 +134,7 @@ impl Deadlines {
         let mut any = false;
         let mut registered = 0u64;
         for index in 0..self.shelves.len() {
-            let mut shelf = self.shelf(index);
+            let mut shelf = self.shelves.lock(index);
             any |= shelf.live > 0;
             registered = registered.wrapping_add(shelf.registered);
             for entry in shelf.entries.iter_mut().flatten() {
@@ -156,7 +150,9 @@ impl Deadlines {
 
     /// Deadlines in the table (for tests).
     pub fn len(&self) -> usize {
-        (0..self.shelves.len()).map(|i| self.shelf(i).live).sum()
+        (0..self.shelves.len())
+            .map(|i| self.shelves.lock(i).live)
+            .sum()
     }
 
     /// Whether the table is empty.
@@ -216,7 +212,7 @@ impl Future for Deadline<'_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut shelf = self.table.shelf(self.shelf);
+        let mut shelf = self.table.shelves.lock(self.shelf);
         let Some(Some(entry)) = shelf.entries.get_mut(self.idx) else {
             return Poll::Pending;
         };
@@ -233,7 +229,7 @@ impl Future for Deadline<'_> {
 
 impl Drop for Deadline<'_> {
     fn drop(&mut self) {
-        let mut shelf = self.table.shelf(self.shelf);
+        let mut shelf = self.table.shelves.lock(self.shelf);
         if let Some(slot) = shelf.entries.get_mut(self.idx)
             && slot.take().is_some()
         {

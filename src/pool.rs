@@ -1037,6 +1037,11 @@ impl Pool {
         self.current.load().channel(index)
     }
 
+    /// Connections per part: one per worker.
+    pub fn lanes(&self) -> usize {
+        self.lanes
+    }
+
     /// The metrics the parts record into.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

@@ -13,8 +13,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use crate::workers::PerWorker;
 
 /// Spare slots kept per shelf; more are freed. At ~4 KiB a slot, 64 keep up to 256 KiB per
 /// worker after a burst, and cover 64 calls in flight per worker without a `malloc`.
@@ -22,34 +24,22 @@ const SPARES_PER_SHELF: usize = 64;
 
 type Slot<F> = Pin<Box<Option<F>>>;
 
-/// Spare slots for futures of type `F`, one shelf per worker thread (the current thread's
-/// [`crate::workers::current`] index picks it, so its lock is uncontended but for threads that
-/// are no worker, which share shelf 0).
+/// Spare slots for futures of type `F`, one shelf per worker thread ([`PerWorker`]).
 pub struct Recycler<F> {
-    shelves: Box<[Mutex<Vec<Slot<F>>>]>,
+    shelves: PerWorker<Vec<Slot<F>>>,
 }
 
 impl<F: Future> Recycler<F> {
     /// A recycler with one shelf for each of `workers` threads.
     pub fn new(workers: usize) -> Arc<Self> {
         Arc::new(Self {
-            shelves: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+            shelves: PerWorker::new(workers),
         })
-    }
-
-    fn shelf(&self) -> &Mutex<Vec<Slot<F>>> {
-        let index = crate::workers::current() % self.shelves.len();
-        // `shelves` is never empty (see `new`), so this always finds one.
-        &self.shelves[index]
     }
 
     /// `future` in a spare slot if there is one, else in a new box.
     pub fn wrap(self: &Arc<Self>, future: F) -> Recycled<F> {
-        let spare = self
-            .shelf()
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let spare = self.shelves.lock_current().pop();
         let slot = match spare {
             Some(mut slot) => {
                 slot.set(Some(future));
@@ -65,14 +55,11 @@ impl<F: Future> Recycler<F> {
 
     /// How many spare slots the current thread's shelf holds.
     pub fn spares(&self) -> usize {
-        self.shelf()
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.shelves.lock_current().len()
     }
 
     fn put(&self, slot: Slot<F>) {
-        let mut shelf = self.shelf().lock().unwrap_or_else(PoisonError::into_inner);
+        let mut shelf = self.shelves.lock_current();
         if shelf.len() < SPARES_PER_SHELF {
             shelf.push(slot);
         }

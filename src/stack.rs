@@ -44,7 +44,6 @@ use crate::route::{MethodKind, classify};
 use crate::session::{SESSION_HEADER, Sessions};
 use crate::webrtc::server::ChannelPrincipal;
 use crate::webrtc::signaling::Signaling;
-use crate::workers::default_count;
 
 type Body = tonic::body::Body;
 
@@ -111,16 +110,14 @@ impl CallStack {
     pub fn new(pool: Arc<Pool>, settings: &Settings, auth: Option<Arc<Auth>>) -> Self {
         let sessions = Sessions::start(pool.clone());
         let robot = FleetRobot::new(pool.clone(), sessions.clone());
+        let deadlines = Deadlines::new(pool.lanes(), settings.default_timeout);
         Self {
             inner: Arc::new(Shared {
                 pool,
                 robot,
                 sessions,
                 default_timeout_ms: AtomicU64::new(millis(settings.default_timeout)),
-                deadlines: Deadlines::new(
-                    settings.worker_threads.unwrap_or_else(default_count),
-                    settings.default_timeout,
-                ),
+                deadlines,
                 max_message_size: AtomicUsize::new(settings.max_message_size),
                 auth,
                 signaling: OnceLock::new(),

@@ -15,8 +15,8 @@
 //! worker 0, where it was started.
 
 use std::cell::Cell;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -98,6 +98,52 @@ impl Workers {
     }
 }
 
+/// One mutex-guarded `T` per worker thread, so that a worker's own lock is uncontended. Threads
+/// that are no worker share the first (see [`current`]).
+pub struct PerWorker<T> {
+    slots: Box<[Mutex<T>]>,
+}
+
+impl<T: Default> PerWorker<T> {
+    /// A `T::default()` for each of `workers` threads (at least one).
+    pub fn new(workers: usize) -> Self {
+        Self {
+            slots: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+        }
+    }
+}
+
+impl<T> PerWorker<T> {
+    /// The current thread's index among the slots.
+    pub fn current(&self) -> usize {
+        current() % self.slots.len()
+    }
+
+    /// Locks slot `index` (taken modulo the slot count), ignoring poisoning: a panic elsewhere
+    /// leaves the value as consistent as any single mutation of it.
+    pub fn lock(&self, index: usize) -> MutexGuard<'_, T> {
+        // `slots` is never empty (see `new`).
+        self.slots[index % self.slots.len()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Locks the current thread's slot.
+    pub fn lock_current(&self) -> MutexGuard<'_, T> {
+        self.lock(self.current())
+    }
+
+    /// How many slots there are (at least 1).
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Never true (for clippy's `len_without_is_empty`).
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
 /// One worker per core (what `gateway.worker_threads` defaults to).
 pub fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -106,6 +152,18 @@ pub fn default_count() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_worker_slots_wrap_and_a_non_worker_thread_uses_the_first() {
+        let slots: PerWorker<u32> = PerWorker::new(0);
+        assert_eq!(slots.len(), 1);
+        let slots: PerWorker<u32> = PerWorker::new(3);
+        assert_eq!(slots.current(), 0);
+        *slots.lock_current() += 1;
+        *slots.lock(4) += 10;
+        assert_eq!(*slots.lock(0), 1);
+        assert_eq!(*slots.lock(1), 10);
+    }
 
     #[tokio::test]
     async fn tasks_run_on_their_worker_and_workers_stop_with_the_last_clone() {
