@@ -342,10 +342,8 @@ impl MethodTable {
             {
                 continue;
             }
-            // `service_of` gives a slice of `path` after its leading `/`s.
-            let start = path.len() - path.trim_start_matches('/').len();
-            let end = start + crate::route::method::service_of(&path).len();
-            let (Ok(start), Ok(end)) = (u16::try_from(start), u16::try_from(end)) else {
+            let span = crate::route::method::service_span(&path);
+            let (Ok(start), Ok(end)) = (u16::try_from(span.start), u16::try_from(span.end)) else {
                 continue;
             };
             let id = MethodId(table.names.len() as u16);

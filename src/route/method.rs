@@ -109,7 +109,15 @@ fn name_path(path: &str) -> &'static [u32] {
 
 /// The `package.Service` part of a request path.
 pub fn service_of(path: &str) -> &str {
-    split_path(path.trim_start_matches('/')).0
+    // `service_span` is within `path`, on char boundaries.
+    path.get(service_span(path)).unwrap_or_default()
+}
+
+/// Where [`service_of`] is in `path` (for tables that keep it instead of splitting again).
+pub fn service_span(path: &str) -> std::ops::Range<usize> {
+    let rest = path.trim_start_matches('/');
+    let start = path.len() - rest.len();
+    start..start + split_path(rest).0.len()
 }
 
 /// `Service/Method` split at its first `/` (the whole of `rest` and `None` without one). A byte
