@@ -120,13 +120,10 @@ pub fn service_span(path: &str) -> std::ops::Range<usize> {
     start..start + split_path(rest).0.len()
 }
 
-/// `Service/Method` split at its first `/` (the whole of `rest` and `None` without one). A byte
-/// loop: paths are ~50 bytes, where `str::split_once` sets up a `memchr` search costing several
-/// times more, and this runs on every call.
+/// `Service/Method` split at its first `/` (the whole of `rest` and `None` without one).
 pub fn split_path(rest: &str) -> (&str, Option<&str>) {
-    match rest.bytes().position(|b| b == b'/') {
-        // `/` is ASCII, so both sides of it are on char boundaries.
-        Some(at) => (&rest[..at], Some(&rest[at + 1..])),
+    match super::split_once_ascii(rest, b'/') {
+        Some((service, method)) => (service, Some(method)),
         None => (rest, None),
     }
 }

@@ -24,12 +24,9 @@ pub fn gateway_name(part: &str, naming: &Naming, local: &str) -> String {
     }
 }
 
-/// Splits `"first:rest"` at the first colon; `None` for a bare name. A byte loop: names are a
-/// few bytes, where `split_once`'s `memchr` set-up costs ~120 instructions on every call.
+/// Splits `"first:rest"` at the first colon; `None` for a bare name.
 pub fn split_first_remote(name: &str) -> Option<(&str, &str)> {
-    let at = name.bytes().position(|b| b == b':')?;
-    // `:` is ASCII, so both sides of it are on char boundaries.
-    Some((&name[..at], &name[at + 1..]))
+    super::split_once_ascii(name, b':')
 }
 
 /// Normalised API key `namespace:type:subtype` with `_` removed from the subtype, so that a

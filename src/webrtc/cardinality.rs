@@ -163,7 +163,7 @@ fn qualified(package: &str, name: &str) -> String {
 
 /// `/package.Service/Method` -> (`package.Service`, `Method`).
 fn split(path: &str) -> Option<(&str, &str)> {
-    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    let (service, method) = crate::route::split_once_ascii(path.strip_prefix('/')?, b'/')?;
     (!service.is_empty() && !method.is_empty() && !method.contains('/'))
         .then_some((service, method))
 }
