@@ -225,23 +225,34 @@ async fn headers_trailers_and_error_details_pass_through() {
     );
 }
 
-#[tokio::test]
-async fn client_deadline_is_enforced_against_a_slow_part() {
+/// A fleet of a part that answers after 5 s (`slow:m`) and one that answers at once (`fast:f`).
+async fn slow_and_fast(tweak: impl FnOnce(&mut partgate::config::Config)) -> Fleet {
     let mut slow = spec("slow", &["m"]);
     slow.delay = Some(Duration::from_secs(5));
-    let fleet = fleet(
+    fleet(
         vec![(slow, None), (spec("fast", &["f"]), None)],
         None,
-        |_| {},
+        tweak,
     )
-    .await;
-    let ch = fleet.channel().await;
-    // A raw client with no timer of its own: the gateway must enforce the header.
-    let mut req = grpc_request(
+    .await
+}
+
+/// A raw `SetPower` to the slow part: a client with no timer of its own, so only the gateway
+/// can end it early.
+fn raw_set_power_to_slow(fleet: &Fleet) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    grpc_request(
         fleet.addr(),
         "/viam.component.motor.v1.MotorService/SetPower",
         grpc_frame(false, &encode(&set_power("slow:m", 0.1))),
-    );
+    )
+}
+
+#[tokio::test]
+async fn client_deadline_is_enforced_against_a_slow_part() {
+    let fleet = slow_and_fast(|_| {}).await;
+    let ch = fleet.channel().await;
+    // A raw client with no timer of its own: the gateway must enforce the header.
+    let mut req = raw_set_power_to_slow(&fleet);
     req.headers_mut()
         .insert("grpc-timeout", http::HeaderValue::from_static("200m"));
     let started = Instant::now();
@@ -269,23 +280,12 @@ async fn client_deadline_is_enforced_against_a_slow_part() {
 
 #[tokio::test]
 async fn default_timeout_bounds_a_call_without_a_client_deadline() {
-    let mut slow = spec("slow", &["m"]);
-    slow.delay = Some(Duration::from_secs(5));
-    let fleet = fleet(
-        vec![(slow, None), (spec("fast", &["f"]), None)],
-        None,
-        |c| c.gateway.default_timeout = "300ms".into(),
-    )
-    .await;
+    let fleet = slow_and_fast(|c| c.gateway.default_timeout = "300ms".into()).await;
     let ch = fleet.channel().await;
     // Several calls at once, with no grpc-timeout: each ends by the gateway's default.
     let started = Instant::now();
     let calls = (0..8).map(|_| {
-        let req = grpc_request(
-            fleet.addr(),
-            "/viam.component.motor.v1.MotorService/SetPower",
-            grpc_frame(false, &encode(&set_power("slow:m", 0.1))),
-        );
+        let req = raw_set_power_to_slow(&fleet);
         tokio::time::timeout(Duration::from_secs(3), raw_call(fleet.addr(), true, req))
     });
     for resp in futures_util::future::join_all(calls).await {
