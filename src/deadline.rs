@@ -42,9 +42,15 @@ struct Shelf {
     /// `None`: a vacant slot (its index is in `free`).
     entries: Vec<Option<Entry>>,
     free: Vec<usize>,
-    live: usize,
     /// Deadlines ever registered here (the sweeper stays awake while this moves).
     registered: u64,
+}
+
+impl Shelf {
+    /// Deadlines registered here and not dropped yet.
+    fn live(&self) -> usize {
+        self.entries.len() - self.free.len()
+    }
 }
 
 /// The deadlines of every call in flight (see the module docs).
@@ -96,7 +102,6 @@ impl Deadlines {
                 fired: false,
                 waker: None,
             });
-            s.live += 1;
             s.registered = s.registered.wrapping_add(1);
             match s.free.pop() {
                 Some(idx) => {
@@ -135,7 +140,7 @@ impl Deadlines {
         let mut registered = 0u64;
         for index in 0..self.shelves.len() {
             let mut shelf = self.shelves.lock(index);
-            any |= shelf.live > 0;
+            any |= shelf.live() > 0;
             registered = registered.wrapping_add(shelf.registered);
             for entry in shelf.entries.iter_mut().flatten() {
                 if !entry.fired && entry.expires.is_some_and(|at| at <= now) {
@@ -151,7 +156,7 @@ impl Deadlines {
     /// Deadlines in the table (for tests).
     pub fn len(&self) -> usize {
         (0..self.shelves.len())
-            .map(|i| self.shelves.lock(i).live)
+            .map(|i| self.shelves.lock(i).live())
             .sum()
     }
 
@@ -233,7 +238,6 @@ impl Drop for Deadline<'_> {
         if let Some(slot) = shelf.entries.get_mut(self.idx)
             && slot.take().is_some()
         {
-            shelf.live -= 1;
             shelf.free.push(self.idx);
         }
     }
