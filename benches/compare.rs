@@ -420,6 +420,9 @@ struct Reading {
     target: f64,
     /// CPU seconds of every process of this bench (load generator, backend, all proxies).
     ours: f64,
+    /// CPU seconds of the load generator (this process) and of the backend's tree.
+    load: f64,
+    backend: f64,
     machine_busy: f64,
     machine_steal: f64,
 }
@@ -428,8 +431,9 @@ impl Probe {
     fn read(&self, target: Option<u32>) -> Reading {
         let map = ProcMap::scan();
         let tree = |root: u32| procs::tree_cpu(&map.tree(root), self.ticks);
-        let mut ours =
-            procs::cpu_seconds(std::process::id(), self.ticks).unwrap_or(0.0) + tree(self.backend);
+        let load = procs::cpu_seconds(std::process::id(), self.ticks).unwrap_or(0.0);
+        let backend = tree(self.backend);
+        let mut ours = load + backend;
         for root in &self.roots {
             ours += tree(*root);
         }
@@ -437,6 +441,8 @@ impl Probe {
         Reading {
             target: target.map_or(0.0, tree),
             ours,
+            load,
+            backend,
             machine_busy: machine.map_or(f64::NAN, |m| m.0),
             machine_steal: machine.map_or(f64::NAN, |m| m.1),
         }
@@ -455,6 +461,10 @@ struct Sample {
     p999_us: f64,
     /// Proxy CPU seconds during the window.
     cpu: f64,
+    /// Load generator's and backend's CPU seconds during the window: what a proxy costs its
+    /// neighbours shows here (smaller reads and writes, more wake-ups), not in its own column.
+    load_cpu: f64,
+    backend_cpu: f64,
     /// Cores used by processes outside the bench, and stolen, during the window.
     other_cores: f64,
     steal_cores: f64,
@@ -474,6 +484,8 @@ impl Sample {
             p99_us: f64::NAN,
             p999_us: f64::NAN,
             cpu: f64::NAN,
+            load_cpu: f64::NAN,
+            backend_cpu: f64::NAN,
             other_cores: f64::NAN,
             steal_cores: f64::NAN,
             rss_end: None,
@@ -482,10 +494,14 @@ impl Sample {
     }
 
     fn cpu_per_op_us(&self) -> f64 {
+        self.per_op_us(self.cpu)
+    }
+
+    fn per_op_us(&self, seconds: f64) -> f64 {
         if self.ops == 0 {
             f64::NAN
         } else {
-            self.cpu / self.ops as f64 * 1e6
+            seconds / self.ops as f64 * 1e6
         }
     }
 }
@@ -576,6 +592,8 @@ async fn measure(
         p99_us: percentile_us(&total.latencies_ns, 0.99),
         p999_us: percentile_us(&total.latencies_ns, 0.999),
         cpu: after.target - before.target,
+        load_cpu: after.load - before.load,
+        backend_cpu: after.backend - before.backend,
         // Tick-based accounting leaves small negative residues: they mean nothing else ran.
         other_cores: ((busy - ours) / seconds).max(0.0),
         steal_cores: (after.machine_steal - before.machine_steal) / seconds,
@@ -754,7 +772,8 @@ fn orchestrate(opts: &Options, procs: &Procs, dir: &std::path::Path) -> Res<bool
 
 fn progress(round: usize, case: Case, path: &PathUnder, s: &Sample) {
     eprintln!(
-        "compare: round {} {:<6} {:<9} {:>10} {:<7} p50 {:>9} p99 {:>9} cpu/op {:>8} errors {}{}",
+        "compare: round {} {:<6} {:<9} {:>10} {:<7} p50 {:>9} p99 {:>9} cpu/op {:>8} \
+         (load {:>6}, backend {:>6}) errors {}{}",
         round + 1,
         case.key(),
         path.label(),
@@ -763,6 +782,8 @@ fn progress(round: usize, case: Case, path: &PathUnder, s: &Sample) {
         us(s.p50_us),
         us(s.p99_us),
         cpu_us(s.cpu_per_op_us()),
+        cpu_us(s.per_op_us(s.load_cpu)),
+        cpu_us(s.per_op_us(s.backend_cpu)),
         s.errors,
         s.first_error
             .as_deref()
@@ -848,7 +869,10 @@ fn us(v: f64) -> String {
 }
 
 fn cpu_us(v: f64) -> String {
-    if v.is_finite() {
+    if v.is_finite() && v < 1.0 {
+        // Streamed messages cost tenths of a µs: one more digit.
+        format!("{v:.2}")
+    } else if v.is_finite() {
         format!("{v:.1}")
     } else {
         "–".into()
