@@ -51,6 +51,19 @@ struct Served {
 
 fn serve_with(h: Handler, max_streams: u32, config: partgate::http2::conn::Config) -> Served {
     let (client, srv) = tokio::io::duplex(1 << 20);
+    serve_io(client, srv, h, max_streams, config)
+}
+
+fn serve_io<I>(
+    client: DuplexStream,
+    srv: I,
+    h: Handler,
+    max_streams: u32,
+    config: partgate::http2::conn::Config,
+) -> Served
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, rx) = watch::channel(false);
     let peer: SocketAddr = PEER.parse().unwrap();
     let done = tokio::spawn(server::serve_connection(
@@ -70,6 +83,66 @@ fn serve_with(h: Handler, max_streams: u32, config: partgate::http2::conn::Confi
 
 fn serve(h: Handler) -> Served {
     serve_with(h, 4096, server::config())
+}
+
+/// The server's end of the connection, counting the writes that moved bytes.
+struct CountedWrites {
+    io: DuplexStream,
+    writes: Arc<AtomicUsize>,
+}
+
+impl CountedWrites {
+    fn count(&self, polled: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = polled
+            && *n > 0
+        {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for CountedWrites {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountedWrites {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.count(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.count(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 async fn h2_client(io: DuplexStream) -> h2::client::SendRequest<Bytes> {
@@ -427,6 +500,67 @@ async fn server_client_and_bidi_streaming() {
     let (rest, t) = timeout(T, read_all(body)).await.unwrap();
     assert!(rest.is_empty());
     assert_eq!(t.unwrap()["grpc-status"], "0");
+}
+
+/// Messages that become ready on many open streams at once (a part's answers to 16 bidi
+/// streams, read in one go) leave in one write: a turn of the connection commits every ready
+/// call before it writes. A call that woke itself while committing made `FuturesUnordered`
+/// yield after two calls, and the 16 messages took 8 writes.
+#[tokio::test]
+async fn messages_ready_together_leave_in_one_write() {
+    const STREAMS: usize = 16;
+    let (feeds_tx, mut feeds) = mpsc::unbounded_channel();
+    let h = handler(move |_req: Request<Body>| {
+        let feeds_tx = feeds_tx.clone();
+        async move {
+            let (tx, rx) = mpsc::channel(4);
+            feeds_tx.send(tx).unwrap();
+            Response::new(Body::new(ChanBody { rx, on_drop: None }))
+        }
+    });
+    let (client_io, srv) = tokio::io::duplex(1 << 20);
+    let writes = Arc::new(AtomicUsize::new(0));
+    let counted = CountedWrites {
+        io: srv,
+        writes: writes.clone(),
+    };
+    let mut s = serve_io(client_io, counted, h, 4096, server::config());
+    let mut client = h2_client(s.addr_io.take().unwrap()).await;
+
+    let mut open = Vec::new();
+    for _ in 0..STREAMS {
+        open.push(client.send_request(grpc_request("/bidi"), false).unwrap());
+    }
+    let mut bodies = Vec::new();
+    let mut senders = Vec::new();
+    for (resp, tx) in open {
+        bodies.push(timeout(T, resp).await.unwrap().unwrap().into_body());
+        senders.push(tx);
+    }
+    let mut feed = Vec::new();
+    for _ in 0..STREAMS {
+        feed.push(timeout(T, feeds.recv()).await.unwrap().unwrap());
+    }
+    // Settle (SETTINGS acknowledged, every head written).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    for round in 0..3 {
+        let before = writes.load(Ordering::SeqCst);
+        for tx in &feed {
+            tx.try_send(BodyFrame::data(Bytes::from_static(b"pong")))
+                .unwrap();
+        }
+        for body in &mut bodies {
+            let got = timeout(T, body.data()).await.unwrap().unwrap().unwrap();
+            assert_eq!(got, "pong");
+        }
+        let used = writes.load(Ordering::SeqCst) - before;
+        assert!(
+            used <= 2,
+            "round {round}: {STREAMS} messages ready together took {used} writes"
+        );
+    }
+    drop(senders);
 }
 
 #[tokio::test]
