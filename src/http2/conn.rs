@@ -157,10 +157,6 @@ impl Chunks {
         first
     }
 
-    pub(crate) fn front(&self) -> Option<&Bytes> {
-        self.first.as_ref()
-    }
-
     pub(crate) fn front_mut(&mut self) -> Option<&mut Bytes> {
         self.first.as_mut()
     }
@@ -183,25 +179,6 @@ impl Chunks {
             .as_ref()
             .map_or(0, |r| r.iter().map(Bytes::len).sum());
         self.first.as_ref().map_or(0, Bytes::len) + rest
-    }
-
-    /// How many chunks from the front, and how many bytes together, can go out as one DATA
-    /// frame of at most `limit` bytes, taking only chunks of at most `small` bytes.
-    fn small_run(&self, limit: usize, small: usize) -> (usize, usize) {
-        let (mut count, mut total) = (0, 0);
-        for chunk in self.iter() {
-            if chunk.len() > small || total + chunk.len() > limit {
-                break;
-            }
-            count += 1;
-            total += chunk.len();
-        }
-        (count, total)
-    }
-
-    /// Number of chunks queued.
-    fn count(&self) -> usize {
-        usize::from(self.first.is_some()) + self.rest.as_ref().map_or(0, VecDeque::len)
     }
 
     /// The chunks in order.
@@ -650,8 +627,8 @@ impl State {
             return false;
         }
         let mut wrote = false;
-        while let Some(front_len) = s.send_buf.front().map(Bytes::len) {
-            if front_len == 0 {
+        while let Some(front) = s.send_buf.front_mut() {
+            if front.is_empty() {
                 s.send_buf.pop_front();
                 continue;
             }
@@ -671,42 +648,17 @@ impl State {
                 }
                 return wrote;
             }
-            let room = max_frame
+            let n = front
+                .len()
+                .min(max_frame)
                 .min(budget)
                 .min(usize::try_from(allowed).unwrap_or(usize::MAX));
-            let n = front_len.min(room);
-            if n == front_len && n <= frame::INLINE_DATA_MAX {
-                // Small chunks queued behind it (a stream of small messages) go out in the same
-                // DATA frame: the peer handles one frame instead of one per message, and gRPC
-                // messages carry their own lengths, so frame boundaries mean nothing.
-                let (count, total) = s.send_buf.small_run(room, frame::INLINE_DATA_MAX);
-                if count > 1 {
-                    budget -= total;
-                    s.send_window -= total as i64;
-                    self.conn_send_window -= total as i64;
-                    let last =
-                        count == s.send_buf.count() && matches!(s.send_end, SendEnd::Pending(None));
-                    let out = self.write.begin_inline_data(s.id, total, last);
-                    for _ in 0..count {
-                        if let Some(chunk) = s.send_buf.pop_front() {
-                            out.extend_from_slice(&chunk);
-                        }
-                    }
-                    wrote = true;
-                    if last {
-                        s.send_end = SendEnd::Done;
-                        return true;
-                    }
-                    continue;
-                }
-            }
             budget -= n;
-            let chunk = if n == front_len {
-                s.send_buf.pop_front()
+            let chunk = if n == front.len() {
+                s.send_buf.pop_front().unwrap_or_default()
             } else {
-                s.send_buf.front_mut().map(|front| front.split_to(n))
-            }
-            .unwrap_or_default();
+                front.split_to(n)
+            };
             s.send_window -= n as i64;
             self.conn_send_window -= n as i64;
             let last = s.send_buf.is_empty() && matches!(s.send_end, SendEnd::Pending(None));
@@ -1786,91 +1738,6 @@ fn on_window_update(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The frames queued on `st` for writing.
-    fn queued(st: &State) -> Vec<Frame> {
-        let mut reader = frame::FrameReader::new(frame::DEFAULT_MAX_FRAME_SIZE, 64 * 1024);
-        reader.buf_mut().extend_from_slice(&st.write.contents());
-        let mut frames = Vec::new();
-        while let Some(f) = reader.next().expect("queued frames parse") {
-            frames.push(f);
-        }
-        assert!(reader.buf_mut().is_empty(), "a partial frame was queued");
-        frames
-    }
-
-    /// (length, END_STREAM) of each DATA frame, and the payloads joined.
-    fn data_frames(frames: &[Frame]) -> (Vec<(usize, bool)>, Vec<u8>) {
-        let mut shape = Vec::new();
-        let mut joined = Vec::new();
-        for f in frames {
-            match f {
-                Frame::Data {
-                    data, end_stream, ..
-                } => {
-                    shape.push((data.len(), *end_stream));
-                    joined.extend_from_slice(data);
-                }
-                other => panic!("not DATA: {other:?}"),
-            }
-        }
-        (shape, joined)
-    }
-
-    fn stream_with(st: &mut State, chunks: &[Vec<u8>]) -> usize {
-        let (idx, _) = st.insert_stream(1);
-        let s = st.stream(idx).expect("just inserted");
-        for c in chunks {
-            s.send_buf.push_back(Bytes::from(c.clone()));
-        }
-        idx
-    }
-
-    #[test]
-    fn small_chunks_of_a_stream_share_a_data_frame() {
-        let mut st = State::new(Config::default());
-        let chunks = vec![
-            vec![1; 10],
-            vec![2; 20],
-            vec![3; 30],
-            vec![4; 2000], // past the inline limit: its own frame, not copied
-            vec![5; 7],
-            vec![6; 8],
-        ];
-        let idx = stream_with(&mut st, &chunks);
-        if let Some(s) = st.stream(idx) {
-            s.send_end = SendEnd::Pending(None);
-        }
-        let window = st.conn_send_window;
-        assert!(st.flush_stream(idx, usize::MAX));
-        let (shape, joined) = data_frames(&queued(&st));
-        assert_eq!(shape, [(60, false), (2000, false), (15, true)]);
-        assert_eq!(joined, chunks.concat(), "bytes and order kept");
-        assert_eq!(st.conn_send_window, window - 2075);
-        assert!(
-            st.stream(idx)
-                .is_some_and(|s| s.send_done() && s.send_buf.is_empty())
-        );
-    }
-
-    #[test]
-    fn a_shared_data_frame_keeps_to_the_window_and_the_frame_size() {
-        let mut st = State::new(Config::default());
-        st.peer_max_frame = 100;
-        let chunks: Vec<Vec<u8>> = (0..12u8).map(|i| vec![i; 30]).collect();
-        let idx = stream_with(&mut st, &chunks);
-        if let Some(s) = st.stream(idx) {
-            s.send_window = 250;
-        }
-        assert!(st.flush_stream(idx, usize::MAX));
-        // Whole chunks only while they fit a frame; then the window cuts a chunk in two.
-        let (shape, joined) = data_frames(&queued(&st));
-        assert_eq!(shape, [(90, false), (90, false), (60, false), (10, false)]);
-        assert_eq!(joined, chunks.concat()[..250]);
-        let s = st.stream(idx).expect("still there");
-        assert_eq!(s.send_window, 0);
-        assert_eq!(s.send_buf.len(), 360 - 250);
-    }
 
     #[test]
     fn chunks_keep_their_order_through_pushes_pops_and_clears() {

@@ -734,7 +734,7 @@ pub fn put_window_update(dst: &mut BytesMut, stream: u32, increment: u32) {
 
 /// DATA payloads up to this size are copied next to their frame header (one write slice);
 /// larger ones are queued as they are.
-pub const INLINE_DATA_MAX: usize = 1024;
+const INLINE_DATA_MAX: usize = 1024;
 
 /// Most slices handed to one vectored write.
 const MAX_IOVECS: usize = 64;
@@ -781,29 +781,6 @@ impl WriteQueue {
         self.chunks_len += before.len() + payload.len();
         self.chunks.push_back(before);
         self.chunks.push_back(payload);
-    }
-
-    /// The head of one DATA frame of `len` payload bytes, which the caller appends to the
-    /// returned scratch (room reserved): for several small payloads sent as one frame.
-    pub fn begin_inline_data(
-        &mut self,
-        stream: u32,
-        len: usize,
-        end_stream: bool,
-    ) -> &mut BytesMut {
-        let flags = if end_stream { flag::END_STREAM } else { 0 };
-        self.scratch.reserve(HEAD_LEN + len);
-        self.scratch
-            .extend_from_slice(&head(len, kind::DATA, flags, stream));
-        &mut self.scratch
-    }
-
-    /// Everything queued, in wire order (tests read it back with a [`FrameReader`]).
-    #[cfg(test)]
-    pub(crate) fn contents(&self) -> Vec<u8> {
-        let mut out: Vec<u8> = self.chunks.iter().flat_map(|c| c.iter().copied()).collect();
-        out.extend_from_slice(&self.scratch);
-        out
     }
 
     /// Bytes waiting to be written.
