@@ -233,6 +233,68 @@ async fn bidi_stream_alternates_messages() {
     assert!(body.frame().await.is_none());
 }
 
+/// Counts its wakes.
+#[derive(Default)]
+struct CountWakes(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountWakes {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Sending on a stream does not wake the waker the sender itself left (with `poll_ready` or
+/// `poll_reset`): that only polled the gateway's request pump again for nothing, once per
+/// message of a bidi stream. The stream still works both ways afterwards.
+#[tokio::test]
+async fn sending_does_not_wake_the_senders_own_waker() {
+    let server = handler(|req, mut respond: Respond| async move {
+        let mut body = req.into_body();
+        let resp = http::Response::builder().body(()).unwrap();
+        let mut tx = respond.send_response(resp, false).unwrap();
+        while let Some(Ok(chunk)) = body.data().await {
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+            if send_all(&mut tx, chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send_trailers(trailers("0"));
+    });
+    let addr = h2_server(h2::server::Builder::new(), server).await;
+    let send = connect(addr, Config::default()).await;
+    let (resp, tx) = send
+        .send_request(
+            &head(addr, "/svc/Chat"),
+            [Bytes::from_static(b"m0")],
+            End::Open,
+        )
+        .await
+        .unwrap();
+    let mut tx = tx.expect("a send stream");
+    let mut body = resp.await.unwrap().into_body();
+    let frame = body.frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "m0".as_bytes());
+
+    let wakes = Arc::new(CountWakes::default());
+    let waker = std::task::Waker::from(wakes.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(tx.poll_reset(&mut cx).is_pending());
+    tx.send_data(Bytes::from_static(b"m1"), false).unwrap();
+    assert!(tx.poll_ready(&mut cx).is_ready(), "the chunk left at once");
+    tx.send_data(Bytes::from_static(b"m2"), false).unwrap();
+    assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let mut echoed = Vec::new();
+    while echoed.len() < 4 {
+        let frame = body.frame().await.unwrap().unwrap();
+        echoed.extend_from_slice(&frame.into_data().unwrap());
+    }
+    assert_eq!(echoed, b"m1m2");
+    tx.send_data(Bytes::new(), true).unwrap();
+    let frame = body.frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_trailers().unwrap()["grpc-status"], "0");
+}
+
 #[tokio::test]
 async fn thirty_mib_each_way_with_small_server_windows() {
     let mut builder = h2::server::Builder::new();
