@@ -32,8 +32,9 @@ use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -102,6 +103,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (shared, conn) = conn::start_server(io, config, max_streams);
+    let turn = Arc::new(TurnWaker::default());
     let mut server = Server {
         conn,
         shared,
@@ -109,6 +111,8 @@ where
         handler,
         peer,
         taken: Vec::new(),
+        calls_waker: Waker::from(turn.clone()),
+        turn,
     };
     if !*shutdown.borrow_and_update() {
         // The shutdown signal is polled only until its waker is registered and once it may
@@ -149,6 +153,73 @@ struct Server<I> {
     peer: SocketAddr,
     /// Requests taken from the core, kept between turns so taking them does not allocate.
     taken: Vec<(usize, http::Request<Body>)>,
+    /// The waker the calls are polled with (see [`TurnWaker`]).
+    turn: Arc<TurnWaker>,
+    calls_waker: Waker,
+}
+
+/// How many times one turn polls the calls again after `FuturesUnordered` yielded.
+const CALL_REPOLLS: usize = 4;
+
+/// The waker `FuturesUnordered` gets when the connection's task polls its calls.
+///
+/// `FuturesUnordered::poll_next` yields (wakes its parent and returns `Pending`) once it has
+/// polled as many futures as it holds, and after two futures woke themselves. For the
+/// connection's task that meant being polled again for nothing right after each turn: with one
+/// call in flight, polling it once was enough. While the task polls its calls, a wake is only
+/// noted here, and the task polls the calls again within its turn (bounded); any other wake
+/// goes to the task.
+#[derive(Default)]
+struct TurnWaker {
+    task: Mutex<Option<Waker>>,
+    /// The connection's task is polling its calls now.
+    polling: AtomicBool,
+    /// Woken while `polling`.
+    woken: AtomicBool,
+}
+
+impl TurnWaker {
+    /// Keeps the task's waker to forward to.
+    fn set_task(&self, cx: &Context<'_>) {
+        let mut task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *task = Some(cx.waker().clone());
+        }
+    }
+
+    fn begin(&self) {
+        // A wake from before this poll has gone to the task already.
+        self.woken.store(false, Ordering::SeqCst);
+        self.polling.store(true, Ordering::SeqCst);
+    }
+
+    /// Ends a poll of the calls; whether something woke them meanwhile.
+    fn end(&self) -> bool {
+        // Store, then swap (and the waker: store, then load): a wake either sees `polling`
+        // still set and its flag is seen here, or it sees it clear and goes to the task.
+        self.polling.store(false, Ordering::SeqCst);
+        self.woken.swap(false, Ordering::SeqCst)
+    }
+
+    fn forward(&self) {
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(w) = task.as_ref() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+impl std::task::Wake for TurnWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::SeqCst);
+        if !self.polling.load(Ordering::SeqCst) {
+            self.forward();
+        }
+    }
 }
 
 impl<I> Server<I>
@@ -171,6 +242,21 @@ where
         if let Some(w) = wake {
             w.wake();
         }
+    }
+
+    /// Polls every call that is ready, again while polling them woke some (see
+    /// [`TurnWaker`]), at most [`CALL_REPOLLS`] more times; then leaves a wake for the task.
+    fn poll_calls(&mut self, cx: &mut Context<'_>) {
+        self.turn.set_task(cx);
+        let mut calls_cx = Context::from_waker(&self.calls_waker);
+        for _ in 0..=CALL_REPOLLS {
+            self.turn.begin();
+            while let Poll::Ready(Some(())) = self.calls.poll_next_unpin(&mut calls_cx) {}
+            if !self.turn.end() {
+                return;
+            }
+        }
+        cx.waker().wake_by_ref();
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -211,7 +297,7 @@ where
                 });
             }
             self.taken = taken;
-            while let Poll::Ready(Some(())) = self.calls.poll_next_unpin(cx) {}
+            self.poll_calls(cx);
             let again = {
                 let mut st = self.shared.lock();
                 let again = !st.write.is_empty() || !st.accepted.is_empty();
@@ -1083,6 +1169,61 @@ impl http_body::Body for RequestBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A wake while the calls are polled is noted, not sent to the task (the task polls them
+    /// again itself); any other wake reaches the task.
+    #[test]
+    fn the_turn_waker_notes_wakes_during_a_poll_and_forwards_the_rest() {
+        let count = Arc::new(Count::default());
+        let task = Waker::from(count.clone());
+        let turn = Arc::new(TurnWaker::default());
+        let waker = Waker::from(turn.clone());
+        turn.set_task(&Context::from_waker(&task));
+
+        turn.begin();
+        assert!(!turn.end(), "nothing woke the calls");
+
+        turn.begin();
+        waker.wake_by_ref();
+        waker.wake_by_ref();
+        assert!(turn.end(), "woken during the poll");
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "not forwarded");
+
+        waker.wake_by_ref();
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "outside a poll: forwarded"
+        );
+        turn.begin();
+        assert!(
+            !turn.end(),
+            "a forwarded wake does not count for the next poll"
+        );
+
+        // Woken from another thread while the calls are polled: seen either by `end` or by
+        // the task, never lost.
+        for _ in 0..200 {
+            let before = count.0.load(Ordering::SeqCst);
+            turn.begin();
+            let remote = waker.clone();
+            let t = std::thread::spawn(move || remote.wake());
+            std::thread::yield_now();
+            let noted = turn.end();
+            t.join().unwrap();
+            let forwarded = count.0.load(Ordering::SeqCst) > before;
+            assert!(noted || forwarded, "a wake was lost");
+        }
+    }
 
     /// The target cache gives what parsing gives: for repeats, for paths sharing a slot, and
     /// it keeps refusing malformed targets.
