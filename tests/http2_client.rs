@@ -192,9 +192,9 @@ async fn trailers_only_response_ends_the_body_at_once() {
     assert!(trailers.is_none());
 }
 
-#[tokio::test]
-async fn bidi_stream_alternates_messages() {
-    // Echoes each chunk as it arrives.
+/// A bidi stream to a server that echoes each chunk as it arrives (trailers grpc-status 0 at
+/// the end), opened with the message `m0`.
+async fn open_chat() -> (client::SendStream, RecvBody) {
     let server = handler(|req, mut respond: Respond| async move {
         let mut body = req.into_body();
         let resp = http::Response::builder().body(()).unwrap();
@@ -217,8 +217,14 @@ async fn bidi_stream_alternates_messages() {
         )
         .await
         .unwrap();
-    let mut tx = tx.expect("a send stream");
-    let mut body = resp.await.unwrap().into_body();
+    let tx = tx.expect("a send stream");
+    let body = resp.await.unwrap().into_body();
+    (tx, body)
+}
+
+#[tokio::test]
+async fn bidi_stream_alternates_messages() {
+    let (mut tx, mut body) = open_chat().await;
     for i in 0..20 {
         if i > 0 {
             poll_fn(|cx| tx.poll_ready(cx)).await.unwrap();
@@ -235,11 +241,11 @@ async fn bidi_stream_alternates_messages() {
 
 /// Counts its wakes.
 #[derive(Default)]
-struct CountWakes(std::sync::atomic::AtomicUsize);
+struct CountWakes(AtomicUsize);
 
 impl std::task::Wake for CountWakes {
     fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -248,30 +254,7 @@ impl std::task::Wake for CountWakes {
 /// message of a bidi stream. The stream still works both ways afterwards.
 #[tokio::test]
 async fn sending_does_not_wake_the_senders_own_waker() {
-    let server = handler(|req, mut respond: Respond| async move {
-        let mut body = req.into_body();
-        let resp = http::Response::builder().body(()).unwrap();
-        let mut tx = respond.send_response(resp, false).unwrap();
-        while let Some(Ok(chunk)) = body.data().await {
-            body.flow_control().release_capacity(chunk.len()).unwrap();
-            if send_all(&mut tx, chunk).await.is_err() {
-                return;
-            }
-        }
-        let _ = tx.send_trailers(trailers("0"));
-    });
-    let addr = h2_server(h2::server::Builder::new(), server).await;
-    let send = connect(addr, Config::default()).await;
-    let (resp, tx) = send
-        .send_request(
-            &head(addr, "/svc/Chat"),
-            [Bytes::from_static(b"m0")],
-            End::Open,
-        )
-        .await
-        .unwrap();
-    let mut tx = tx.expect("a send stream");
-    let mut body = resp.await.unwrap().into_body();
+    let (mut tx, mut body) = open_chat().await;
     let frame = body.frame().await.unwrap().unwrap();
     assert_eq!(frame.into_data().unwrap(), "m0".as_bytes());
 
@@ -282,7 +265,7 @@ async fn sending_does_not_wake_the_senders_own_waker() {
     tx.send_data(Bytes::from_static(b"m1"), false).unwrap();
     assert!(tx.poll_ready(&mut cx).is_ready(), "the chunk left at once");
     tx.send_data(Bytes::from_static(b"m2"), false).unwrap();
-    assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
 
     let mut echoed = Vec::new();
     while echoed.len() < 4 {
