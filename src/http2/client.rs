@@ -601,12 +601,9 @@ impl SendStream {
                 Some(s) if s.closed || !matches!(s.send_end, SendEnd::Open) => Err(Error::Closed),
                 Some(s) => {
                     update(s);
-                    // The waker here is this handle's own, left by `poll_ready`/`poll_reset`
-                    // (both take `&mut self`), so its caller is the one sending: waking it as
-                    // the buffer empties below would only poll it again for nothing (once per
-                    // message of a bidi stream's request pump). It registers again before it
-                    // waits.
-                    s.send_waker = None;
+                    // The waker is this handle's own (`poll_ready`/`poll_reset` take `&mut
+                    // self`), so its caller is the one sending.
+                    s.sender_running();
                     if st.flush_stream(self.idx, usize::MAX) {
                         wakers.extend(st.wake_task());
                     }

@@ -275,6 +275,15 @@ impl Stream {
     fn send_done(&self) -> bool {
         matches!(self.send_end, SendEnd::Done)
     }
+
+    /// The stream's sender is running and about to queue, flush or reset: the waker it left
+    /// (for room in the send buffer, or a reset) is its own, and waking it from here would only
+    /// poll it again for nothing. In `FuturesUnordered` (the server's calls) such a wake counts
+    /// as a yield, and after two it stopped polling the connection's ready calls, which split
+    /// bidi writes two messages at a time. The sender registers again before it waits.
+    pub(crate) fn sender_running(&mut self) {
+        self.send_waker = None;
+    }
 }
 
 /// Everything shared between the connection task and the stream handles.

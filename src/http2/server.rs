@@ -743,13 +743,8 @@ impl Call {
             if s.error.is_some() || s.closed {
                 return true;
             }
-            // This call's own waker (room in the send buffer): the flush below would wake it
-            // as the buffer empties, and a call woken during its own poll counts as yielding in
-            // `FuturesUnordered`, which stops polling the connection's ready calls after two
-            // such. Then each turn wrote the responses of two calls: at 64 bidi streams, one
-            // write per two messages instead of one per read from the part. Registered again
-            // below while the call goes on.
-            s.send_waker = None;
+            // Registered again below while the call goes on.
+            s.sender_running();
             let id = s.id;
             let header_end = got.data.is_empty() && matches!(got.end, Some(None)) && !got.failed;
             if let Some(head) = head {
