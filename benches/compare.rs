@@ -77,17 +77,19 @@ enum Case {
     UnaryC64,
     Echo1M,
     Watch,
+    Watch64,
     Chat,
     Conns,
     Fleet,
 }
 
 impl Case {
-    const ALL: [Case; 7] = [
+    const ALL: [Case; 8] = [
         Case::UnaryC1,
         Case::UnaryC64,
         Case::Echo1M,
         Case::Watch,
+        Case::Watch64,
         Case::Chat,
         Case::Conns,
         Case::Fleet,
@@ -99,6 +101,7 @@ impl Case {
             Case::UnaryC64 => "c64",
             Case::Echo1M => "echo",
             Case::Watch => "watch",
+            Case::Watch64 => "watch64",
             Case::Chat => "chat",
             Case::Conns => "conns",
             Case::Fleet => "fleet",
@@ -111,6 +114,7 @@ impl Case {
             Case::UnaryC64 => "unary small, c=64 / 4 conns",
             Case::Echo1M => "unary 1 MiB echo, c=4 / 4 conns",
             Case::Watch => "server stream x100, c=16 / 4 conns",
+            Case::Watch64 => "server stream x100, c=64 / 4 conns",
             Case::Chat => "bidi ping-pong, 64 streams / 4 conns",
             Case::Conns => "1,000 clients, 1 call/s each",
             Case::Fleet => "100-part fleet, c=64 / 4 conns",
@@ -119,7 +123,7 @@ impl Case {
 
     fn unit(self) -> &'static str {
         match self {
-            Case::Watch | Case::Chat => "msgs/s",
+            Case::Watch | Case::Watch64 | Case::Chat => "msgs/s",
             _ => "calls/s",
         }
     }
@@ -541,6 +545,7 @@ async fn measure(
             load::echo_task(ch(i), single("echo1"), payload.clone(), w)
         }),
         Case::Watch => spawn_tasks(16, |i| load::watch_task(ch(i), single("c1"), w)),
+        Case::Watch64 => spawn_tasks(64, |i| load::watch_task(ch(i), single("c1"), w)),
         Case::Chat => spawn_tasks(64, |i| load::chat_task(ch(i), single("c1"), w)),
         Case::Conns => {
             let n = many.len();
@@ -646,7 +651,7 @@ type Results = Vec<Vec<Vec<Sample>>>;
 fn orchestrate(opts: &Options, procs: &Procs, dir: &std::path::Path) -> Res<bool> {
     if opts.cases.is_empty() {
         return Err("PARTGATE_COMPARE_CASES names no known case \
-                    (c1,c64,echo,watch,chat,conns,fleet)"
+                    (c1,c64,echo,watch,watch64,chat,conns,fleet)"
             .into());
     }
     let (backend_pid, ups) = spawn_backend(procs)?;
