@@ -714,7 +714,7 @@ fn orchestrate(opts: &Options, procs: &Procs, dir: &std::path::Path) -> Res<bool
                 single_pid: Some(single.pid),
                 fleet_pid: Some(fleet.pid),
                 naming: Naming {
-                    prefixed: *kind == Kind::Partgate,
+                    prefixed: kind.is_partgate(),
                 },
                 channels: fleet::connect_many(single.addr, CONNECTIONS).await?,
                 fleet_channels: Arc::new(fleet::connect_many(fleet.addr, CONNECTIONS).await?),
@@ -969,8 +969,9 @@ fn report(opts: &Options, results: &Results, paths: &[PathUnder], skipped: &[Str
                 .map(|s| s.steal_cores)
                 .fold(worst_steal, f64::max);
             let label = match path.kind {
-                Some(Kind::Partgate) => "partgate (routes + rewrites)",
-                _ => path.label(),
+                Some(Kind::Partgate) => "partgate (routes + rewrites)".to_owned(),
+                Some(Kind::PartgateSpin) => format!("partgate, idle_spin {}", peers::IDLE_SPIN),
+                _ => path.label().to_owned(),
             };
             out.push_str(&format!(
                 "| {} | {} | {} {} | {} | {} | {} | {} | {} | {} | {} |\n",

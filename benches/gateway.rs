@@ -16,6 +16,7 @@
 //! `PARTGATE_BENCH_ROUNDS` (default 1; medians over rounds), `PARTGATE_BENCH_QUICK=1` or the
 //! `--quick` argument (0.5 s per case; exits non-zero only on gross regressions or errors).
 //! Experiments: `PARTGATE_BENCH_CASES`, `PARTGATE_BENCH_GATEWAY_WORKERS`,
+//! `PARTGATE_BENCH_IDLE_SPIN` (the gateway's `idle_spin`),
 //! `PARTGATE_BENCH_GATEWAY_BIN` (another gateway binary), and `PARTGATE_BENCH_CALLGRIND=N`
 //! (instead of the timed run: gateway instructions per operation under callgrind, N operations
 //! per case), or `PARTGATE_BENCH_SYSCALLS=N` (the gateway's system calls and context switches
@@ -356,14 +357,27 @@ fn write_config(backend: SocketAddr) -> Res<PathBuf> {
             "insecure": true,
             "connection_check_interval": "10s",
         }],
-        // Experiments: the gateway's worker count (default: one per core).
-        "gateway": match std::env::var("PARTGATE_BENCH_GATEWAY_WORKERS").ok().and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) => serde_json::json!({ "worker_threads": n }),
-            None => serde_json::json!({}),
-        },
+        "gateway": gateway_settings(),
     });
     std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
     Ok(path)
+}
+
+/// The `gateway` object of the bench's config. Experiments: `PARTGATE_BENCH_GATEWAY_WORKERS`
+/// (`worker_threads`; default one per core) and `PARTGATE_BENCH_IDLE_SPIN` (`idle_spin`, a Go
+/// duration; default off).
+fn gateway_settings() -> serde_json::Value {
+    let mut gateway = serde_json::json!({});
+    if let Some(n) = std::env::var("PARTGATE_BENCH_GATEWAY_WORKERS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        gateway["worker_threads"] = n.into();
+    }
+    if let Ok(spin) = std::env::var("PARTGATE_BENCH_IDLE_SPIN") {
+        gateway["idle_spin"] = spin.into();
+    }
+    gateway
 }
 
 // ================================================================================================

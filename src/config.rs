@@ -183,6 +183,11 @@ pub struct GatewaySettings {
     /// (read at start, not reloaded); absent: one per core (src/workers.rs).
     #[serde(default)]
     pub worker_threads: Option<usize>,
+    /// How long an idle worker keeps polling its sockets after the last data it read before it
+    /// sleeps (Go duration, at most `1ms`; `"0s"`: never). Cuts the latency of calls at low
+    /// concurrency on virtual machines, at the cost of CPU; see README "Idle spin".
+    #[serde(default = "default_idle_spin")]
+    pub idle_spin: String,
     /// WebRTC ingress: signaling on the main port, gRPC over data channels on UDP.
     #[serde(default)]
     pub webrtc: WebRtcConfig,
@@ -341,6 +346,8 @@ pub struct Settings {
     pub parts_ca_pem: Option<Vec<u8>>,
     /// Worker threads (src/workers.rs); `None`: one per core. Only read at start.
     pub worker_threads: Option<usize>,
+    /// Idle workers' spin window (src/workers.rs); zero: off. Reloadable.
+    pub idle_spin: Duration,
     /// WebRTC ingress; `None`: disabled. Only read at start.
     pub webrtc: Option<WebRtcSettings>,
 }
@@ -366,6 +373,14 @@ fn default_keepalive_interval() -> String {
 fn default_keepalive_timeout() -> String {
     "5s".to_owned()
 }
+fn default_idle_spin() -> String {
+    "0s".to_owned()
+}
+
+/// The longest `gateway.idle_spin` accepted: past this a worker burns CPU for no latency gain
+/// (a reply that takes longer than a millisecond is no wake-up away).
+pub const MAX_IDLE_SPIN: Duration = Duration::from_millis(1);
+
 fn default_drain_timeout() -> String {
     "30s".to_owned()
 }
@@ -416,6 +431,7 @@ impl Default for GatewaySettings {
             keepalive_interval: default_keepalive_interval(),
             keepalive_timeout: default_keepalive_timeout(),
             drain_timeout: default_drain_timeout(),
+            idle_spin: default_idle_spin(),
             admin_address: None,
             ready_requires_all_parts: false,
             auth_entities: Vec::new(),
@@ -484,6 +500,13 @@ impl Config {
         let keepalive_interval = duration("gateway.keepalive_interval", &g.keepalive_interval);
         let keepalive_timeout = duration("gateway.keepalive_timeout", &g.keepalive_timeout);
         let drain_timeout = duration("gateway.drain_timeout", &g.drain_timeout);
+        let idle_spin = duration("gateway.idle_spin", &g.idle_spin);
+        if idle_spin > MAX_IDLE_SPIN {
+            problem(
+                "gateway.idle_spin".into(),
+                "must be at most 1ms (\"0s\" turns it off)".into(),
+            );
+        }
 
         let mut parts = Vec::with_capacity(self.remotes.len());
         let mut seen = HashSet::new();
@@ -619,6 +642,7 @@ impl Config {
                 tls,
                 parts_ca_pem,
                 worker_threads: g.worker_threads,
+                idle_spin,
                 webrtc,
             }),
             _ => Err(ConfigError::Invalid(problems)),

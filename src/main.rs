@@ -234,6 +234,7 @@ where
     // core by default): the gateway starts the others itself (src/workers.rs).
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(partgate::workers::before_park)
         .build()
     {
         Ok(rt) => rt,

@@ -97,6 +97,7 @@ impl Reloader {
             .apply(&new, redial_all, current.drain_timeout)
             .map_err(|e| self.rejected(ReloadError::Apply(e.to_string())))?;
         self.stack.apply(&new);
+        crate::workers::set_idle_spin(new.idle_spin);
         self.admin.apply(&new);
         let settle = new.connect_timeout + SETTLE_GRACE;
         *current = new;

@@ -14,9 +14,12 @@
 //! Control-plane work (health checks, reloads, the operations endpoints, WebRTC) stays on
 //! worker 0, where it was started.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -25,6 +28,24 @@ use tracing::debug;
 thread_local! {
     /// The worker index of the current thread (0 on any thread this module did not start).
     static INDEX: Cell<usize> = const { Cell::new(0) };
+    /// Reads that returned data on this thread (see [`note_activity`]).
+    static ACTIVITY: Cell<u64> = const { Cell::new(0) };
+    /// This thread's idle spin (see [`before_park`]).
+    static SPIN: RefCell<Spin> = const { RefCell::new(Spin { seen: 0, last: None, waker: None }) };
+}
+
+/// How long a worker keeps polling its sockets after the last read that brought data, before
+/// it blocks in `epoll_wait` (nanoseconds; 0: never spins). See [`before_park`].
+static SPIN_NS: AtomicU64 = AtomicU64::new(0);
+
+/// A worker's idle-spin state.
+struct Spin {
+    /// [`ACTIVITY`] when last looked at.
+    seen: u64,
+    /// When [`ACTIVITY`] was last seen to move.
+    last: Option<Instant>,
+    /// The spinner task's waker: waking it turns the runtime's next park into a poll.
+    waker: Option<Waker>,
 }
 
 /// The worker the current thread is (0 for any thread but workers 1..N).
@@ -55,6 +76,7 @@ impl Workers {
         for index in 1..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .on_thread_park(before_park)
                 .build()?;
             handles.push(runtime.handle().clone());
             let mut stopped = stopped.clone();
@@ -70,6 +92,10 @@ impl Workers {
                     runtime.shutdown_background();
                     debug!(worker = index, "worker stopped");
                 })?;
+        }
+        for handle in &handles {
+            // Pending forever; dropped with its runtime.
+            drop(handle.spawn(spinner()));
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -144,6 +170,84 @@ impl<T> PerWorker<T> {
     }
 }
 
+/// Sets how long idle workers spin (`gateway.idle_spin`); zero turns spinning off.
+pub fn set_idle_spin(window: Duration) {
+    let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+    SPIN_NS.store(ns, Ordering::Relaxed);
+}
+
+/// Counts a read that brought data on this thread: the signal that keeps an idle worker
+/// spinning (one thread-local add).
+#[inline]
+pub fn note_activity() {
+    ACTIVITY.with(|a| a.set(a.get().wrapping_add(1)));
+}
+
+/// The runtimes' `on_thread_park` hook: runs when a worker has no task left and is about to
+/// block in `epoll_wait`. Within the spin window after the last read that brought data, it
+/// yields the CPU once (`sched_yield`) and wakes this worker's spinner task instead, so the
+/// runtime polls its sockets without blocking and comes back here.
+///
+/// Why: on a virtual machine an idle vCPU halts, and waking a thread on it costs the
+/// hypervisor's round trip (tens of µs, several times per proxied call at low concurrency;
+/// bench/README.md, round 10). A worker that expects the answer to what it just forwarded
+/// stays on its CPU for a short while instead, and reads the answer without being woken. The
+/// yield keeps the spin from taking a core that another thread is waiting for: on a loaded
+/// machine the scheduler runs that thread, on an idle one the yield returns at once.
+pub fn before_park() {
+    let window = SPIN_NS.load(Ordering::Relaxed);
+    if window == 0 {
+        return;
+    }
+    let activity = ACTIVITY.with(Cell::get);
+    let _ = SPIN.try_with(|spin| {
+        let mut spin = spin.borrow_mut();
+        if spin.keep_spinning(activity, Instant::now(), window)
+            && let Some(waker) = &spin.waker
+        {
+            std::thread::yield_now();
+            waker.wake_by_ref();
+        }
+    });
+}
+
+// === impl Spin ===
+
+impl Spin {
+    /// Whether a worker about to park should poll once more instead: `activity` is the
+    /// thread's read count now, `window` the spin window in nanoseconds. The window runs from
+    /// the first park after the count last moved.
+    fn keep_spinning(&mut self, activity: u64, now: Instant, window: u64) -> bool {
+        if activity != self.seen {
+            self.seen = activity;
+            self.last = Some(now);
+        }
+        let Some(last) = self.last else {
+            return false;
+        };
+        if now.saturating_duration_since(last).as_nanos() < u128::from(window) {
+            return true;
+        }
+        self.last = None;
+        false
+    }
+}
+
+/// A worker's spinner: a task that does nothing when polled but leaves its waker where
+/// [`before_park`] finds it. Spawned once on each worker.
+async fn spinner() {
+    poll_fn(|cx| {
+        let _ = SPIN.try_with(|spin| {
+            let mut spin = spin.borrow_mut();
+            if !spin.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                spin.waker = Some(cx.waker().clone());
+            }
+        });
+        Poll::<()>::Pending
+    })
+    .await;
+}
+
 /// One worker per core (what `gateway.worker_threads` defaults to).
 pub fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -163,6 +267,74 @@ mod tests {
         *slots.lock(4) += 10;
         assert_eq!(*slots.lock(0), 1);
         assert_eq!(*slots.lock(1), 10);
+    }
+
+    #[test]
+    fn the_spin_window_runs_from_the_last_activity_and_then_ends() {
+        let window = 100_000; // 100 µs
+        let t0 = Instant::now();
+        let at = |us| t0 + Duration::from_micros(us);
+        let mut spin = Spin {
+            seen: 0,
+            last: None,
+            waker: None,
+        };
+        // Nothing read yet: no spin.
+        assert!(!spin.keep_spinning(0, at(0), window));
+        // Data read: spin until the window has passed since the first park after it.
+        assert!(spin.keep_spinning(1, at(10), window));
+        assert!(spin.keep_spinning(1, at(109), window));
+        assert!(!spin.keep_spinning(1, at(110), window));
+        // Once over, it stays over until the next read, however soon the worker parks again.
+        assert!(!spin.keep_spinning(1, at(111), window));
+        // A read during the spin starts the window again.
+        assert!(spin.keep_spinning(2, at(200), window));
+        assert!(spin.keep_spinning(3, at(290), window));
+        assert!(spin.keep_spinning(3, at(389), window));
+        assert!(!spin.keep_spinning(3, at(390), window));
+        // A clock that goes backwards (another thread's `Instant`) counts as no time passed.
+        assert!(spin.keep_spinning(4, at(500), window));
+        assert!(spin.keep_spinning(4, at(400), window));
+    }
+
+    /// A worker built like the gateway's (`on_thread_park(before_park)` and a spinner) polls
+    /// instead of sleeping for the window after data was read, then sleeps again: counted as
+    /// calls of the park hook while the runtime has nothing to do.
+    #[test]
+    fn an_idle_worker_spins_only_within_the_window_after_activity() {
+        static PARKS: AtomicU64 = AtomicU64::new(0);
+        let parks = || PARKS.load(Ordering::Relaxed);
+        set_idle_spin(Duration::from_millis(1));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_park(|| {
+                PARKS.fetch_add(1, Ordering::Relaxed);
+                before_park();
+            })
+            .build()
+            .expect("runtime");
+        let (quiet, after_read) = runtime.block_on(async {
+            drop(tokio::spawn(spinner()));
+            tokio::task::yield_now().await;
+            // Idle without any read: the worker sleeps through the timer.
+            let before = parks();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let quiet = parks() - before;
+            // A read brought data: the worker polls for ~1 ms, then sleeps again.
+            note_activity();
+            let before = parks();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let after_read = parks() - before;
+            (quiet, after_read)
+        });
+        set_idle_spin(Duration::ZERO);
+        assert!(quiet <= 3, "slept through an idle period: {quiet} parks");
+        assert!(
+            after_read >= 10,
+            "polled instead of sleeping after a read: {after_read} parks"
+        );
+        // Bounded: a 1 ms window on a 30 ms sleep, far from a park per microsecond throughout.
+        assert!(after_read < 30_000, "{after_read} parks");
     }
 
     #[tokio::test]

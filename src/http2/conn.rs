@@ -1107,7 +1107,7 @@ where
                         eof = true;
                         break;
                     }
-                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Ok(_)) => crate::workers::note_activity(),
                     Poll::Ready(Err(e)) => {
                         failed = Some(Error::Io(e.kind()));
                         break;
