@@ -8,15 +8,18 @@
 //! this bench (load generator, tonic clients)
 //!   ├── direct ───────────────────────────────────────► backend (this binary re-executed with
 //!   ├── partgate (routes by name, rewrites bench:motor1) ►  PARTGATE_COMPARE_ROLE=backend: the
-//!   ├── nginx grpc_pass ────────────────────────────────►  part `bench` and a fleet of 100
-//!   ├── haproxy (proto h2) ─────────────────────────────►  parts p0..p99, each a SimPart on its
-//!   └── envoy (router, HTTP/2 clusters) ────────────────►  own port)
+//!   ├── partgate, gateway.idle_spin 100us ──────────────►  part `bench` and a fleet of 100
+//!   ├── nginx grpc_pass ────────────────────────────────►  parts p0..p99, each a SimPart on its
+//!   ├── haproxy (proto h2) ─────────────────────────────►  own port)
+//!   └── envoy (router, HTTP/2 clusters) ────────────────►
 //! ```
 //!
 //! Every proxy runs two workers and gets a second instance configured for the 100-part fleet.
 //! Environment: `PARTGATE_COMPARE_SECS` (default 3), `PARTGATE_COMPARE_ROUNDS` (default 1),
 //! `PARTGATE_COMPARE_CASES`, `PARTGATE_COMPARE_PEERS`, `PARTGATE_COMPARE_QUICK=1` or `--quick`,
-//! `PARTGATE_COMPARE_KEEP=1`, and `PARTGATE_COMPARE_{NGINX,HAPROXY,ENVOY}` for the binaries.
+//! `PARTGATE_COMPARE_KEEP=1`, `PARTGATE_COMPARE_{NGINX,HAPROXY,ENVOY}` for the binaries, and
+//! `PARTGATE_COMPARE_HAPROXY_BUSY_POLLING=1` (HAProxy with `busy-polling`, to set beside the
+//! `partgate-spin` row).
 
 #[path = "compare/fleet.rs"]
 mod fleet;

@@ -335,12 +335,19 @@ fn haproxy_config(listen: SocketAddr, ups: &[(String, SocketAddr)], fleet: bool)
     } else {
         "    default_backend bench\n".to_owned()
     };
+    // HAProxy's own answer to slow wake-ups on virtual machines, off by default like partgate's
+    // `idle_spin`: an experiment, to compare the two with their spin on.
+    let busy = if std::env::var_os("PARTGATE_COMPARE_HAPROXY_BUSY_POLLING").is_some() {
+        "    busy-polling\n"
+    } else {
+        ""
+    };
     format!(
         "# Written by benches/compare (partgate comparison suite).
 global
     nbthread {WORKERS}
     maxconn 8000
-
+{busy}
 defaults
     mode http
     timeout connect 5s
