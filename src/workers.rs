@@ -170,7 +170,8 @@ impl<T> PerWorker<T> {
     }
 }
 
-/// Sets how long idle workers spin (`gateway.idle_spin`); zero turns spinning off.
+/// Sets how long idle workers spin (`gateway.idle_spin`); zero turns spinning off. One value
+/// for the process (a process runs one gateway; its start and every reload set it).
 pub fn set_idle_spin(window: Duration) {
     let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
     SPIN_NS.store(ns, Ordering::Relaxed);
