@@ -965,6 +965,13 @@ impl Collector for ScrapeCollector {
         if let Some(pool) = self.pool.get().and_then(Weak::upgrade) {
             encode_parts(&pool, &mut encoder)?;
         }
+        ConstCounter::new(crate::workers::idle_spin_seconds())
+            .encode(encoder.encode_descriptor(
+            "partgate_worker_idle_spin_seconds",
+            "Time the workers spent polling idle sockets instead of sleeping (gateway.idle_spin)",
+            None,
+            MetricType::Counter,
+        )?)?;
         encode_process(&mut encoder)
     }
 }

@@ -709,6 +709,43 @@ fn run_config(remotes: serde_json::Value, gateway: serde_json::Value) -> serde_j
     })
 }
 
+/// `gateway.idle_spin` end to end in the real binary (the park hook is installed on its
+/// runtimes, not on a test's): with it, the workers spend time polling after calls and
+/// `/metrics` counts it; without it, they never spin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_spin_polls_after_calls_and_counts_the_time() {
+    let part = sim(spec("a", &["m1"])).await;
+    let remotes = serde_json::json!([{"name": "a", "address": part.addr().to_string(),
+                                      "insecure": true, "connection_check_interval": "30s"}]);
+    let mut spun = Vec::new();
+    for gateway in [
+        serde_json::json!({"idle_spin": "1ms"}),
+        serde_json::json!({}),
+    ] {
+        let mut gw = Running::start(&run_config(remotes.clone(), gateway), &[], &[]);
+        let addr = gw.listening();
+        let ch = channel(addr).await;
+        let mut motors = motor_client(&ch);
+        for _ in 0..20 {
+            motors
+                .set_power(set_power("a:m1", 0.3))
+                .await
+                .expect("call");
+            // Idle between calls, longer than the window: each call's spin runs out.
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        let seconds = scrape(addr)
+            .await
+            .get("partgate_worker_idle_spin_seconds_total", &[])
+            .expect("the series is exported");
+        spun.push(seconds);
+    }
+    assert!(spun[0] > 0.0, "spun after calls: {spun:?}");
+    // 20 calls, a window of at most 1 ms after each of a call's reads on either hop.
+    assert!(spun[0] < 0.5, "bounded by the window: {spun:?}");
+    assert_eq!(spun[1], 0.0, "off by default: {spun:?}");
+}
+
 // Multi-threaded: waiting for the child's log lines blocks one worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_an_in_flight_call_then_exits_zero() {
