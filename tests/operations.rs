@@ -741,8 +741,9 @@ async fn idle_spin_polls_after_calls_and_counts_the_time() {
         spun.push(seconds);
     }
     assert!(spun[0] > 0.0, "spun after calls: {spun:?}");
-    // 20 calls, a window of at most 1 ms after each of a call's reads on either hop.
-    assert!(spun[0] < 0.5, "bounded by the window: {spun:?}");
+    // A sanity bound only: on a loaded machine one turn's yield can last a scheduler slice.
+    // That the spin ends with its window is checked in `workers::tests`.
+    assert!(spun[0] < 5.0, "{spun:?}");
     assert_eq!(spun[1], 0.0, "off by default: {spun:?}");
 }
 
