@@ -1,7 +1,7 @@
 //! Side-by-side comparison of partgate with established gRPC proxies (nginx, HAProxy, Envoy):
 //! the same calls, in one run, sent directly to a part and through each proxy, interleaved
-//! round by round, reported as ratios to direct with latency, proxy CPU per call and proxy
-//! memory. See `bench/README.md` ("Comparison with other proxies") and `bench/compare/run.sh`,
+//! round by round (direct runs again after every proxy), reported as ratios to the direct
+//! windows around each proxy's, with latency, proxy CPU per call and proxy memory. See `bench/README.md` ("Comparison with other proxies") and `bench/compare/run.sh`,
 //! which installs the peers and runs this.
 //!
 //! ```text
@@ -219,7 +219,8 @@ impl Options {
             .iter()
             .map(|c| {
                 let (w, s) = self.timing(*c);
-                (w + s + 10.0) * paths as f64
+                // Direct runs around every proxy: 2 * paths - 1 windows.
+                (w + s + 10.0) * (2 * paths) as f64
             })
             .sum();
         let retries = if self.quick {
@@ -478,6 +479,11 @@ struct Sample {
     /// Proxy memory at the end of the window, and (many-connections case) before connecting.
     rss_end: Option<f64>,
     rss_before: Option<f64>,
+    /// For a proxy's window: direct's rate and p50 around it (the mean of the direct windows
+    /// just before and just after), which its ratio and added p50 are taken against. NaN for
+    /// direct itself.
+    ref_rate: f64,
+    ref_p50_us: f64,
 }
 
 impl Sample {
@@ -497,7 +503,20 @@ impl Sample {
             steal_cores: f64::NAN,
             rss_end: None,
             rss_before: None,
+            ref_rate: f64::NAN,
+            ref_p50_us: f64::NAN,
         }
+    }
+
+    /// This proxy window's rate as a ratio to the direct windows around it.
+    fn ratio(&self) -> f64 {
+        self.rate / self.ref_rate
+    }
+
+    /// Takes `before` and `after` (direct windows) as this window's reference.
+    fn bracket(&mut self, before: &Sample, after: &Sample) {
+        self.ref_rate = (before.rate + after.rate) / 2.0;
+        self.ref_p50_us = (before.p50_us + after.p50_us) / 2.0;
     }
 
     fn cpu_per_op_us(&self) -> f64 {
@@ -607,6 +626,8 @@ async fn measure(
         steal_cores: (after.machine_steal - before.machine_steal) / seconds,
         rss_end,
         rss_before,
+        ref_rate: f64::NAN,
+        ref_p50_us: f64::NAN,
     }
 }
 
@@ -747,17 +768,33 @@ fn orchestrate(opts: &Options, procs: &Procs, dir: &std::path::Path) -> Res<bool
         let payload = Arc::new("x".repeat(load::ECHO_BYTES));
         let mut results: Results = vec![Vec::new(); opts.cases.len()];
         for round in 0..opts.rounds {
-            // Rotate which path goes first so no path always follows the same neighbour.
-            let mut order: Vec<usize> = (0..paths.len()).collect();
-            order.rotate_left(round % paths.len());
+            // Rotate which proxy goes first so none always runs at the same point of a round.
+            let mut order: Vec<usize> = (1..paths.len()).collect();
+            let proxies = order.len().max(1);
+            order.rotate_left(round % proxies);
             for (ci, case) in opts.cases.iter().copied().enumerate() {
                 let mut row: Vec<Option<Sample>> = vec![None; paths.len()];
+                // Direct runs before the first proxy and again after every proxy, and each
+                // proxy is measured against the two direct windows around it: the machine's
+                // speed drifts over minutes (direct c=64 moved from 47 k to 70 k calls/s
+                // within one round here), and a ratio to one direct window per round carried
+                // that drift into every proxy's ratio. Not for the 1,000-client case, whose
+                // rate is fixed: its one direct window comes first.
+                let bracket = case != Case::Conns;
+                let mut directs =
+                    vec![measure_one(round, case, &paths[0], opts, &probe, &payload).await];
                 for &pi in &order {
-                    let s = measure(case, &paths[pi], opts, &probe, &payload).await;
-                    progress(round, case, &paths[pi], &s);
+                    let mut s = measure_one(round, case, &paths[pi], opts, &probe, &payload).await;
+                    let before = directs.len() - 1;
+                    if bracket {
+                        directs.push(
+                            measure_one(round, case, &paths[0], opts, &probe, &payload).await,
+                        );
+                    }
+                    s.bracket(&directs[before], &directs[directs.len() - 1]);
                     row[pi] = Some(s);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
+                row[0] = Some(middle_direct(directs));
                 let mut row: Vec<Sample> = row
                     .into_iter()
                     .map(|s| s.unwrap_or_else(|| Sample::failed("not measured")))
@@ -776,6 +813,30 @@ fn orchestrate(opts: &Options, procs: &Procs, dir: &std::path::Path) -> Res<bool
     // Client connections close with the runtime before the children are stopped.
     drop(runtime);
     Ok(ok)
+}
+
+/// One window of `case` on `path`, reported on stderr, then a short pause.
+async fn measure_one(
+    round: usize,
+    case: Case,
+    path: &PathUnder,
+    opts: &Options,
+    probe: &Probe,
+    payload: &Arc<String>,
+) -> Sample {
+    let s = measure(case, path, opts, probe, payload).await;
+    progress(round, case, path, &s);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s
+}
+
+/// The direct row of a round: the window with the median rate, carrying every window's errors.
+fn middle_direct(mut directs: Vec<Sample>) -> Sample {
+    let errors: u64 = directs.iter().map(|s| s.errors).sum();
+    directs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    let mut middle = directs.swap_remove(directs.len() / 2);
+    middle.errors = errors;
+    middle
 }
 
 fn progress(round: usize, case: Case, path: &PathUnder, s: &Sample) {
@@ -814,7 +875,7 @@ async fn quick_retry(
         return;
     };
     for _ in 0..QUICK_RETRIES {
-        let ratio = row[pg].rate / row[0].rate;
+        let ratio = row[pg].ratio();
         if ratio >= QUICK_MIN_RATIO {
             return;
         }
@@ -822,10 +883,15 @@ async fn quick_retry(
             "compare: partgate unary c=64 at {ratio:.2}x (< {QUICK_MIN_RATIO}x); measuring again"
         );
         let d = measure(Case::UnaryC64, &paths[0], opts, probe, payload).await;
-        let p = measure(Case::UnaryC64, &paths[pg], opts, probe, payload).await;
-        let errors = (row[0].errors + d.errors, row[pg].errors + p.errors);
-        if p.rate / d.rate > ratio || ratio.is_nan() {
-            row[0] = d;
+        let mut p = measure(Case::UnaryC64, &paths[pg], opts, probe, payload).await;
+        let d2 = measure(Case::UnaryC64, &paths[0], opts, probe, payload).await;
+        p.bracket(&d, &d2);
+        let errors = (
+            row[0].errors + d.errors + d2.errors,
+            row[pg].errors + p.errors,
+        );
+        if p.ratio() > ratio || ratio.is_nan() {
+            row[0] = middle_direct(vec![d, d2]);
             row[pg] = p;
         }
         row[0].errors = errors.0;
@@ -876,6 +942,15 @@ fn us(v: f64) -> String {
     }
 }
 
+/// A latency difference in µs with its sign: "+65", "-3".
+fn signed_us(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:+.0}")
+    } else {
+        "n/a".into()
+    }
+}
+
 fn cpu_us(v: f64) -> String {
     if v.is_finite() && v < 1.0 {
         // Streamed messages cost tenths of a µs: one more digit.
@@ -916,7 +991,7 @@ fn report(opts: &Options, results: &Results, paths: &[PathUnder], skipped: &[Str
         if opts.quick { ", quick mode" } else { "" }
     ));
     out.push_str(
-        "| case | path | rate | × direct | p50 | p99 | p99.9 | proxy CPU µs/op | proxy RSS | errors |\n",
+        "| case | path | rate | × direct | p50 (added) | p99 | p99.9 | proxy CPU µs/op | proxy RSS | errors |\n",
     );
     out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
     for path in paths.iter().skip(1) {
@@ -939,9 +1014,11 @@ fn report(opts: &Options, results: &Results, paths: &[PathUnder], skipped: &[Str
             let pick = |f: &dyn Fn(&Sample) -> f64| median(samples.iter().map(|s| f(s)).collect());
             let ratios: Vec<f64> = rounds
                 .iter()
-                .filter_map(|r| Some(r.get(pi)?.rate / r.first()?.rate))
+                .filter_map(|r| Some(r.get(pi)?.ratio()))
                 .filter(|v| v.is_finite())
                 .collect();
+            // p50 minus that of the direct windows around it, per round.
+            let added_p50 = median(samples.iter().map(|s| s.p50_us - s.ref_p50_us).collect());
             let ratio = median(ratios.clone());
             // Over several rounds, the spread of the per-round ratios shows how noisy it was.
             let spread = if ratios.len() > 1 {
@@ -987,7 +1064,11 @@ fn report(opts: &Options, results: &Results, paths: &[PathUnder], skipped: &[Str
                 } else {
                     format!("{ratio:.2}x{spread}")
                 },
-                us(pick(&|s| s.p50_us)),
+                if path.kind.is_none() {
+                    us(pick(&|s| s.p50_us))
+                } else {
+                    format!("{} ({})", us(pick(&|s| s.p50_us)), signed_us(added_p50))
+                },
                 us(pick(&|s| s.p99_us)),
                 us(pick(&|s| s.p999_us)),
                 cpu_us(if path.kind.is_none() {
