@@ -316,7 +316,9 @@ impl Connection {
         let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             handler(req.map(Body::new), peer)
         });
-        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        // Our HTTP/2 notes its reads for the idle spin itself; hyper's HTTP/1.1 cannot.
+        let io = TokioIo::new(crate::workers::Active(io));
+        let conn = self.builder.serve_connection(io, service);
         tokio::pin!(conn);
         let draining = *self.shutdown.borrow_and_update();
         if draining {

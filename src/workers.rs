@@ -16,11 +16,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tracing::debug;
@@ -273,6 +276,57 @@ async fn spinner() {
     .await;
 }
 
+/// A connection's IO whose reads count as activity for the idle spin, for connections our
+/// HTTP/2 does not serve (HTTP/1.1: gRPC-Web, the operations endpoints), whose reads would
+/// otherwise not call [`note_activity`].
+#[derive(Debug)]
+pub struct Active<I>(pub I);
+
+impl<I: AsyncRead + Unpin> AsyncRead for Active<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.0).poll_read(cx, buf);
+        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            note_activity();
+        }
+        read
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Active<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 /// One worker per core (what `gateway.worker_threads` defaults to).
 pub fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -292,6 +346,25 @@ mod tests {
         *slots.lock(4) += 10;
         assert_eq!(*slots.lock(0), 1);
         assert_eq!(*slots.lock(1), 10);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn reads_through_active_count_only_when_they_bring_bytes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let mut io = Active(ours);
+        let count = || ACTIVITY.with(Cell::get);
+        let start = count();
+        theirs.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 5);
+        assert_eq!(count(), start + 1, "a read with bytes counts");
+        io.write_all(b"back").await.unwrap();
+        assert_eq!(theirs.read(&mut buf).await.unwrap(), 4);
+        assert_eq!(count(), start + 1, "writes do not count");
+        drop(theirs);
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(count(), start + 1, "end of stream does not count");
     }
 
     #[test]
