@@ -232,11 +232,7 @@ where
 {
     // Worker 0 of the gateway's thread-per-core runtimes (`gateway.worker_threads`, one per
     // core by default): the gateway starts the others itself (src/workers.rs).
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .on_thread_park(partgate::workers::before_park)
-        .build()
-    {
+    let runtime = match partgate::workers::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             error!("cannot start the async runtime: {e}");

@@ -34,9 +34,7 @@ thread_local! {
     /// Reads that returned data on this thread (see [`note_activity`]).
     static ACTIVITY: Cell<u64> = const { Cell::new(0) };
     /// This thread's idle spin (see [`before_park`]).
-    static SPIN: RefCell<Spin> = const {
-        RefCell::new(Spin { seen: 0, last: None, waker: None, turn: None })
-    };
+    static SPIN: RefCell<Spin> = const { RefCell::new(Spin::new()) };
 }
 
 /// How long a worker keeps polling its sockets after the last read that brought data, before
@@ -84,10 +82,7 @@ impl Workers {
         let (stop, stopped) = watch::channel(());
         let mut handles = vec![Handle::current()];
         for index in 1..count.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .on_thread_park(before_park)
-                .build()?;
+            let runtime = runtime()?;
             handles.push(runtime.handle().clone());
             let mut stopped = stopped.clone();
             std::thread::Builder::new()
@@ -205,7 +200,7 @@ pub fn note_activity() {
 /// stays on its CPU for a short while instead, and reads the answer without being woken. The
 /// yield keeps the spin from taking a core that another thread is waiting for: on a loaded
 /// machine the scheduler runs that thread, on an idle one the yield returns at once.
-pub fn before_park() {
+fn before_park() {
     let window = SPIN_NS.load(Ordering::Relaxed);
     if window == 0 {
         return;
@@ -242,6 +237,16 @@ pub fn idle_spin_seconds() -> f64 {
 // === impl Spin ===
 
 impl Spin {
+    /// Nothing read yet, no spinner registered.
+    const fn new() -> Self {
+        Spin {
+            seen: 0,
+            last: None,
+            waker: None,
+            turn: None,
+        }
+    }
+
     /// Whether a worker about to park should poll once more instead: `activity` is the
     /// thread's read count now, `window` the spin window in nanoseconds. The window runs from
     /// the first park after the count last moved.
@@ -327,6 +332,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Active<I> {
     }
 }
 
+/// A worker's runtime: single-threaded, with I/O and timers, and [`before_park`] as its park
+/// hook. Workers 1..N are built here; the binary builds worker 0 with it too.
+pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_park(before_park)
+        .build()
+}
+
 /// One worker per core (what `gateway.worker_threads` defaults to).
 pub fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -372,12 +386,7 @@ mod tests {
         let window = 100_000; // 100 µs
         let t0 = Instant::now();
         let at = |us| t0 + Duration::from_micros(us);
-        let mut spin = Spin {
-            seen: 0,
-            last: None,
-            waker: None,
-            turn: None,
-        };
+        let mut spin = Spin::new();
         // Nothing read yet: no spin.
         assert!(!spin.keep_spinning(0, at(0), window));
         // Data read: spin until the window has passed since the first park after it.
