@@ -1,8 +1,9 @@
 //! Side-by-side comparison of partgate with established gRPC proxies (nginx, HAProxy, Envoy):
 //! the same calls, in one run, sent directly to a part and through each proxy, interleaved
 //! round by round (direct runs again after every proxy), reported as ratios to the direct
-//! windows around each proxy's, with latency, proxy CPU per call and proxy memory. See `bench/README.md` ("Comparison with other proxies") and `bench/compare/run.sh`,
-//! which installs the peers and runs this.
+//! windows around each proxy's, with latency, proxy CPU per call and proxy memory. See
+//! `bench/README.md` ("Comparison with other proxies") and `bench/compare/run.sh`, which
+//! installs the peers and runs this.
 //!
 //! ```text
 //! this bench (load generator, tonic clients)
@@ -532,13 +533,20 @@ impl Sample {
     }
 }
 
-async fn measure(
-    case: Case,
-    path: &PathUnder,
-    opts: &Options,
-    probe: &Probe,
-    payload: &Arc<String>,
-) -> Sample {
+/// What every window needs besides its case and path.
+struct Bench<'a> {
+    opts: &'a Options,
+    probe: &'a Probe,
+    /// The 1 MiB echo's message.
+    payload: Arc<String>,
+}
+
+async fn measure(bench: &Bench<'_>, case: Case, path: &PathUnder) -> Sample {
+    let Bench {
+        opts,
+        probe,
+        payload,
+    } = bench;
     let (warmup, secs) = opts.timing(case);
     let instance = if case == Case::Fleet {
         path.fleet_pid
@@ -765,7 +773,11 @@ fn orchestrate(opts: &Options, procs: &Procs, dir: &std::path::Path) -> Res<bool
             opts.secs,
             opts.warmup
         );
-        let payload = Arc::new("x".repeat(load::ECHO_BYTES));
+        let bench = Bench {
+            opts,
+            probe: &probe,
+            payload: Arc::new("x".repeat(load::ECHO_BYTES)),
+        };
         let mut results: Results = vec![Vec::new(); opts.cases.len()];
         for round in 0..opts.rounds {
             // Rotate which proxy goes first so none always runs at the same point of a round.
@@ -781,15 +793,12 @@ fn orchestrate(opts: &Options, procs: &Procs, dir: &std::path::Path) -> Res<bool
                 // that drift into every proxy's ratio. Not for the 1,000-client case, whose
                 // rate is fixed: its one direct window comes first.
                 let bracket = case != Case::Conns;
-                let mut directs =
-                    vec![measure_one(round, case, &paths[0], opts, &probe, &payload).await];
+                let mut directs = vec![measure_one(&bench, round, case, &paths[0]).await];
                 for &pi in &order {
-                    let mut s = measure_one(round, case, &paths[pi], opts, &probe, &payload).await;
+                    let mut s = measure_one(&bench, round, case, &paths[pi]).await;
                     let before = directs.len() - 1;
                     if bracket {
-                        directs.push(
-                            measure_one(round, case, &paths[0], opts, &probe, &payload).await,
-                        );
+                        directs.push(measure_one(&bench, round, case, &paths[0]).await);
                     }
                     s.bracket(&directs[before], &directs[directs.len() - 1]);
                     row[pi] = Some(s);
@@ -800,7 +809,7 @@ fn orchestrate(opts: &Options, procs: &Procs, dir: &std::path::Path) -> Res<bool
                     .map(|s| s.unwrap_or_else(|| Sample::failed("not measured")))
                     .collect();
                 if opts.quick && case == Case::UnaryC64 {
-                    quick_retry(&mut row, &paths, opts, &probe, &payload).await;
+                    quick_retry(&bench, &mut row, &paths).await;
                 }
                 results[ci].push(row);
             }
@@ -816,15 +825,8 @@ fn orchestrate(opts: &Options, procs: &Procs, dir: &std::path::Path) -> Res<bool
 }
 
 /// One window of `case` on `path`, reported on stderr, then a short pause.
-async fn measure_one(
-    round: usize,
-    case: Case,
-    path: &PathUnder,
-    opts: &Options,
-    probe: &Probe,
-    payload: &Arc<String>,
-) -> Sample {
-    let s = measure(case, path, opts, probe, payload).await;
+async fn measure_one(bench: &Bench<'_>, round: usize, case: Case, path: &PathUnder) -> Sample {
+    let s = measure(bench, case, path).await;
     progress(round, case, path, &s);
     tokio::time::sleep(Duration::from_millis(200)).await;
     s
@@ -864,13 +866,7 @@ fn progress(round: usize, case: Case, path: &PathUnder, s: &Sample) {
 /// Quick mode gates on partgate's unary c=64 ratio: before calling a low ratio a regression,
 /// measure direct and partgate again (twice at most) so that a burst of other load cannot fail
 /// CI. Errors of every attempt still count.
-async fn quick_retry(
-    row: &mut [Sample],
-    paths: &[PathUnder],
-    opts: &Options,
-    probe: &Probe,
-    payload: &Arc<String>,
-) {
+async fn quick_retry(bench: &Bench<'_>, row: &mut [Sample], paths: &[PathUnder]) {
     let Some(pg) = paths.iter().position(|p| p.kind == Some(Kind::Partgate)) else {
         return;
     };
@@ -882,9 +878,9 @@ async fn quick_retry(
         eprintln!(
             "compare: partgate unary c=64 at {ratio:.2}x (< {QUICK_MIN_RATIO}x); measuring again"
         );
-        let d = measure(Case::UnaryC64, &paths[0], opts, probe, payload).await;
-        let mut p = measure(Case::UnaryC64, &paths[pg], opts, probe, payload).await;
-        let d2 = measure(Case::UnaryC64, &paths[0], opts, probe, payload).await;
+        let d = measure(bench, Case::UnaryC64, &paths[0]).await;
+        let mut p = measure(bench, Case::UnaryC64, &paths[pg]).await;
+        let d2 = measure(bench, Case::UnaryC64, &paths[0]).await;
         p.bracket(&d, &d2);
         let errors = (
             row[0].errors + d.errors + d2.errors,
