@@ -374,6 +374,9 @@ fn gateway_settings() -> serde_json::Value {
     {
         gateway["worker_threads"] = n.into();
     }
+    if let Ok(spin) = std::env::var("PARTGATE_BENCH_ANSWER_SPIN") {
+        gateway["answer_spin"] = spin.into();
+    }
     if let Ok(spin) = std::env::var("PARTGATE_BENCH_IDLE_SPIN") {
         gateway["idle_spin"] = spin.into();
     }

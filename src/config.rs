@@ -188,6 +188,11 @@ pub struct GatewaySettings {
     /// concurrency on virtual machines, at the cost of CPU; see README "Idle spin".
     #[serde(default = "default_idle_spin")]
     pub idle_spin: String,
+    /// How long a worker that has sent a request to a part polls for the answer before it
+    /// sleeps (Go duration, at most `1ms`; `"0s"`: never; default `100us`). See README
+    /// "Answer spin".
+    #[serde(default = "default_answer_spin")]
+    pub answer_spin: String,
     /// WebRTC ingress: signaling on the main port, gRPC over data channels on UDP.
     #[serde(default)]
     pub webrtc: WebRtcConfig,
@@ -348,6 +353,9 @@ pub struct Settings {
     pub worker_threads: Option<usize>,
     /// Idle workers' spin window (src/workers.rs); zero: off. Reloadable.
     pub idle_spin: Duration,
+    /// How long a worker waits awake for a part's answer (src/workers.rs); zero: off.
+    /// Reloadable.
+    pub answer_spin: Duration,
     /// WebRTC ingress; `None`: disabled. Only read at start.
     pub webrtc: Option<WebRtcSettings>,
 }
@@ -376,10 +384,13 @@ fn default_keepalive_timeout() -> String {
 fn default_idle_spin() -> String {
     "0s".to_owned()
 }
+fn default_answer_spin() -> String {
+    "100us".to_owned()
+}
 
-/// The longest `gateway.idle_spin` accepted: past this a worker burns CPU for no latency gain
-/// (a reply that takes longer than a millisecond is no wake-up away).
-pub const MAX_IDLE_SPIN: Duration = Duration::from_millis(1);
+/// The longest `gateway.idle_spin` or `gateway.answer_spin` accepted: past this a worker burns
+/// CPU for no latency gain (a reply that takes longer than a millisecond is no wake-up away).
+pub const MAX_SPIN: Duration = Duration::from_millis(1);
 
 fn default_drain_timeout() -> String {
     "30s".to_owned()
@@ -432,6 +443,7 @@ impl Default for GatewaySettings {
             keepalive_timeout: default_keepalive_timeout(),
             drain_timeout: default_drain_timeout(),
             idle_spin: default_idle_spin(),
+            answer_spin: default_answer_spin(),
             admin_address: None,
             ready_requires_all_parts: false,
             auth_entities: Vec::new(),
@@ -501,11 +513,17 @@ impl Config {
         let keepalive_timeout = duration("gateway.keepalive_timeout", &g.keepalive_timeout);
         let drain_timeout = duration("gateway.drain_timeout", &g.drain_timeout);
         let idle_spin = duration("gateway.idle_spin", &g.idle_spin);
-        if idle_spin > MAX_IDLE_SPIN {
-            problem(
-                "gateway.idle_spin".into(),
-                "must be at most 1ms (\"0s\" turns it off)".into(),
-            );
+        let answer_spin = duration("gateway.answer_spin", &g.answer_spin);
+        for (path, spin) in [
+            ("gateway.idle_spin", idle_spin),
+            ("gateway.answer_spin", answer_spin),
+        ] {
+            if spin > MAX_SPIN {
+                problem(
+                    path.into(),
+                    "must be at most 1ms (\"0s\" turns it off)".into(),
+                );
+            }
         }
 
         let mut parts = Vec::with_capacity(self.remotes.len());
@@ -643,6 +661,7 @@ impl Config {
                 parts_ca_pem,
                 worker_threads: g.worker_threads,
                 idle_spin,
+                answer_spin,
                 webrtc,
             }),
             _ => Err(ConfigError::Invalid(problems)),

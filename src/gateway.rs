@@ -90,6 +90,7 @@ impl Gateway {
         let workers = Workers::start(settings.worker_threads.unwrap_or_else(default_count))
             .map_err(|e| StartError::Setup(format!("cannot start the worker threads: {e}")))?;
         crate::workers::set_idle_spin(settings.idle_spin);
+        crate::workers::set_answer_spin(settings.answer_spin);
         let metrics = Metrics::new();
         let pool = Pool::start(&settings, metrics.clone(), workers.len())
             .map_err(|e| StartError::Setup(e.to_string()))?;

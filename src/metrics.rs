@@ -972,6 +972,13 @@ impl Collector for ScrapeCollector {
             None,
             MetricType::Counter,
         )?)?;
+        ConstCounter::new(crate::workers::answer_spin_seconds())
+            .encode(encoder.encode_descriptor(
+            "partgate_worker_answer_spin_seconds",
+            "Time the workers spent polling for parts' answers instead of sleeping (gateway.answer_spin)",
+            None,
+            MetricType::Counter,
+        )?)?;
         encode_process(&mut encoder)
     }
 }

@@ -35,14 +35,22 @@ thread_local! {
     static ACTIVITY: Cell<u64> = const { Cell::new(0) };
     /// This thread's idle spin (see [`before_park`]).
     static SPIN: RefCell<Spin> = const { RefCell::new(Spin::new()) };
+    /// Requests sent to parts and their answers on this thread (see [`Awaited`]).
+    static ANSWERS: Answers = const { Answers::new() };
 }
 
 /// How long a worker keeps polling its sockets after the last read that brought data, before
 /// it blocks in `epoll_wait` (nanoseconds; 0: never spins). See [`before_park`].
 static SPIN_NS: AtomicU64 = AtomicU64::new(0);
 
-/// Nanoseconds all workers spent in spin turns that found no data (see [`idle_spin_seconds`]).
+/// How long a worker that waits for a part's answer polls for it before it blocks in
+/// `epoll_wait` (nanoseconds; 0: never). See [`before_park`].
+static ANSWER_SPIN_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Nanoseconds all workers spent in spin turns that found no data, for the idle spin and for
+/// answers (see [`idle_spin_seconds`], [`answer_spin_seconds`]).
 static SPUN_NS: AtomicU64 = AtomicU64::new(0);
+static ANSWER_SPUN_NS: AtomicU64 = AtomicU64::new(0);
 
 /// A worker's idle-spin state.
 struct Spin {
@@ -52,9 +60,28 @@ struct Spin {
     last: Option<Instant>,
     /// The spinner task's waker: waking it turns the runtime's next park into a poll.
     waker: Option<Waker>,
-    /// The last spin turn: when it started and [`ACTIVITY`] then.
-    turn: Option<(Instant, u64)>,
+    /// The last spin turn: when it started, [`ACTIVITY`] then, and whether it waited for an
+    /// answer (else it was the idle spin's).
+    turn: Option<(Instant, u64, bool)>,
+    /// The window for an awaited answer.
+    answer: AnswerWait,
 }
+
+/// When a worker waits for a part's answer (see [`Awaited`]), and how the last waits went.
+struct AnswerWait {
+    /// Requests sent ([`Answers`]) when last looked at.
+    seen: u64,
+    /// When this window began (the first park after a request went out), while one runs.
+    since: Option<Instant>,
+    /// Windows that ended without the answer skip the next `backoff` requests (doubling, at
+    /// most [`MAX_ANSWER_BACKOFF`]): a part that answers slowly is not waited for awake.
+    backoff: u64,
+    /// No window for requests before the count of those sent reaches this.
+    skip_until: u64,
+}
+
+/// The most requests that a worker lets go by without waiting awake after its waits missed.
+const MAX_ANSWER_BACKOFF: u64 = 64;
 
 /// The worker the current thread is (0 for any thread but workers 1..N).
 pub fn current() -> usize {
@@ -182,6 +209,69 @@ pub fn set_idle_spin(window: Duration) {
     SPIN_NS.store(ns, Ordering::Relaxed);
 }
 
+/// Sets how long a worker waits awake for a part's answer (`gateway.answer_spin`); zero turns
+/// it off. One value for the process, like [`set_idle_spin`].
+pub fn set_answer_spin(window: Duration) {
+    let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+    ANSWER_SPIN_NS.store(ns, Ordering::Relaxed);
+}
+
+/// An answer the current thread waits for: a request sent to a part whose response head has
+/// not come. Made when the request goes out, dropped when its head (or its failure) arrives or
+/// the call gives up. A worker that parks after a request went out and before any answer came
+/// may poll for it instead of sleeping ([`before_park`]).
+#[derive(Debug)]
+pub struct Awaited(());
+
+impl Awaited {
+    /// Counts a request sent from this thread.
+    pub fn new() -> Self {
+        ANSWERS.with(|a| {
+            a.sent.set(a.sent.get().wrapping_add(1));
+            a.answered_at_send.set(a.answered.get());
+        });
+        Awaited(())
+    }
+}
+
+impl Default for Awaited {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Awaited {
+    fn drop(&mut self) {
+        // Dropped on another thread (never on the gateway's workers, where a call stays on
+        // one thread), it counts there: the sender's window then only runs to its end.
+        let _ = ANSWERS.try_with(|a| a.answered.set(a.answered.get().wrapping_add(1)));
+    }
+}
+
+/// A thread's requests to parts and their answers (see [`Awaited`]).
+struct Answers {
+    sent: Cell<u64>,
+    answered: Cell<u64>,
+    /// `answered` when the latest request went out.
+    answered_at_send: Cell<u64>,
+}
+
+impl Answers {
+    const fn new() -> Self {
+        Answers {
+            sent: Cell::new(0),
+            answered: Cell::new(0),
+            answered_at_send: Cell::new(0),
+        }
+    }
+
+    /// Requests sent, and whether an answer has come since the latest.
+    fn now(&self) -> (u64, bool) {
+        let waiting = self.answered.get() == self.answered_at_send.get();
+        (self.sent.get(), waiting)
+    }
+}
+
 /// Counts a read that brought data on this thread: the signal that keeps an idle worker
 /// spinning (one thread-local add).
 #[inline]
@@ -190,48 +280,65 @@ pub fn note_activity() {
 }
 
 /// The runtimes' `on_thread_park` hook: runs when a worker has no task left and is about to
-/// block in `epoll_wait`. Within the spin window after the last read that brought data, it
-/// yields the CPU once (`sched_yield`) and wakes this worker's spinner task instead, so the
-/// runtime polls its sockets without blocking and comes back here.
+/// block in `epoll_wait`. While a part's answer is due (`gateway.answer_spin`, see
+/// [`AnswerWait::due`]), or within the idle spin's window after the last read that brought
+/// data (`gateway.idle_spin`), it yields the CPU once (`sched_yield`) and wakes this worker's
+/// spinner task instead, so the runtime polls its sockets without blocking and comes back here.
 ///
 /// Why: on a virtual machine an idle vCPU halts, and waking a thread on it costs the
 /// hypervisor's round trip (tens of µs, several times per proxied call at low concurrency;
-/// bench/README.md, round 10). A worker that expects the answer to what it just forwarded
-/// stays on its CPU for a short while instead, and reads the answer without being woken. The
-/// yield keeps the spin from taking a core that another thread is waiting for: on a loaded
-/// machine the scheduler runs that thread, on an idle one the yield returns at once.
+/// bench/README.md, rounds 10 and 12). A worker that expects the answer to what it just
+/// forwarded stays on its CPU for a short while instead, and reads the answer without being
+/// woken. The yield keeps the spin from taking a core that another thread is waiting for: on a
+/// loaded machine the scheduler runs that thread, on an idle one the yield returns at once.
 fn before_park() {
-    let window = SPIN_NS.load(Ordering::Relaxed);
-    if window == 0 {
+    let idle = SPIN_NS.load(Ordering::Relaxed);
+    let answer = ANSWER_SPIN_NS.load(Ordering::Relaxed);
+    if idle == 0 && answer == 0 {
         return;
     }
     let activity = ACTIVITY.with(Cell::get);
+    let (sent, waiting) = ANSWERS.with(Answers::now);
     let _ = SPIN.try_with(|spin| {
         let mut spin = spin.borrow_mut();
         let spin = &mut *spin;
         let now = Instant::now();
         // A turn that read nothing was spent only on spinning: count it.
-        if let Some((start, before)) = spin.turn.take()
+        if let Some((start, before, for_answer)) = spin.turn.take()
             && before == activity
         {
             let ns = now.saturating_duration_since(start).as_nanos();
-            SPUN_NS.fetch_add(u64::try_from(ns).unwrap_or(u64::MAX), Ordering::Relaxed);
+            let spun = if for_answer {
+                &ANSWER_SPUN_NS
+            } else {
+                &SPUN_NS
+            };
+            spun.fetch_add(u64::try_from(ns).unwrap_or(u64::MAX), Ordering::Relaxed);
         }
-        if spin.keep_spinning(activity, now, window)
+        let answer_due = answer != 0 && spin.answer.due(sent, waiting, now, answer);
+        let idle_spin = idle != 0 && spin.keep_spinning(activity, now, idle);
+        if (answer_due || idle_spin)
             && let Some(waker) = &spin.waker
         {
-            spin.turn = Some((now, activity));
+            spin.turn = Some((now, activity, answer_due));
             std::thread::yield_now();
             waker.wake_by_ref();
         }
     });
 }
 
-/// Seconds the workers spent spinning in turns that found no data: what `gateway.idle_spin`
+/// Seconds the workers spent in idle-spin turns that found no data: what `gateway.idle_spin`
 /// costs (`partgate_worker_idle_spin_seconds_total`). Wall time, including any the spinning
 /// thread gave away in its yields.
 pub fn idle_spin_seconds() -> f64 {
     Duration::from_nanos(SPUN_NS.load(Ordering::Relaxed)).as_secs_f64()
+}
+
+/// Seconds the workers spent polling for parts' answers in turns that found no data: what
+/// `gateway.answer_spin` costs (`partgate_worker_answer_spin_seconds_total`), counted like
+/// [`idle_spin_seconds`].
+pub fn answer_spin_seconds() -> f64 {
+    Duration::from_nanos(ANSWER_SPUN_NS.load(Ordering::Relaxed)).as_secs_f64()
 }
 
 // === impl Spin ===
@@ -244,6 +351,12 @@ impl Spin {
             last: None,
             waker: None,
             turn: None,
+            answer: AnswerWait {
+                seen: 0,
+                since: None,
+                backoff: 0,
+                skip_until: 0,
+            },
         }
     }
 
@@ -262,6 +375,36 @@ impl Spin {
             return true;
         }
         self.last = None;
+        false
+    }
+}
+
+impl AnswerWait {
+    /// Whether a worker about to park should poll once more for an answer: `sent` is the
+    /// thread's count of requests sent, `waiting` whether no answer has come since the latest,
+    /// `window` the wait in nanoseconds. A window runs from the first park after a request
+    /// went out until an answer comes; one that ends without it makes the next requests skip
+    /// theirs (a part that answers slower than the window is not waited for awake).
+    fn due(&mut self, sent: u64, waiting: bool, now: Instant, window: u64) -> bool {
+        if sent != self.seen {
+            self.seen = sent;
+            self.since = (sent >= self.skip_until).then_some(now);
+        }
+        let Some(since) = self.since else {
+            return false;
+        };
+        if !waiting {
+            // Answered within the window.
+            self.since = None;
+            self.backoff = 0;
+            return false;
+        }
+        if now.saturating_duration_since(since).as_nanos() < u128::from(window) {
+            return true;
+        }
+        self.since = None;
+        self.backoff = (self.backoff * 2).clamp(1, MAX_ANSWER_BACKOFF);
+        self.skip_until = sent.saturating_add(self.backoff + 1);
         false
     }
 }
@@ -405,41 +548,105 @@ mod tests {
         assert!(spin.keep_spinning(4, at(400), window));
     }
 
-    /// A worker built like the gateway's (`on_thread_park(before_park)` and a spinner) polls
-    /// instead of sleeping for the window after data was read, then sleeps again: counted as
-    /// calls of the park hook while the runtime has nothing to do. The window is far longer
-    /// than the config allows: on a loaded machine every turn's yield may hand the core away
-    /// for a scheduler slice (milliseconds), and the test must not depend on the load.
     #[test]
-    fn an_idle_worker_spins_only_within_the_window_after_activity() {
-        static PARKS: AtomicU64 = AtomicU64::new(0);
-        let parks = || PARKS.load(Ordering::Relaxed);
-        let window = Duration::from_millis(100);
-        set_idle_spin(window);
+    fn an_answer_window_runs_until_the_answer_and_misses_back_off() {
+        let window = 100_000; // 100 µs
+        let t0 = Instant::now();
+        let at = |us| t0 + Duration::from_micros(us);
+        let mut wait = Spin::new().answer;
+        // Nothing sent: no wait.
+        assert!(!wait.due(0, true, at(0), window));
+        // Request 1 out: wait from the first park after it until the answer comes.
+        assert!(wait.due(1, true, at(10), window));
+        assert!(wait.due(1, true, at(100), window));
+        assert!(!wait.due(1, false, at(101), window));
+        // Answered: no more waiting, however soon the worker parks again.
+        assert!(!wait.due(1, false, at(102), window));
+        // Answered before the first park: nothing to wait for.
+        assert!(!wait.due(2, false, at(200), window));
+        // Request 3 goes unanswered past the window: a miss.
+        assert!(wait.due(3, true, at(300), window));
+        assert!(wait.due(3, true, at(399), window));
+        assert!(!wait.due(3, true, at(400), window));
+        assert!(!wait.due(3, true, at(401), window));
+        // After the first miss the next request is not waited for, the one after is.
+        assert!(!wait.due(4, true, at(500), window));
+        assert!(wait.due(5, true, at(600), window));
+        // A second miss in a row: the next two go by.
+        assert!(!wait.due(5, true, at(700), window));
+        assert!(!wait.due(6, true, at(800), window));
+        assert!(!wait.due(7, true, at(900), window));
+        assert!(wait.due(8, true, at(1000), window));
+        // A caught answer ends the backoff: the next request is waited for again.
+        assert!(!wait.due(8, false, at(1050), window));
+        assert!(wait.due(9, true, at(1100), window));
+        // Misses in a row back off to at most MAX_ANSWER_BACKOFF requests between waits.
+        let mut t = 2_000;
+        let mut gap = 0;
+        let mut gaps = Vec::new();
+        for sent in 10..1_000 {
+            t += 1_000;
+            if wait.due(sent, true, at(t), window) {
+                gaps.push(gap);
+                gap = 0;
+                // Unanswered: the window ends, a miss.
+                assert!(!wait.due(sent, true, at(t + 100), window));
+            } else {
+                gap += 1;
+            }
+        }
+        assert_eq!(&gaps[..8], [0, 1, 2, 4, 8, 16, 32, 64]);
+        assert!(
+            gaps[8..].iter().all(|&g| g == MAX_ANSWER_BACKOFF),
+            "{gaps:?}"
+        );
+    }
+
+    /// A current-thread runtime built like a worker's (`before_park` as its park hook, a
+    /// spinner on it), and how many times the hook ran.
+    fn hooked_runtime() -> (tokio::runtime::Runtime, Arc<AtomicU64>) {
+        let parks = Arc::new(AtomicU64::new(0));
+        let counted = parks.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .on_thread_park(|| {
-                PARKS.fetch_add(1, Ordering::Relaxed);
+            .on_thread_park(move || {
+                counted.fetch_add(1, Ordering::Relaxed);
                 before_park();
             })
             .build()
             .expect("runtime");
-        let spun_before = idle_spin_seconds();
-        let (quiet, after_read, after_window) = runtime.block_on(async {
+        runtime.block_on(async {
             drop(tokio::spawn(spinner()));
             tokio::task::yield_now().await;
-            let idle = || async {
-                let before = parks();
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                parks() - before
-            };
+        });
+        (runtime, parks)
+    }
+
+    /// Parks of the hooked runtime while it sleeps on a 150 ms timer.
+    async fn parks_while_idle(parks: &AtomicU64) -> u64 {
+        let before = parks.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        parks.load(Ordering::Relaxed) - before
+    }
+
+    /// A worker built like the gateway's polls instead of sleeping for the window after data
+    /// was read, then sleeps again: counted as calls of the park hook while the runtime has
+    /// nothing to do. The window is far longer than the config allows: on a loaded machine
+    /// every turn's yield may hand the core away for a scheduler slice (milliseconds), and the
+    /// test must not depend on the load.
+    #[test]
+    fn an_idle_worker_spins_only_within_the_window_after_activity() {
+        set_idle_spin(Duration::from_millis(100));
+        let (runtime, parks) = hooked_runtime();
+        let spun_before = idle_spin_seconds();
+        let (quiet, after_read, after_window) = runtime.block_on(async {
             // No read yet: the worker sleeps through the timer.
-            let quiet = idle().await;
+            let quiet = parks_while_idle(&parks).await;
             // A read brought data: the worker polls for the window, then sleeps again.
             note_activity();
-            let after_read = idle().await;
+            let after_read = parks_while_idle(&parks).await;
             // Nothing read since: no spin at all.
-            let after_window = idle().await;
+            let after_window = parks_while_idle(&parks).await;
             (quiet, after_read, after_window)
         });
         set_idle_spin(Duration::ZERO);
@@ -452,6 +659,39 @@ mod tests {
         assert!(after_window <= 5, "slept again: {after_window} parks");
         // The empty turns are counted: about the window (a turn's yield included), never the
         // sleeps before and after it.
+        assert!((0.05..0.14).contains(&spun), "spun {spun} s");
+    }
+
+    /// A worker that sent a request polls until its answer comes or the window ends, and
+    /// sleeps once the answer is in; the time is counted as the answer spin's. (A long window,
+    /// for the reason above.)
+    #[test]
+    fn a_worker_waits_awake_for_an_answer_and_sleeps_once_it_comes() {
+        set_answer_spin(Duration::from_millis(100));
+        let (runtime, parks) = hooked_runtime();
+        let spun_before = answer_spin_seconds();
+        let (quiet, waiting, skipped, answered) = runtime.block_on(async {
+            let quiet = parks_while_idle(&parks).await;
+            // A request out, its answer not yet in: the worker polls for the window, which
+            // runs out (a miss).
+            let awaited = Awaited::new();
+            let waiting = parks_while_idle(&parks).await;
+            drop(awaited);
+            // After a miss the next request is not waited for.
+            let awaited = Awaited::new();
+            let skipped = parks_while_idle(&parks).await;
+            drop(awaited);
+            // A request answered before the worker parks: nothing to wait for.
+            drop(Awaited::new());
+            let answered = parks_while_idle(&parks).await;
+            (quiet, waiting, skipped, answered)
+        });
+        set_answer_spin(Duration::ZERO);
+        let spun = answer_spin_seconds() - spun_before;
+        assert!(quiet <= 5, "slept with nothing sent: {quiet} parks");
+        assert!(waiting >= 10, "polled for the answer: {waiting} parks");
+        assert!(skipped <= 5, "backed off after a miss: {skipped} parks");
+        assert!(answered <= 5, "slept once answered: {answered} parks");
         assert!((0.05..0.14).contains(&spun), "spun {spun} s");
     }
 

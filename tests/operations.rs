@@ -709,18 +709,20 @@ fn run_config(remotes: serde_json::Value, gateway: serde_json::Value) -> serde_j
     })
 }
 
-/// `gateway.idle_spin` end to end in the real binary (the park hook is installed on its
-/// runtimes, not on a test's): with it, the workers spend time polling after calls and
-/// `/metrics` counts it; without it, they never spin.
+/// `gateway.idle_spin` and `gateway.answer_spin` end to end in the real binary (the park hook
+/// is installed on its runtimes, not on a test's): the workers spend time polling after
+/// calls, or for the part's answers, and `/metrics` counts each; the idle spin is off by
+/// default, the answer spin on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_spin_polls_after_calls_and_counts_the_time() {
+async fn the_spins_poll_around_calls_and_count_the_time() {
     let part = sim(spec("a", &["m1"])).await;
     let remotes = serde_json::json!([{"name": "a", "address": part.addr().to_string(),
                                       "insecure": true, "connection_check_interval": "30s"}]);
     let mut spun = Vec::new();
     for gateway in [
-        serde_json::json!({"idle_spin": "1ms"}),
+        serde_json::json!({"idle_spin": "1ms", "answer_spin": "0s"}),
         serde_json::json!({}),
+        serde_json::json!({"answer_spin": "0s"}),
     ] {
         let mut gw = Running::start(&run_config(remotes.clone(), gateway), &[], &[]);
         let addr = gw.listening();
@@ -734,17 +736,31 @@ async fn idle_spin_polls_after_calls_and_counts_the_time() {
             // Idle between calls, longer than the window: each call's spin runs out.
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
-        let seconds = scrape(addr)
-            .await
-            .get("partgate_worker_idle_spin_seconds_total", &[])
-            .expect("the series is exported");
-        spun.push(seconds);
+        let metrics = scrape(addr).await;
+        let seconds = |name| metrics.get(name, &[]).expect("the series is exported");
+        spun.push((
+            seconds("partgate_worker_idle_spin_seconds_total"),
+            seconds("partgate_worker_answer_spin_seconds_total"),
+        ));
     }
-    assert!(spun[0] > 0.0, "spun after calls: {spun:?}");
-    // A sanity bound only: on a loaded machine one turn's yield can last a scheduler slice.
-    // That the spin ends with its window is checked in `workers::tests`.
-    assert!(spun[0] < 5.0, "{spun:?}");
-    assert_eq!(spun[1], 0.0, "off by default: {spun:?}");
+    // Sanity bounds only: on a loaded machine one turn's yield can last a scheduler slice.
+    // That each spin ends with its window is checked in `workers::tests`.
+    let [
+        (idle, answer),
+        (default_idle, default_answer),
+        (off_idle, off_answer),
+    ] = spun[..]
+    else {
+        unreachable!()
+    };
+    assert!(idle > 0.0 && idle < 5.0, "idle spin after calls: {spun:?}");
+    assert_eq!(answer, 0.0, "answer spin off: {spun:?}");
+    assert_eq!(default_idle, 0.0, "idle spin off by default: {spun:?}");
+    assert!(
+        default_answer > 0.0 && default_answer < 5.0,
+        "answer spin on by default: {spun:?}"
+    );
+    assert_eq!((off_idle, off_answer), (0.0, 0.0), "both off: {spun:?}");
 }
 
 // Multi-threaded: waiting for the child's log lines blocks one worker.

@@ -52,28 +52,35 @@ fn defaults_apply() {
     assert_eq!(settings.max_message_size, 32 * 1024 * 1024);
     assert!(!settings.parts[0].main);
     assert_eq!(settings.idle_spin, Duration::ZERO);
+    assert_eq!(settings.answer_spin, Duration::from_micros(100));
 }
 
 #[test]
-fn idle_spin_takes_a_duration_up_to_a_millisecond() {
-    let parse = |spin: &str| {
-        Config::parse(&format!(
-            r#"{{"remotes":[{{"name":"a","address":"127.0.0.1:1","insecure":true}}],
-                "gateway":{{"idle_spin":"{spin}"}}}}"#
-        ))
-        .and_then(|c| c.validate())
-    };
-    for (text, us) in [("100us", 100), ("1ms", 1000), ("0s", 0)] {
-        let settings = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
-        assert_eq!(settings.idle_spin, Duration::from_micros(us), "{text}");
-    }
-    for bad in ["2ms", "1s", "soon"] {
-        match parse(bad) {
-            Err(ConfigError::Invalid(found)) => {
-                assert_eq!(found.len(), 1, "{found:?}");
-                assert_eq!(found[0].path, "gateway.idle_spin");
+fn the_spins_take_a_duration_up_to_a_millisecond() {
+    for key in ["idle_spin", "answer_spin"] {
+        let parse = |spin: &str| {
+            Config::parse(&format!(
+                r#"{{"remotes":[{{"name":"a","address":"127.0.0.1:1","insecure":true}}],
+                    "gateway":{{"{key}":"{spin}"}}}}"#
+            ))
+            .and_then(|c| c.validate())
+        };
+        let of = |s: &Settings| match key {
+            "idle_spin" => s.idle_spin,
+            _ => s.answer_spin,
+        };
+        for (text, us) in [("100us", 100), ("1ms", 1000), ("0s", 0)] {
+            let settings = parse(text).unwrap_or_else(|e| panic!("{key} {text}: {e}"));
+            assert_eq!(of(&settings), Duration::from_micros(us), "{key} {text}");
+        }
+        for bad in ["2ms", "1s", "soon"] {
+            match parse(bad) {
+                Err(ConfigError::Invalid(found)) => {
+                    assert_eq!(found.len(), 1, "{found:?}");
+                    assert_eq!(found[0].path, format!("gateway.{key}"));
+                }
+                other => panic!("{key} {bad}: {other:?}"),
             }
-            other => panic!("{bad}: {other:?}"),
         }
     }
 }

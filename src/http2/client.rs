@@ -19,6 +19,8 @@ use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::workers::Awaited;
+
 use super::conn::{
     self, Chunks, SendEnd, Shared, State, Wakers, is_connection_specific, set_waker,
 };
@@ -234,7 +236,11 @@ where
             idx,
             live: true,
         };
-        Poll::Ready(Ok((ResponseFuture { stream: recv }, send)))
+        let response = ResponseFuture {
+            stream: recv,
+            awaited: Some(Awaited::new()),
+        };
+        Poll::Ready(Ok((response, send)))
     }
 }
 
@@ -321,6 +327,8 @@ impl Drop for RecvRef {
 /// The response head to come. Dropped before it resolves, the stream is reset (CANCEL).
 pub struct ResponseFuture {
     stream: RecvRef,
+    /// Lets this worker wait awake for the head (`gateway.answer_spin`); let go when it comes.
+    awaited: Option<Awaited>,
 }
 
 impl Future for ResponseFuture {
@@ -373,6 +381,9 @@ impl Future for ResponseFuture {
         };
         if let Some(w) = wake {
             w.wake();
+        }
+        if polled.is_ready() {
+            this.awaited = None;
         }
         match polled {
             Poll::Ready(Ok(mut resp)) => {
