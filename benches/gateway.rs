@@ -16,7 +16,8 @@
 //! `PARTGATE_BENCH_ROUNDS` (default 1; medians over rounds), `PARTGATE_BENCH_QUICK=1` or the
 //! `--quick` argument (0.5 s per case; exits non-zero only on gross regressions or errors).
 //! Experiments: `PARTGATE_BENCH_CASES`, `PARTGATE_BENCH_GATEWAY_WORKERS`,
-//! `PARTGATE_BENCH_IDLE_SPIN` (the gateway's `idle_spin`),
+//! `PARTGATE_BENCH_IDLE_SPIN` and `PARTGATE_BENCH_ANSWER_SPIN` (the gateway's `idle_spin` and
+//! `answer_spin`),
 //! `PARTGATE_BENCH_GATEWAY_BIN` (another gateway binary), and `PARTGATE_BENCH_CALLGRIND=N`
 //! (instead of the timed run: gateway instructions per operation under callgrind, N operations
 //! per case), or `PARTGATE_BENCH_SYSCALLS=N` (the gateway's system calls and context switches
@@ -364,8 +365,8 @@ fn write_config(backend: SocketAddr) -> Res<PathBuf> {
 }
 
 /// The `gateway` object of the bench's config. Experiments: `PARTGATE_BENCH_GATEWAY_WORKERS`
-/// (`worker_threads`; default one per core) and `PARTGATE_BENCH_IDLE_SPIN` (`idle_spin`, a Go
-/// duration; default off).
+/// (`worker_threads`; default one per core), `PARTGATE_BENCH_ANSWER_SPIN` (`answer_spin`, a Go
+/// duration; default `100us`) and `PARTGATE_BENCH_IDLE_SPIN` (`idle_spin`; default off).
 fn gateway_settings() -> serde_json::Value {
     let mut gateway = serde_json::json!({});
     if let Some(n) = std::env::var("PARTGATE_BENCH_GATEWAY_WORKERS")
