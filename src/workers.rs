@@ -302,10 +302,18 @@ fn before_park() {
     let _ = SPIN.try_with(|spin| {
         let mut spin = spin.borrow_mut();
         let spin = &mut *spin;
+        let turn = spin.turn.take();
+        // A turn that read nothing was spent only on spinning, and is counted below.
+        let empty_turn = turn.is_some_and(|(_, before, _)| before == activity);
+        if idle == 0 && !waiting && !empty_turn {
+            // Nothing to wait for and nothing to count: no clock read (the answer spin's
+            // usual park, the one after the answer went back to the client).
+            spin.answer.answered(sent);
+            return;
+        }
         let now = Instant::now();
-        // A turn that read nothing was spent only on spinning: count it.
-        if let Some((start, before, for_answer)) = spin.turn.take()
-            && before == activity
+        if let Some((start, _, for_answer)) = turn
+            && empty_turn
         {
             let ns = now.saturating_duration_since(start).as_nanos();
             let spun = if for_answer {
@@ -386,6 +394,10 @@ impl AnswerWait {
     /// went out until an answer comes; one that ends without it makes the next requests skip
     /// theirs (a part that answers slower than the window is not waited for awake).
     fn due(&mut self, sent: u64, waiting: bool, now: Instant, window: u64) -> bool {
+        if !waiting {
+            self.answered(sent);
+            return false;
+        }
         if sent != self.seen {
             self.seen = sent;
             self.since = (sent >= self.skip_until).then_some(now);
@@ -393,12 +405,6 @@ impl AnswerWait {
         let Some(since) = self.since else {
             return false;
         };
-        if !waiting {
-            // Answered within the window.
-            self.since = None;
-            self.backoff = 0;
-            return false;
-        }
         if now.saturating_duration_since(since).as_nanos() < u128::from(window) {
             return true;
         }
@@ -406,6 +412,14 @@ impl AnswerWait {
         self.backoff = (self.backoff * 2).clamp(1, MAX_ANSWER_BACKOFF);
         self.skip_until = sent.saturating_add(self.backoff + 1);
         false
+    }
+
+    /// An answer has come since the latest of `sent` requests: a window that ran ends, caught.
+    fn answered(&mut self, sent: u64) {
+        self.seen = sent;
+        if self.since.take().is_some() {
+            self.backoff = 0;
+        }
     }
 }
 
