@@ -965,20 +965,26 @@ impl Collector for ScrapeCollector {
         if let Some(pool) = self.pool.get().and_then(Weak::upgrade) {
             encode_parts(&pool, &mut encoder)?;
         }
-        ConstCounter::new(crate::workers::idle_spin_seconds())
-            .encode(encoder.encode_descriptor(
-            "partgate_worker_idle_spin_seconds",
-            "Time the workers spent polling idle sockets instead of sleeping (gateway.idle_spin)",
-            None,
-            MetricType::Counter,
-        )?)?;
-        ConstCounter::new(crate::workers::answer_spin_seconds())
-            .encode(encoder.encode_descriptor(
-            "partgate_worker_answer_spin_seconds",
-            "Time the workers spent polling for parts' answers instead of sleeping (gateway.answer_spin)",
-            None,
-            MetricType::Counter,
-        )?)?;
+        let spins = [
+            (
+                "partgate_worker_idle_spin_seconds",
+                "Time the workers spent polling idle sockets instead of sleeping (gateway.idle_spin)",
+                crate::workers::idle_spin_seconds(),
+            ),
+            (
+                "partgate_worker_answer_spin_seconds",
+                "Time the workers spent polling for parts' answers instead of sleeping (gateway.answer_spin)",
+                crate::workers::answer_spin_seconds(),
+            ),
+        ];
+        for (name, help, seconds) in spins {
+            ConstCounter::new(seconds).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
         encode_process(&mut encoder)
     }
 }

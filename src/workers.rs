@@ -47,9 +47,12 @@ static SPIN_NS: AtomicU64 = AtomicU64::new(0);
 /// `epoll_wait` (nanoseconds; 0: never). See [`before_park`].
 static ANSWER_SPIN_NS: AtomicU64 = AtomicU64::new(0);
 
-/// Nanoseconds all workers spent in spin turns that found no data, for the idle spin and for
-/// answers (see [`idle_spin_seconds`], [`answer_spin_seconds`]).
+/// Nanoseconds all workers spent in idle-spin turns that found no data (see
+/// [`idle_spin_seconds`]).
 static SPUN_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Nanoseconds all workers spent in turns that polled for an answer and found no data (see
+/// [`answer_spin_seconds`]).
 static ANSWER_SPUN_NS: AtomicU64 = AtomicU64::new(0);
 
 /// A worker's idle-spin state.
@@ -205,15 +208,18 @@ impl<T> PerWorker<T> {
 /// Sets how long idle workers spin (`gateway.idle_spin`); zero turns spinning off. One value
 /// for the process (a process runs one gateway; its start and every reload set it).
 pub fn set_idle_spin(window: Duration) {
-    let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
-    SPIN_NS.store(ns, Ordering::Relaxed);
+    SPIN_NS.store(nanos(window), Ordering::Relaxed);
 }
 
 /// Sets how long a worker waits awake for a part's answer (`gateway.answer_spin`); zero turns
 /// it off. One value for the process, like [`set_idle_spin`].
 pub fn set_answer_spin(window: Duration) {
-    let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
-    ANSWER_SPIN_NS.store(ns, Ordering::Relaxed);
+    ANSWER_SPIN_NS.store(nanos(window), Ordering::Relaxed);
+}
+
+/// `duration` in nanoseconds, saturating.
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// An answer the current thread waits for: a request sent to a part whose response head has
@@ -302,26 +308,28 @@ fn before_park() {
     let _ = SPIN.try_with(|spin| {
         let mut spin = spin.borrow_mut();
         let spin = &mut *spin;
-        let turn = spin.turn.take();
         // A turn that read nothing was spent only on spinning, and is counted below.
-        let empty_turn = turn.is_some_and(|(_, before, _)| before == activity);
-        if idle == 0 && !waiting && !empty_turn {
+        let empty_turn = spin
+            .turn
+            .take()
+            .filter(|&(_, before, _)| before == activity);
+        if idle == 0 && !waiting && empty_turn.is_none() {
             // Nothing to wait for and nothing to count: no clock read (the answer spin's
             // usual park, the one after the answer went back to the client).
             spin.answer.answered(sent);
             return;
         }
         let now = Instant::now();
-        if let Some((start, _, for_answer)) = turn
-            && empty_turn
-        {
-            let ns = now.saturating_duration_since(start).as_nanos();
+        if let Some((start, _, for_answer)) = empty_turn {
             let spun = if for_answer {
                 &ANSWER_SPUN_NS
             } else {
                 &SPUN_NS
             };
-            spun.fetch_add(u64::try_from(ns).unwrap_or(u64::MAX), Ordering::Relaxed);
+            spun.fetch_add(
+                nanos(now.saturating_duration_since(start)),
+                Ordering::Relaxed,
+            );
         }
         let answer_due = answer != 0 && spin.answer.due(sent, waiting, now, answer);
         let idle_spin = idle != 0 && spin.keep_spinning(activity, now, idle);
@@ -359,12 +367,7 @@ impl Spin {
             last: None,
             waker: None,
             turn: None,
-            answer: AnswerWait {
-                seen: 0,
-                since: None,
-                backoff: 0,
-                skip_until: 0,
-            },
+            answer: AnswerWait::new(),
         }
     }
 
@@ -388,6 +391,16 @@ impl Spin {
 }
 
 impl AnswerWait {
+    /// Nothing sent yet, no backoff.
+    const fn new() -> Self {
+        AnswerWait {
+            seen: 0,
+            since: None,
+            backoff: 0,
+            skip_until: 0,
+        }
+    }
+
     /// Whether a worker about to park should poll once more for an answer: `sent` is the
     /// thread's count of requests sent, `waiting` whether no answer has come since the latest,
     /// `window` the wait in nanoseconds. A window runs from the first park after a request
@@ -567,7 +580,7 @@ mod tests {
         let window = 100_000; // 100 µs
         let t0 = Instant::now();
         let at = |us| t0 + Duration::from_micros(us);
-        let mut wait = Spin::new().answer;
+        let mut wait = AnswerWait::new();
         // Nothing sent: no wait.
         assert!(!wait.due(0, true, at(0), window));
         // Request 1 out: wait from the first park after it until the answer comes.
