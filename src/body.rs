@@ -689,8 +689,8 @@ impl http_body::Body for ResponseBody {
 
 /// A part's response body, straight off a stream of the native HTTP/2 engine: data as it
 /// arrives, then trailers; flow-control capacity goes back to the part as each chunk is
-/// handed on (see [`crate::http2::client::RecvBody`]).
-pub type PartBody = crate::http2::client::RecvBody;
+/// handed on (see [`http2::client::RecvBody`]).
+pub type PartBody = http2::client::RecvBody;
 
 // === impl MeteredBody ===
 

@@ -20,13 +20,13 @@ use crate::error::StartError;
 use crate::listener::{self, Frontend, Handler};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
-use crate::recycle::Recycler;
 use crate::reload::{ReloadError, ReloadOutcome, Reloader};
 use crate::stack::CallStack;
 use crate::tls::ReloadingAcceptor;
 use crate::webrtc::signaling::Signaling;
 use crate::webrtc::transport::Endpoint;
-use crate::workers::{Workers, default_count};
+use runtime::recycle::Recycler;
+use runtime::workers::{Workers, default_count};
 
 /// Extra start-up wait beyond the dial timeout for a part's first `ResourceNames`.
 const STARTUP_CHECK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -89,8 +89,15 @@ impl Gateway {
         };
         let workers = Workers::start(settings.worker_threads.unwrap_or_else(default_count))
             .map_err(|e| StartError::Setup(format!("cannot start the worker threads: {e}")))?;
-        crate::workers::set_idle_spin(settings.idle_spin);
-        crate::workers::set_answer_spin(settings.answer_spin);
+        // The HTTP/2 engine tells the workers when a part's answer is due and when a read
+        // brought bytes (the spins' signals). Once per process; later gateways share them.
+        http2::hooks::install(http2::hooks::Hooks {
+            request_sent: runtime::workers::request_sent,
+            answer_arrived: runtime::workers::answer_arrived,
+            data_read: runtime::workers::note_activity,
+        });
+        runtime::workers::set_idle_spin(settings.idle_spin);
+        runtime::workers::set_answer_spin(settings.answer_spin);
         let metrics = Metrics::new();
         let pool = Pool::start(&settings, metrics.clone(), workers.len())
             .map_err(|e| StartError::Setup(e.to_string()))?;

@@ -2,8 +2,9 @@
 //! or TLS with ALPN) on one port; the front door then splits gRPC, gRPC-Web (+CORS) and plain
 //! HTTP.
 //!
-//! Receives sockets; after the TLS handshake (if any), HTTP/2 connections go to
-//! [`crate::h2_server`] and the rest to hyper-util's auto server. Either way each request reaches
+//! Receives sockets; after the TLS handshake (if any), HTTP/2 connections go to the native
+//! engine ([`http2::server`], the same engine that dials parts) and the rest to hyper-util's auto
+//! server. Either way each request reaches
 //! the [`Frontend`] as an `http::Request<Body>` with the client's address, and the Frontend hands gRPC to
 //! the call stack.
 
@@ -28,10 +29,10 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tracing::{debug, info, warn};
 
 use crate::auth::PeerAddr;
-use crate::h2_server::PREFACE;
 use crate::stack::CallStack;
 use crate::tls::ReloadingAcceptor;
-use crate::workers::Workers;
+use http2::frame::PREFACE;
+use runtime::workers::Workers;
 
 type Body = tonic::body::Body;
 
@@ -167,7 +168,7 @@ pub fn http_builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// A boxed per-request handler. Both server paths (hyper for HTTP/1.1, `h2_server` for HTTP/2)
+/// A boxed per-request handler. Both server paths (hyper for HTTP/1.1, [`http2::server`] for HTTP/2)
 /// hand it requests with a [`Body`], and the client's address. (The address is not put in the
 /// request's extensions here: that costs three allocations, and only the few calls the gateway
 /// answers itself read it. [`Frontend::serve`] adds it where it is read.)
@@ -181,10 +182,27 @@ pub type Handler = std::sync::Arc<
         + Sync,
 >;
 
+/// The [`Handler`] as the HTTP/2 engine's request handler: the engine's request body becomes
+/// a [`Body`] like hyper's.
+struct H2Handler(Handler);
+
+impl http2::server::Handler for H2Handler {
+    type Body = Body;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+    fn call(
+        &self,
+        request: http::Request<http2::server::RequestBody>,
+        peer: SocketAddr,
+    ) -> Self::Future {
+        (self.0)(request.map(Body::new), peer)
+    }
+}
+
 /// Accepts connections until `shutdown` turns true, then lets open calls finish for up to
 /// `drain` (sending GOAWAY so clients stop opening new streams) before returning.
 ///
-/// HTTP/2 (the h2c preface, or TLS with ALPN `h2`) is served by [`crate::h2_server`]; anything
+/// HTTP/2 (the h2c preface, or TLS with ALPN `h2`) is served by [`http2::server`]; anything
 /// else (HTTP/1.1: gRPC-Web, CORS preflights, plain HTTP) by hyper-util's auto server.
 ///
 /// With `workers`, each accepted connection is served on the next worker in turn (its socket
@@ -301,9 +319,15 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let peer = self.peer;
-        if let Err(e) =
-            crate::h2_server::serve_connection(io, peer, self.handler, self.shutdown).await
-        {
+        let served = http2::server::serve_connection(
+            io,
+            peer,
+            H2Handler(self.handler),
+            MAX_CONCURRENT_STREAMS,
+            http2::server::config(),
+            self.shutdown,
+        );
+        if let Err(e) = served.await {
             debug!(peer = %peer, error = %e, "client connection ended with an error");
         }
     }
@@ -317,7 +341,7 @@ impl Connection {
             handler(req.map(Body::new), peer)
         });
         // Our HTTP/2 notes its reads for the idle spin itself; hyper's HTTP/1.1 cannot.
-        let io = TokioIo::new(crate::workers::Active(io));
+        let io = TokioIo::new(runtime::workers::Active(io));
         let conn = self.builder.serve_connection(io, service);
         tokio::pin!(conn);
         let draining = *self.shutdown.borrow_and_update();

@@ -232,7 +232,7 @@ where
 {
     // Worker 0 of the gateway's thread-per-core runtimes (`gateway.worker_threads`, one per
     // core by default): the gateway starts the others itself (src/workers.rs).
-    let runtime = match partgate::workers::runtime() {
+    let runtime = match runtime::workers::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             error!("cannot start the async runtime: {e}");

@@ -969,12 +969,12 @@ impl Collector for ScrapeCollector {
             (
                 "partgate_worker_idle_spin_seconds",
                 "Time the workers spent polling idle sockets instead of sleeping (gateway.idle_spin)",
-                crate::workers::idle_spin_seconds(),
+                runtime::workers::idle_spin_seconds(),
             ),
             (
                 "partgate_worker_answer_spin_seconds",
                 "Time the workers spent polling for parts' answers instead of sleeping (gateway.answer_spin)",
-                crate::workers::answer_spin_seconds(),
+                runtime::workers::answer_spin_seconds(),
             ),
         ];
         for (name, help, seconds) in spins {

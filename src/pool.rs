@@ -5,7 +5,7 @@
 //! Receives a routed request for part N; hands back the part's response (headers now, body and
 //! trailers streaming), or fails fast with UNAVAILABLE when the part is not connected.
 //!
-//! The connections to parts run on the native HTTP/2 client ([`crate::http2::client`]), not on
+//! The connections to parts run on the native HTTP/2 client ([`http2::client`]), not on
 //! `h2`: `h2`'s client side was the largest cost per proxied call (~30k of ~80k user-space
 //! instructions per unary call at c=64: connection task, `send_request`/`Pump`, HPACK, stream
 //! state transitions, priority queues). The native engine costs ~9k (callgrind, bench c=64:
@@ -31,23 +31,23 @@ use tracing::{debug, info, warn};
 use crate::body::PartBody;
 use crate::config::{PartSpec, Settings};
 use crate::error::GatewayError;
-use crate::http2::client::{self as http2, End};
-use crate::http2::conn::Chunks;
-use crate::http2::frame::Reason;
 use crate::metrics::{Metrics, PartMetrics};
 use crate::proto::viam::robot::v1 as robot;
 use crate::route::resource_name::Naming;
 use crate::route::table::{PartInfo, Resource};
 use crate::route::{PartResources, RouteTable};
+use http2::client::{self as h2c, End};
+use http2::conn::Chunks;
+use http2::frame::Reason;
 
 type Body = tonic::body::Body;
 type Sender = Arc<Conn>;
 
-/// One HTTP/2 connection to a part, driven by the native engine ([`crate::http2::client`]): a
+/// One HTTP/2 connection to a part, driven by the native engine ([`http2::client`]): a
 /// call writes its HEADERS and first message together and awaits the response in its own task,
 /// with no dispatch task or per-call body task in between (bench/README.md).
 pub struct Conn {
-    send: http2::SendRequest,
+    send: h2c::SendRequest,
     /// Set when the connection task ended.
     closed: Arc<AtomicBool>,
     /// Set when the connection refused a new stream (GOAWAY): calls already on it may finish.
@@ -155,7 +155,7 @@ pub struct Part {
     closing: watch::Sender<bool>,
 }
 
-/// One of a part's connections. Each worker ([`crate::workers`]) sends its calls on its own
+/// One of a part's connections. Each worker ([`runtime::workers`]) sends its calls on its own
 /// lane so that a call never crosses threads: lane 0 is the part's main connection (worker 0's;
 /// the one `maintain` dials, health-checks and redials); lane i > 0 is dialed by worker i
 /// itself the first time it has a call for the part while lane 0 is up, and that call (and any
@@ -486,7 +486,7 @@ impl Part {
             self.wake.notify_one();
             return None;
         }
-        let lane = crate::workers::current() % self.lanes.len();
+        let lane = runtime::workers::current() % self.lanes.len();
         if lane != 0 {
             if let Some(own) = self.lanes[lane].conn.load().as_ref() {
                 if !own.is_closed() {
@@ -610,11 +610,11 @@ impl Part {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let config = http2::Config {
+        let config = h2c::Config {
             keepalive: Some((self.dial.keepalive_interval, self.dial.keepalive_timeout)),
-            ..http2::Config::default()
+            ..h2c::Config::default()
         };
-        let (send, conn) = http2::handshake(io, config);
+        let (send, conn) = h2c::handshake(io, config);
         let closed = Arc::new(AtomicBool::new(false));
         let on_end = ClosedOnDrop(closed.clone());
         let part = self.spec.name.clone();
@@ -909,7 +909,7 @@ impl DialSettings {
 impl Pool {
     /// Creates the pool and starts maintaining every part's connection.
     ///
-    /// `lanes`: connections per part, one for each worker ([`crate::workers`]).
+    /// `lanes`: connections per part, one for each worker ([`runtime::workers`]).
     pub fn start(
         settings: &Settings,
         metrics: Arc<Metrics>,
@@ -1206,7 +1206,7 @@ enum SendError {
     /// The connection did not process the stream (GOAWAY, REFUSED_STREAM, closed): the request
     /// comes back for a retry on another connection.
     #[error("connection refused the stream: {1}")]
-    Refused(Box<http::Request<Body>>, http2::Error),
+    Refused(Box<http::Request<Body>>, h2c::Error),
     /// The request was sent (in part) and failed, or its body failed.
     #[error("{0}")]
     Failed(String),
@@ -1247,7 +1247,7 @@ async fn send_on(
     match response.await {
         Ok(resp) => {
             // The request's fields are on the wire and no retry needs them.
-            crate::http2::maps::give(head.headers);
+            http2::maps::give(head.headers);
             Ok(resp)
         }
         // Refused after sending (GOAWAY below its id, REFUSED_STREAM): the part never saw it.
@@ -1305,13 +1305,13 @@ fn take_ready(body: &mut Body) -> Result<(Chunks, Option<Option<HeaderMap>>), to
 /// (the stream is then reset).
 struct RequestPump {
     body: Body,
-    tx: http2::SendStream,
+    tx: h2c::SendStream,
     /// A chunk waiting for the stream to take it, and whether it ends the body.
     pending: Option<(Bytes, bool)>,
 }
 
 impl RequestPump {
-    fn new(body: Body, tx: http2::SendStream) -> Self {
+    fn new(body: Body, tx: h2c::SendStream) -> Self {
         Self {
             body,
             tx,

@@ -97,8 +97,8 @@ impl Reloader {
             .apply(&new, redial_all, current.drain_timeout)
             .map_err(|e| self.rejected(ReloadError::Apply(e.to_string())))?;
         self.stack.apply(&new);
-        crate::workers::set_idle_spin(new.idle_spin);
-        crate::workers::set_answer_spin(new.answer_spin);
+        runtime::workers::set_idle_spin(new.idle_spin);
+        runtime::workers::set_answer_spin(new.answer_spin);
         self.admin.apply(&new);
         let settle = new.connect_timeout + SETTLE_GRACE;
         *current = new;

@@ -32,7 +32,6 @@ use crate::body::{
     read_first_message_routed,
 };
 use crate::config::Settings;
-use crate::deadline::Deadlines;
 use crate::error::{Fault, GatewayError};
 use crate::metrics::{CallGuard, MethodId, grpc_status};
 use crate::pool::{Part, Pool};
@@ -44,6 +43,7 @@ use crate::route::{MethodKind, classify};
 use crate::session::{SESSION_HEADER, Sessions};
 use crate::webrtc::server::ChannelPrincipal;
 use crate::webrtc::signaling::Signaling;
+use runtime::deadline::Deadlines;
 
 type Body = tonic::body::Body;
 

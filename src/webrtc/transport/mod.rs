@@ -204,7 +204,7 @@ struct Shared {
     next_id: AtomicU64,
     closed: watch::Sender<bool>,
     /// Where peer tasks run: the gateway's workers in turn, or the runtime that bound.
-    workers: Option<crate::workers::Workers>,
+    workers: Option<runtime::workers::Workers>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -253,7 +253,7 @@ impl Endpoint {
     /// socket's receive loop stays on this runtime and hands packets to the peers).
     pub async fn bind_on(
         config: TransportConfig,
-        workers: Option<crate::workers::Workers>,
+        workers: Option<runtime::workers::Workers>,
     ) -> Result<Self, TransportError> {
         let socket = addrs::bind_socket(config.bind_ip, config.port_range).await?;
         let local_addr = socket.local_addr()?;

@@ -55,9 +55,26 @@ use super::conn::{
 };
 use super::frame::{self, ConnError, Reason};
 use super::hpack;
-use crate::listener::Handler;
 
-type Body = tonic::body::Body;
+/// What the server hands each request to: the application's side of the engine.
+///
+/// `call` gets the request head with its [`RequestBody`] and the client's address, and returns
+/// the future of the response. The engine polls that future and then the response body on the
+/// connection's own task; dropping either (the client reset the stream, the connection went)
+/// cancels the call.
+pub trait Handler: Send + 'static {
+    /// The response body: data frames, then trailers. An error resets the stream (its text is
+    /// logged at debug level, never sent).
+    type Body: http_body::Body<Data = Bytes, Error: std::fmt::Display> + Send + Unpin + 'static;
+    /// One call's response.
+    type Future: Future<Output = Result<http::Response<Self::Body>, Infallible>>
+        + Send
+        + Unpin
+        + 'static;
+
+    /// Starts one call.
+    fn call(&self, request: http::Request<RequestBody>, peer: SocketAddr) -> Self::Future;
+}
 
 /// A ping goes to the client this often; no answer within [`KEEPALIVE_TIMEOUT`] closes the
 /// connection.
@@ -91,16 +108,17 @@ pub fn config() -> Config {
 /// Serves one client connection until it closes, fails, stops answering pings, or (after
 /// `shutdown` turned true and GOAWAY went out) its last open stream ends. `io`'s first bytes
 /// are the client's preface (not yet consumed).
-pub async fn serve_connection<I>(
+pub async fn serve_connection<I, H>(
     io: I,
     peer: SocketAddr,
-    handler: Handler,
+    handler: H,
     max_streams: u32,
     config: Config,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
 {
     let (shared, conn) = conn::start_server(io, config, max_streams);
     let turn = Arc::new(TurnWaker::default());
@@ -145,14 +163,14 @@ where
 }
 
 /// One connection's task: the core and the calls on it.
-struct Server<I> {
+struct Server<I, H: Handler> {
     conn: Connection<I>,
     shared: Arc<Shared>,
-    calls: FuturesUnordered<Call>,
-    handler: Handler,
+    calls: FuturesUnordered<Call<H>>,
+    handler: H,
     peer: SocketAddr,
     /// Requests taken from the core, kept between turns so taking them does not allocate.
-    taken: Vec<(usize, http::Request<Body>)>,
+    taken: Vec<(usize, http::Request<RequestBody>)>,
     /// The waker the calls are polled with (see [`TurnWaker`]).
     turn: Arc<TurnWaker>,
     calls_waker: Waker,
@@ -222,9 +240,10 @@ impl std::task::Wake for TurnWaker {
     }
 }
 
-impl<I> Server<I>
+impl<I, H> Server<I, H>
 where
     I: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
 {
     /// Graceful shutdown: GOAWAY(NO_ERROR) naming the last stream accepted; the open streams
     /// finish, then the core closes the connection.
@@ -276,7 +295,7 @@ where
                             .headers()
                             .get(header::CONTENT_LENGTH)
                             .and_then(|v| v.to_str().ok()?.parse().ok());
-                        taken.push((idx, req.map(|()| Body::new(body))));
+                        taken.push((idx, req.map(|()| body)));
                     } else {
                         // Reset before we took it: the handler never sees it.
                         st.drop_ref(idx);
@@ -288,7 +307,7 @@ where
                 st.task_woken = true;
             }
             for (idx, req) in taken.drain(..) {
-                let call = (self.handler)(req, self.peer);
+                let call = self.handler.call(req, self.peer);
                 self.calls.push(Call {
                     shared: self.shared.clone(),
                     idx,
@@ -623,21 +642,19 @@ impl Targets {
 
 // === calls ===
 
-type HandlerFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
-
 /// One stream's call: the handler's future, then the response body pumped to the client.
 /// Dropped before the response ended, the stream is reset (CANCEL).
-struct Call {
+struct Call<H: Handler> {
     shared: Arc<Shared>,
     idx: usize,
-    state: CallState,
+    state: CallState<H>,
     /// The stream's send buffer was empty when last seen (the body may give more).
     room: bool,
 }
 
-enum CallState {
-    Handler(HandlerFuture),
-    Body(Body),
+enum CallState<H: Handler> {
+    Handler(H::Future),
+    Body(H::Body),
     Done,
 }
 
@@ -658,7 +675,10 @@ impl Gathered {
     }
 }
 
-fn gather(body: &mut Body, cx: &mut Context<'_>, into: &mut Gathered) {
+fn gather<B>(body: &mut B, cx: &mut Context<'_>, into: &mut Gathered)
+where
+    B: http_body::Body<Data = Bytes, Error: std::fmt::Display> + Unpin,
+{
     let mut bytes = 0;
     while bytes < GATHER_BYTES {
         match Pin::new(&mut *body).poll_frame(cx) {
@@ -680,8 +700,8 @@ fn gather(body: &mut Body, cx: &mut Context<'_>, into: &mut Gathered) {
                     }
                 }
             },
-            Poll::Ready(Some(Err(status))) => {
-                debug!(error = %status.message(), "response body failed; resetting the stream");
+            Poll::Ready(Some(Err(error))) => {
+                debug!(%error, "response body failed; resetting the stream");
                 into.failed = true;
                 return;
             }
@@ -723,7 +743,7 @@ fn encode_response(st: &mut State, id: u32, head: &http::response::Parts, end_st
     frame::put_headers(write.scratch(), id, hbuf, end_stream, *peer_max_frame);
 }
 
-impl Call {
+impl<H: Handler> Call<H> {
     /// Queues what a body gave (and the response HEADERS first, when `head` is given) under
     /// one lock. Returns whether the call is over (the response ended, or the stream is gone).
     fn commit(
@@ -808,7 +828,7 @@ impl Call {
             match &mut self.state {
                 CallState::Done => return Poll::Ready(()),
                 CallState::Handler(call) => {
-                    let resp = match call.as_mut().poll(cx) {
+                    let resp = match Pin::new(call).poll(cx) {
                         Poll::Ready(Ok(resp)) => resp,
                         Poll::Ready(Err(never)) => match never {},
                         Poll::Pending => {
@@ -891,7 +911,7 @@ impl Call {
     }
 }
 
-impl Future for Call {
+impl<H: Handler> Future for Call<H> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -899,7 +919,7 @@ impl Future for Call {
     }
 }
 
-impl Drop for Call {
+impl<H: Handler> Drop for Call<H> {
     fn drop(&mut self) {
         // The handler's future or the body goes first (a part's stream is cancelled with it).
         self.state = CallState::Done;

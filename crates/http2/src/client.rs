@@ -19,7 +19,7 @@ use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::workers::Awaited;
+use crate::hooks::AnswerDue;
 
 use super::conn::{
     self, Chunks, SendEnd, Shared, State, Wakers, is_connection_specific, set_waker,
@@ -238,7 +238,7 @@ where
         };
         let response = ResponseFuture {
             stream: recv,
-            awaited: Some(Awaited::new()),
+            awaited: Some(AnswerDue::new()),
         };
         Poll::Ready(Ok((response, send)))
     }
@@ -328,7 +328,7 @@ impl Drop for RecvRef {
 pub struct ResponseFuture {
     stream: RecvRef,
     /// Lets this worker wait awake for the head (`gateway.answer_spin`); let go when it comes.
-    awaited: Option<Awaited>,
+    awaited: Option<AnswerDue>,
 }
 
 impl Future for ResponseFuture {

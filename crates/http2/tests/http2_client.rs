@@ -14,9 +14,9 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use partgate::http2::client::{self, Config, End, Error, RecvBody, SendRequest};
-use partgate::http2::frame::{self, Frame, FrameReader, Reason};
-use partgate::http2::hpack;
+use partgate_http2::client::{self, Config, End, Error, RecvBody, SendRequest};
+use partgate_http2::frame::{self, Frame, FrameReader, Reason};
+use partgate_http2::hpack;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -1413,7 +1413,7 @@ mod tests {
 
     #[test]
     fn fuzz_decoder_never_panics() {
-        let mut rng = crate::http2::frame::tests::Rng(0x2545_f491_4f6c_dd1d);
+        let mut rng = crate::frame::tests::Rng(0x2545_f491_4f6c_dd1d);
         let seeds = [
             hex("828684418cf1e3c2e5f23a6ba0ab90f4ff"),
             hex("488264025885aec3771a4b6196d07abe941054d444a8200595040b8166e082a62d1bff"),

@@ -1,4 +1,4 @@
-//! The native HTTP/2 server engine (`partgate::http2::server`), driven by `h2::client` (an
+//! The native HTTP/2 server engine (`partgate_http2::server`), driven by `h2::client` (an
 //! independent implementation) and by raw frames: every call kind, flow control, resets,
 //! limits, malformed input, drain, rapid reset and keepalive.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -15,16 +15,70 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame as BodyFrame;
 use http_body_util::BodyExt;
-use partgate::auth::PeerAddr;
-use partgate::http2::frame::{self, Frame, FrameReader, Reason, flag, kind};
-use partgate::http2::hpack;
-use partgate::http2::server;
-use partgate::listener::Handler;
+use partgate_http2::frame::{self, Frame, FrameReader, Reason, flag, kind};
+use partgate_http2::hpack;
+use partgate_http2::server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 
-type Body = tonic::body::Body;
+/// The client's address, as a request extension (as the gateway's frontends insert it).
+#[derive(Debug, Clone, Copy)]
+struct PeerAddr(SocketAddr);
+
+/// Any body the tests answer with (or the request's), its error as text.
+struct Body(http_body_util::combinators::UnsyncBoxBody<Bytes, String>);
+
+impl Body {
+    fn new<B>(body: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes, Error: std::fmt::Display> + Send + 'static,
+    {
+        Body(http_body_util::combinators::UnsyncBoxBody::new(
+            body.map_err(|e| e.to_string()),
+        ))
+    }
+
+    fn empty() -> Self {
+        Body::new(http_body_util::Empty::<Bytes>::new())
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = String;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame<Bytes>, String>>> {
+        Pin::new(&mut self.0).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
+    }
+}
+
+type CallFuture =
+    Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// A test handler: a closure over the request (with the client's address as an extension).
+#[derive(Clone)]
+struct Handler(Arc<dyn Fn(Request<Body>, SocketAddr) -> CallFuture + Send + Sync>);
+
+impl server::Handler for Handler {
+    type Body = Body;
+    type Future = CallFuture;
+
+    fn call(&self, request: Request<server::RequestBody>, peer: SocketAddr) -> CallFuture {
+        (self.0)(request.map(Body::new), peer)
+    }
+}
 
 const PEER: &str = "192.0.2.7:4242";
 const T: Duration = Duration::from_secs(10);
@@ -36,11 +90,11 @@ where
 {
     // The server hands the peer address beside the request; the test handlers
     // see it as the extension the gateway's frontends would insert.
-    Arc::new(move |mut req: Request<Body>, peer| {
+    Handler(Arc::new(move |mut req: Request<Body>, peer| {
         req.extensions_mut().insert(PeerAddr(peer));
         let fut = f(req);
         Box::pin(async move { Ok::<_, Infallible>(fut.await) })
-    })
+    }))
 }
 
 struct Served {
@@ -49,7 +103,7 @@ struct Served {
     done: tokio::task::JoinHandle<Result<(), server::Error>>,
 }
 
-fn serve_with(h: Handler, max_streams: u32, config: partgate::http2::conn::Config) -> Served {
+fn serve_with(h: Handler, max_streams: u32, config: partgate_http2::conn::Config) -> Served {
     let (client, srv) = tokio::io::duplex(1 << 20);
     serve_io(client, srv, h, max_streams, config)
 }
@@ -59,7 +113,7 @@ fn serve_io<I>(
     srv: I,
     h: Handler,
     max_streams: u32,
-    config: partgate::http2::conn::Config,
+    config: partgate_http2::conn::Config,
 ) -> Served
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -182,11 +236,11 @@ struct ChanBody {
 
 impl http_body::Body for ChanBody {
     type Data = Bytes;
-    type Error = tonic::Status;
+    type Error = String;
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<BodyFrame<Bytes>, tonic::Status>>> {
+    ) -> Poll<Option<Result<BodyFrame<Bytes>, String>>> {
         self.rx.poll_recv(cx).map(|f| f.map(Ok))
     }
 }
@@ -433,7 +487,7 @@ async fn server_client_and_bidi_streaming() {
     // Server streaming: 100 messages, spaced.
     let h = handler(|req: Request<Body>| async move {
         if req.uri().path() == "/echo" {
-            return echo_handler()(req, ([127, 0, 0, 1], 1).into())
+            return (echo_handler().0)(req, ([127, 0, 0, 1], 1).into())
                 .await
                 .unwrap();
         }

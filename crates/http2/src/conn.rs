@@ -128,7 +128,7 @@ const READS_PER_POLL: usize = 8;
 /// then the queue allocates nothing. The rest is made only when needed: dropping a `VecDeque`,
 /// even an empty one, costs ~35 instructions, and a call drops four queues.
 #[derive(Debug, Default)]
-pub(crate) struct Chunks {
+pub struct Chunks {
     /// Empty only when `rest` is empty too.
     first: Option<Bytes>,
     rest: Option<VecDeque<Bytes>>,
@@ -136,7 +136,7 @@ pub(crate) struct Chunks {
 
 impl Chunks {
     #[inline]
-    pub(crate) fn push_back(&mut self, chunk: Bytes) {
+    pub fn push_back(&mut self, chunk: Bytes) {
         if self.first.is_none() {
             self.first = Some(chunk);
         } else {
@@ -182,12 +182,12 @@ impl Chunks {
     }
 
     /// The chunks in order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Bytes> {
+    pub fn iter(&self) -> impl Iterator<Item = &Bytes> {
         let rest = self.rest.as_ref().map(VecDeque::iter).unwrap_or_default();
         self.first.iter().chain(rest)
     }
 
-    pub(crate) fn into_vec(self) -> Vec<Bytes> {
+    pub fn into_vec(self) -> Vec<Bytes> {
         self.first
             .into_iter()
             .chain(self.rest.into_iter().flatten())
@@ -1107,7 +1107,7 @@ where
                         eof = true;
                         break;
                     }
-                    Poll::Ready(Ok(_)) => crate::workers::note_activity(),
+                    Poll::Ready(Ok(_)) => crate::hooks::data_read(),
                     Poll::Ready(Err(e)) => {
                         failed = Some(Error::Io(e.kind()));
                         break;

@@ -5,7 +5,7 @@
 //! current-thread runtime; a test runs it wherever the test runs); workers 1..N are threads
 //! this module starts, each with its own current-thread runtime, timer and I/O driver. Accepted
 //! client connections are handed to the workers in turn, and each worker keeps its own
-//! connection to every part ([`crate::pool`]'s lanes), so a call's client socket, call
+//! connection to every part (the app's pool keeps a lane per worker), so a call's client socket, call
 //! future, part connection and part socket all live on one thread: waking the part
 //! connection's task is a push onto the local run queue, not a futex and a context switch to
 //! another worker (the cost that kept the latency at concurrency 1 from falling with the
@@ -222,20 +222,33 @@ fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// An answer the current thread waits for: a request sent to a part whose response head has
-/// not come. Made when the request goes out, dropped when its head (or its failure) arrives or
-/// the call gives up. A worker that parks after a request went out and before any answer came
-/// may poll for it instead of sleeping ([`before_park`]).
+/// Counts a request sent from this thread whose answer is now due: a worker that parks after a
+/// request went out and before any answer came may poll for it instead of sleeping
+/// ([`before_park`]). Installed as the HTTP/2 engine's `request_sent` hook; see [`Awaited`].
+pub fn request_sent() {
+    ANSWERS.with(|a| {
+        a.sent.set(a.sent.get().wrapping_add(1));
+        a.answered_at_send.set(a.answered.get());
+    });
+}
+
+/// Counts the answer to a request counted by [`request_sent`] (its head, its failure, or the
+/// call giving up). Installed as the HTTP/2 engine's `answer_arrived` hook.
+pub fn answer_arrived() {
+    // Called on another thread (never on the gateway's workers, where a call stays on one
+    // thread), it counts there: the sender's window then only runs to its end.
+    let _ = ANSWERS.try_with(|a| a.answered.set(a.answered.get().wrapping_add(1)));
+}
+
+/// An answer the current thread waits for, as a value: [`request_sent`] when made,
+/// [`answer_arrived`] when dropped.
 #[derive(Debug)]
 pub struct Awaited(());
 
 impl Awaited {
     /// Counts a request sent from this thread.
     pub fn new() -> Self {
-        ANSWERS.with(|a| {
-            a.sent.set(a.sent.get().wrapping_add(1));
-            a.answered_at_send.set(a.answered.get());
-        });
+        request_sent();
         Awaited(())
     }
 }
@@ -248,9 +261,7 @@ impl Default for Awaited {
 
 impl Drop for Awaited {
     fn drop(&mut self) {
-        // Dropped on another thread (never on the gateway's workers, where a call stays on
-        // one thread), it counts there: the sender's window then only runs to its end.
-        let _ = ANSWERS.try_with(|a| a.answered.set(a.answered.get().wrapping_add(1)));
+        answer_arrived();
     }
 }
 
