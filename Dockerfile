@@ -12,11 +12,11 @@
 
 ARG RUST_VERSION=1
 
-# --- builder: the release binary (protos compile with protox in build.rs: no protoc) ---------
+# --- builder: the release binary (protos compile with protox in crates/proto: no protoc) ----
 FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
-COPY Cargo.toml Cargo.lock build.rs ./
-COPY proto ./proto
+COPY Cargo.toml Cargo.lock ./
+COPY crates ./crates
 COPY src ./src
 COPY benches ./benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

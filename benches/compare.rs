@@ -38,7 +38,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use partgate::demo::{PartSpec, SimPart};
+use sim::{PartSpec, SimPart};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 

@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use partgate::demo::{PartSpec, SimPart};
 use partgate::proto::viam::component::motor::v1 as motor;
+use sim::{PartSpec, SimPart};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 

@@ -7,7 +7,7 @@
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::auth::{API_KEY, AuthSettings, LOCATION_SECRET, Secret};
 use crate::error::{ConfigError, ConfigProblem};
+pub use crate::tls::TlsFiles;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -253,11 +254,26 @@ impl std::fmt::Debug for IceServerConfig {
     }
 }
 
+/// How the WebRTC UDP endpoint binds and what it advertises.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// IP the UDP socket binds (unspecified = every interface).
+    pub bind_ip: IpAddr,
+    /// Inclusive UDP port range to bind in; `None`: any free port.
+    pub port_range: Option<(u16, u16)>,
+    /// Addresses advertised as host candidates instead of the bound ones (NAT 1:1, Docker).
+    pub public_ips: Vec<IpAddr>,
+    /// Time a peer has from its offer/answer to an open `data` channel.
+    pub connect_timeout: Duration,
+    /// Peers at once; further offers fail (the transport's `TooManyPeers`).
+    pub max_peers: usize,
+}
+
 /// Validated WebRTC settings (present only when enabled).
 #[derive(Debug, Clone)]
 pub struct WebRtcSettings {
     /// How the UDP endpoint binds and what it advertises.
-    pub transport: crate::webrtc::transport::TransportConfig,
+    pub transport: TransportConfig,
     /// ICE servers for callers.
     pub ice_servers: Vec<IceServer>,
     /// Extra accepted `rpc-host` values (`network.fqdn` included).
@@ -305,15 +321,6 @@ pub struct PartCredentials {
     pub kind: String,
     /// The secret.
     pub payload: Secret,
-}
-
-/// Certificate and key files of the TLS listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// PEM certificate chain.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
 }
 
 /// Validated, typed settings the gateway runs with.
@@ -460,6 +467,40 @@ impl Default for GatewaySettings {
 // === impl Config ===
 
 impl Config {
+    /// A gateway config for parts on this machine, served plainly (h2c), with `main` as the
+    /// main part: what `partgate demo` and the tests run. Each part is (name, address, prefix).
+    pub fn local_fleet<'a>(
+        bind: &str,
+        main: &str,
+        parts: impl IntoIterator<Item = (&'a str, SocketAddr, Option<&'a str>)>,
+    ) -> Config {
+        let remotes = parts
+            .into_iter()
+            .map(|(name, addr, prefix)| RemoteConfig {
+                name: name.to_owned(),
+                address: addr.to_string(),
+                insecure: true,
+                prefix: prefix.map(str::to_owned),
+                auth: None,
+                secret: None,
+                connection_check_interval: Some("2s".into()),
+                reconnect_interval: Some("250ms".into()),
+            })
+            .collect();
+        Config {
+            network: NetworkConfig {
+                bind_address: bind.to_owned(),
+                ..NetworkConfig::default()
+            },
+            remotes,
+            gateway: GatewaySettings {
+                main_part: Some(main.to_owned()),
+                ..GatewaySettings::default()
+            },
+            ..Config::default()
+        }
+    }
+
     /// Reads and parses a config file (not yet validated).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -757,7 +798,7 @@ impl Config {
         };
         let hosts = self.network.fqdn.iter().chain(&w.hosts).cloned().collect();
         Some(WebRtcSettings {
-            transport: crate::webrtc::transport::TransportConfig {
+            transport: TransportConfig {
                 bind_ip: bind_ip.ok()?,
                 port_range: port_range.ok()?,
                 public_ips,

@@ -13,18 +13,18 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::admin::{Admin, Phase};
 use crate::auth::Auth;
 use crate::config::{Settings, WebRtcSettings};
 use crate::error::StartError;
-use crate::listener::{self, Frontend, Handler};
+use crate::ingress::listener::{self, Frontend, Handler};
+use crate::ingress::webrtc::signaling::Signaling;
+use crate::ingress::webrtc::transport::Endpoint;
 use crate::metrics::Metrics;
-use crate::pool::Pool;
-use crate::reload::{ReloadError, ReloadOutcome, Reloader};
+use crate::ops::admin::{Admin, Phase};
+use crate::ops::reload::{ReloadError, ReloadOutcome, Reloader};
 use crate::stack::CallStack;
 use crate::tls::ReloadingAcceptor;
-use crate::webrtc::signaling::Signaling;
-use crate::webrtc::transport::Endpoint;
+use crate::upstream::pool::Pool;
 use runtime::recycle::Recycler;
 use runtime::workers::{Workers, default_count};
 
@@ -321,7 +321,7 @@ async fn start_admin(settings: &Settings, admin: &Arc<Admin>) -> Result<AdminLis
 
 /// Samples every part's call totals for the rates on `/statusz`.
 async fn sample_calls(admin: Arc<Admin>) {
-    let mut ticks = tokio::time::interval(crate::admin::SAMPLE_INTERVAL);
+    let mut ticks = tokio::time::interval(crate::ops::admin::SAMPLE_INTERVAL);
     loop {
         ticks.tick().await;
         admin.sample();

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use partgate::Gateway;
 use partgate::config::Config;
+use sim::SimPart;
 use tracing::{error, info, warn};
 
 /// A gateway that presents a fleet of Viam robot parts as one machine.
@@ -145,7 +146,7 @@ fn main() -> ExitCode {
                     async move {
                         Gateway::start(settings)
                             .await
-                            .map(|g| (g, Vec::<partgate::demo::SimPart>::new()))
+                            .map(|g| (g, Vec::<SimPart>::new()))
                     },
                     Some(config),
                 ),
@@ -157,14 +158,17 @@ fn main() -> ExitCode {
         }
         Command::Demo { bind } => run(
             async move {
-                let (parts, config) =
-                    partgate::demo::start_demo(&bind).await.map_err(|source| {
-                        partgate::error::StartError::Bind {
-                            addr: "127.0.0.1:0".into(),
-                            source,
-                        }
-                    })?;
-                let settings = config.validate()?;
+                let parts = sim::start_demo().await.map_err(|source| {
+                    partgate::error::StartError::Bind {
+                        addr: "127.0.0.1:0".into(),
+                        source,
+                    }
+                })?;
+                let fleet = parts
+                    .iter()
+                    .map(|(prefix, part)| (part.name(), part.addr(), *prefix));
+                let settings = Config::local_fleet(&bind, "main", fleet).validate()?;
+                let parts: Vec<SimPart> = parts.into_iter().map(|(_, part)| part).collect();
                 let gateway = Gateway::start(settings).await?;
                 let addr = gateway.local_addr();
                 info!("demo fleet: parts main (main part), sub1, sub2, cell (prefix \"cell-\")");
@@ -178,7 +182,7 @@ fn main() -> ExitCode {
 
 /// `partgate sim-part`: serves one demo part until SIGINT/SIGTERM.
 fn sim_part(name: &str, bind: std::net::SocketAddr) -> ExitCode {
-    let Some((_, spec)) = partgate::demo::demo_fleet()
+    let Some((_, spec)) = sim::demo_fleet()
         .into_iter()
         .find(|(_, spec)| spec.name == name)
     else {
@@ -194,7 +198,7 @@ fn sim_part(name: &str, bind: std::net::SocketAddr) -> ExitCode {
     };
     runtime.block_on(async move {
         let mut signals = Signals::install();
-        match partgate::demo::SimPart::start(spec, bind).await {
+        match SimPart::start(spec, bind).await {
             Ok(part) => {
                 info!(part = name, "simulated part listening on {}", part.addr());
                 while signals.next_is_reload().await {}
@@ -211,7 +215,7 @@ fn sim_part(name: &str, bind: std::net::SocketAddr) -> ExitCode {
 /// `partgate healthcheck`: GET `url`, exit 0 on 2xx.
 fn healthcheck(url: &str, timeout: f64) -> ExitCode {
     let timeout = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::from_secs(3));
-    match partgate::admin::probe(url, timeout) {
+    match partgate::ops::admin::probe(url, timeout) {
         Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
         Ok(status) => {
             eprintln!("{url}: HTTP {status}");

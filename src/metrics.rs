@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -28,7 +28,6 @@ use tonic::Code;
 use tracing::{debug, info};
 
 use crate::error::{Fault, GatewayError};
-use crate::pool::{PartState, Pool};
 
 /// The `part` label of calls that reached no part (answered by the gateway, or rejected).
 pub const NO_PART: &str = "none";
@@ -181,8 +180,8 @@ pub struct Metrics {
     families: Arc<Families>,
     parts: Mutex<HashMap<String, Arc<PartMetrics>>>,
     none: Arc<PartMetrics>,
-    pool: Arc<OnceLock<Weak<Pool>>>,
-    sessions: crate::session::SessionMetrics,
+    pool: Arc<OnceLock<Weak<dyn PartStates>>>,
+    sessions: SessionMetrics,
     webrtc: WebRtcMetrics,
 }
 
@@ -313,7 +312,7 @@ pub struct CallGuard {
 /// Scrape-time metrics read from the pool and `/proc/self`.
 #[derive(Debug)]
 struct ScrapeCollector {
-    pool: Arc<OnceLock<Weak<Pool>>>,
+    pool: Arc<OnceLock<Weak<dyn PartStates>>>,
 }
 
 // === impl MethodTable ===
@@ -524,7 +523,7 @@ impl Metrics {
         registry.register_collector(Box::new(ScrapeCollector { pool: pool.clone() }));
         families.config_ok.set(1);
         families.config_timestamp.set(unix_now());
-        let sessions = crate::session::SessionMetrics::register(&mut registry);
+        let sessions = SessionMetrics::register(&mut registry);
         let webrtc = WebRtcMetrics::register(&mut registry);
         let methods = MethodTable::known();
         let method_names: Arc<[Arc<str>]> = methods.names.clone().into();
@@ -544,8 +543,9 @@ impl Metrics {
     }
 
     /// Lets the scrape read part state, cache ages and resource counts from the pool.
-    pub fn attach_pool(&self, pool: &Arc<Pool>) {
-        let _ = self.pool.set(Arc::downgrade(pool));
+    pub fn attach_pool<P: PartStates>(&self, pool: &Arc<P>) {
+        let weak: Weak<dyn PartStates> = Arc::downgrade(pool) as Weak<dyn PartStates>;
+        let _ = self.pool.set(weak);
     }
 
     /// The OpenMetrics text exposition of everything.
@@ -558,7 +558,7 @@ impl Metrics {
     }
 
     /// The session families (`partgate_sessions`, `partgate_session_stops`, ...).
-    pub fn sessions(&self) -> &crate::session::SessionMetrics {
+    pub fn sessions(&self) -> &SessionMetrics {
         &self.sessions
     }
 
@@ -963,7 +963,7 @@ pub fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
 impl Collector for ScrapeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if let Some(pool) = self.pool.get().and_then(Weak::upgrade) {
-            encode_parts(&pool, &mut encoder)?;
+            encode_parts(pool.as_ref(), &mut encoder)?;
         }
         let spins = [
             (
@@ -1008,10 +1008,35 @@ struct PartStateLabels {
     state: &'static str,
 }
 
-fn encode_parts(pool: &Pool, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-    let parts = pool.parts();
-    let label = |p: &crate::pool::Part| PartLabels {
-        part: p.metrics().name().clone(),
+/// What the scrape reads from the pool (the upstream layer implements it; metrics sits below).
+pub trait PartStates: Send + Sync + 'static {
+    /// Every part, as the scrape reports it.
+    fn part_states(&self) -> Vec<PartStateReading>;
+}
+
+/// One part at scrape time.
+#[derive(Debug, Clone)]
+pub struct PartStateReading {
+    /// The part's name.
+    pub name: Arc<str>,
+    /// Its connection state: one of [`PART_STATES`].
+    pub state: &'static str,
+    /// Time since its resource names were last refreshed.
+    pub refresh_age: Option<Duration>,
+    /// Resources it listed at its last refresh.
+    pub resources: Option<usize>,
+}
+
+/// The connection states a part can be in, as the `state` label spells them.
+pub const PART_STATES: [&str; 3] = ["connecting", "connected", "disconnected"];
+
+fn encode_parts(
+    pool: &dyn PartStates,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let parts = pool.part_states();
+    let label = |p: &PartStateReading| PartLabels {
+        part: p.name.clone(),
     };
     gauge_family(
         encoder,
@@ -1019,26 +1044,19 @@ fn encode_parts(pool: &Pool, encoder: &mut DescriptorEncoder) -> Result<(), std:
         "1 if the gateway holds a working connection to the part",
         parts
             .iter()
-            .map(|p| (label(p), i64::from(p.state() == PartState::Connected))),
+            .map(|p| (label(p), i64::from(p.state == "connected"))),
     )?;
     gauge_family(
         encoder,
         "partgate_part_state",
         "The part's connection state (1 for the current one of connecting|connected|disconnected)",
         parts.iter().flat_map(|p| {
-            let current = p.state();
-            [
-                PartState::Connecting,
-                PartState::Connected,
-                PartState::Disconnected,
-            ]
-            .into_iter()
-            .map(move |s| {
+            PART_STATES.into_iter().map(move |s| {
                 let labels = PartStateLabels {
-                    part: p.metrics().name().clone(),
-                    state: s.as_str(),
+                    part: p.name.clone(),
+                    state: s,
                 };
-                (labels, i64::from(s == current))
+                (labels, i64::from(s == p.state))
             })
         }),
     )?;
@@ -1048,19 +1066,15 @@ fn encode_parts(pool: &Pool, encoder: &mut DescriptorEncoder) -> Result<(), std:
         "Time since the part's ResourceNames cache was last refreshed",
         parts
             .iter()
-            .filter_map(|p| p.refresh_age().map(|age| (label(p), age.as_secs_f64()))),
+            .filter_map(|p| p.refresh_age.map(|age| (label(p), age.as_secs_f64()))),
     )?;
     gauge_family(
         encoder,
         "partgate_part_resources",
         "Resources the part listed at its last refresh",
         parts.iter().filter_map(|p| {
-            p.reported().map(|r| {
-                (
-                    label(p),
-                    i64::try_from(r.resources.len()).unwrap_or(i64::MAX),
-                )
-            })
+            p.resources
+                .map(|n| (label(p), i64::try_from(n).unwrap_or(i64::MAX)))
         }),
     )
 }
@@ -1166,6 +1180,45 @@ mod process {
         let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
         let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
         line.split_whitespace().nth(3)?.parse().ok()
+    }
+}
+
+/// Session metrics, registered on the gateway's registry.
+#[derive(Debug, Default)]
+pub struct SessionMetrics {
+    pub(crate) live: Gauge,
+    pub(crate) expired: Counter,
+    pub(crate) stops: Family<StopLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StopLabels {
+    pub(crate) part: String,
+    pub(crate) result: &'static str,
+}
+
+// === impl SessionMetrics ===
+
+impl SessionMetrics {
+    /// Creates the session families and registers them.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "partgate_sessions",
+            "Client sessions currently live",
+            metrics.live.clone(),
+        );
+        registry.register(
+            "partgate_sessions_expired",
+            "Client sessions that expired (heartbeats stopped)",
+            metrics.expired.clone(),
+        );
+        registry.register(
+            "partgate_session_stops",
+            "Stop calls sent for resources of expired sessions, by part and result (ok|failed)",
+            metrics.stops.clone(),
+        );
+        metrics
     }
 }
 

@@ -16,6 +16,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -26,7 +27,7 @@ use futures_util::future::BoxFuture;
 use http::header::{self, HeaderName, HeaderValue};
 use tracing::{debug, info};
 
-use crate::auth::{Auth, PeerAddr, Principal};
+use crate::auth::{Auth, ChannelPrincipal, PeerAddr, Principal};
 use crate::body::{
     ForwardBody, MeteredBody, ReplayWatch, ResponseBody, StreamRewrite, parse_grpc_timeout,
     read_first_message_routed,
@@ -34,18 +35,28 @@ use crate::body::{
 use crate::config::Settings;
 use crate::error::{Fault, GatewayError};
 use crate::metrics::{CallGuard, MethodId, grpc_status};
-use crate::pool::{Part, Pool};
 use crate::robot::FleetRobot;
+use crate::robot::sessions::{SESSION_HEADER, Sessions};
 use crate::route::frame;
 use crate::route::method::LocalMethod;
 use crate::route::method::service_of;
 use crate::route::{MethodKind, classify};
-use crate::session::{SESSION_HEADER, Sessions};
-use crate::webrtc::server::ChannelPrincipal;
-use crate::webrtc::signaling::Signaling;
+use crate::upstream::pool::{Part, Pool};
 use runtime::deadline::Deadlines;
 
 type Body = tonic::body::Body;
+
+/// A service the gateway answers itself from a layer above the stack (WebRTC signaling, in
+/// `ingress`): handed to the stack at start-up, so the stack never imports it.
+pub trait LocalService: Send + Sync + 'static {
+    /// Answers one call; `stack` serves the calls it makes in turn (a WebRTC peer's streams).
+    fn serve(
+        self: Arc<Self>,
+        req: http::Request<Body>,
+        principal: Principal,
+        stack: CallStack,
+    ) -> Pin<Box<dyn Future<Output = http::Response<Body>> + Send>>;
+}
 
 /// Client headers never sent to a part: the client's token (the gateway presents its own), hop-by-hop
 /// headers of HTTP/1.1 (gRPC-Web), and a length the rewrite may change. The client's session id
@@ -102,7 +113,7 @@ pub struct Shared {
     max_message_size: AtomicUsize,
     auth: Option<Arc<Auth>>,
     /// WebRTC signaling; unset: signaling calls are UNIMPLEMENTED (clients fall back to direct).
-    signaling: OnceLock<Arc<Signaling>>,
+    signaling: OnceLock<Arc<dyn LocalService>>,
 }
 
 impl CallStack {
@@ -126,7 +137,7 @@ impl CallStack {
     }
 
     /// Serves `SignalingService` with `signaling` from now on (set once, at start).
-    pub fn set_signaling(&self, signaling: Arc<Signaling>) {
+    pub fn set_signaling(&self, signaling: Arc<dyn LocalService>) {
         let _ = self.inner.signaling.set(signaling);
     }
 
@@ -337,7 +348,7 @@ impl Shared {
                     let stack = CallStack {
                         inner: self.clone(),
                     };
-                    let answer = Box::pin(signaling.serve(req, principal, stack)).await;
+                    let answer = signaling.clone().serve(req, principal, stack).await;
                     Ok(Answer::Here(answer))
                 }
                 None => Err(GatewayError::Unimplemented(

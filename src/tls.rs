@@ -5,6 +5,7 @@
 //! Receives certificate files; hands the listener an acceptor for each new connection (open
 //! connections keep the config they started with) and the pool a connector.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -15,7 +16,14 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{info, warn};
 
-use crate::config::TlsFiles;
+/// Certificate and key files of the TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
 
 /// How often certificate files are checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(2);

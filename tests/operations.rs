@@ -273,7 +273,7 @@ async fn health_readiness_and_status_endpoints() {
     fleet
         .gateway
         .admin()
-        .set_phase(partgate::admin::Phase::Draining);
+        .set_phase(partgate::ops::admin::Phase::Draining);
     let (status, body) = http_get(admin, "/readyz").await;
     assert_eq!(
         (status, body.as_str()),

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use partgate::Gateway;
 use partgate::config::{Config, GatewaySettings, NetworkConfig};
-use partgate::pool::PartState;
 use partgate::proto::grpc::reflection::{v1, v1alpha};
+use partgate::upstream::pool::PartState;
 use prost::Message;
 use support::*;
 use tonic::transport::Channel;
@@ -66,7 +66,7 @@ impl Rig {
 
     /// The demo fleet of docs/contracts.md (main part `main`).
     async fn demo() -> Self {
-        let specs = partgate::demo::demo_fleet()
+        let specs = sim::demo_fleet()
             .into_iter()
             .map(|(prefix, spec)| (spec, prefix))
             .collect();

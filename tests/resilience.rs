@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use partgate::pool::PartState;
+use partgate::upstream::pool::PartState;
 use support::*;
 use tonic::Code;
 
@@ -604,7 +604,7 @@ async fn part_goaway_on_every_connection_fails_no_call() {
 async fn three_workers_with_their_own_connections() -> (
     Fleet,
     Vec<tonic::transport::Channel>,
-    std::sync::Arc<partgate::demo::PartLog>,
+    std::sync::Arc<sim::PartLog>,
 ) {
     let fleet = fleet(vec![(spec("p", &["m"]), None)], None, |c| {
         c.gateway.worker_threads = Some(3);

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use partgate::auth::Principal;
+use partgate::ingress::webrtc::cardinality::{MethodCache, Requests};
+use partgate::ingress::webrtc::channel::ChannelIo;
+use partgate::ingress::webrtc::client::{ClientOptions, WebRtcClient};
+use partgate::ingress::webrtc::server;
+use partgate::ingress::webrtc::wire;
 use partgate::proto::rpc::webrtc::v1 as pb;
-use partgate::webrtc::cardinality::{MethodCache, Requests};
-use partgate::webrtc::channel::ChannelIo;
-use partgate::webrtc::client::{ClientOptions, WebRtcClient};
-use partgate::webrtc::server;
-use partgate::webrtc::wire;
 use prost::Message;
 use support::*;
 use tokio_stream::StreamExt;
@@ -905,18 +905,19 @@ async fn dial_over_real_webrtc_and_call_through_the_gateway() {
         fleet.gateway.webrtc_endpoint().is_some(),
         "transport running"
     );
-    let caller =
-        partgate::webrtc::transport::Endpoint::bind(partgate::webrtc::transport::TransportConfig {
+    let caller = partgate::ingress::webrtc::transport::Endpoint::bind(
+        partgate::ingress::webrtc::transport::TransportConfig {
             bind_ip: [127, 0, 0, 1].into(),
             port_range: None,
             public_ips: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             max_peers: 4,
-        })
-        .await
-        .expect("caller endpoint");
+        },
+    )
+    .await
+    .expect("caller endpoint");
     let host = format!("localhost:{}", fleet.addr().port());
-    let c = partgate::webrtc::client::dial(
+    let c = partgate::ingress::webrtc::client::dial(
         &caller,
         fleet.channel().await,
         &host,

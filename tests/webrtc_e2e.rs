@@ -9,9 +9,9 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use partgate::ingress::webrtc::client::{DialError, WebRtcClient, dial};
+use partgate::ingress::webrtc::transport::{Endpoint, TransportConfig};
 use partgate::proto::rpc::v1 as rpc;
-use partgate::webrtc::client::{DialError, WebRtcClient, dial};
-use partgate::webrtc::transport::{Endpoint, TransportConfig};
 use support::*;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;

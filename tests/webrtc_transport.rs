@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use partgate::webrtc::channel::ChannelIo;
-use partgate::webrtc::transport::{
+use partgate::ingress::webrtc::channel::ChannelIo;
+use partgate::ingress::webrtc::transport::{
     Endpoint, IDLE_TIMEOUT, PeerHandle, TransportConfig, TransportError,
 };
 use tokio::time::timeout;

@@ -18,8 +18,14 @@ use http::HeaderMap;
 use crate::error::GatewayError;
 use crate::proto::rpc::v1 as rpc;
 
+/// The identity signaling established, carried by every request of a WebRTC peer. Only the
+/// WebRTC ingress creates it; requests from the HTTP listener never carry extensions from the
+/// wire.
+#[derive(Debug, Clone)]
+pub struct ChannelPrincipal(pub(crate) Principal);
+
 /// `proto.rpc.v1.AuthService/Authenticate`, always reachable without a token.
-pub const AUTHENTICATE_PATH: &str = "/proto.rpc.v1.AuthService/Authenticate";
+pub use crate::proto::wire::AUTHENTICATE_PATH;
 /// Credential type of a location secret.
 pub const LOCATION_SECRET: &str = "robot-location-secret";
 /// Credential type of an API key.

@@ -7,28 +7,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::future::join_all;
-use http::{HeaderMap, HeaderValue};
-use http_body::Frame;
 use prost::Message;
 
 use crate::auth::{PeerAddr, Principal};
 use crate::body::read_first_message;
 use crate::error::GatewayError;
-use crate::pool::{PartState, Pool, Snapshot};
 use crate::proto::viam::common::v1::ResourceName;
 use crate::proto::viam::robot::v1 as robot;
-use crate::route::frame::FrameHeader;
+use crate::robot::sessions::Sessions;
 use crate::route::method::LocalMethod;
 use crate::route::resource_name::{api_key, gateway_name};
 use crate::route::table::Resource;
-use crate::session::Sessions;
+use crate::upstream::pool::{PartState, Pool, Snapshot};
 
 pub mod reflection;
+pub mod sessions;
 
 type Body = tonic::body::Body;
-type Client = robot::robot_service_client::RobotServiceClient<crate::pool::PartChannel>;
+type Client = robot::robot_service_client::RobotServiceClient<crate::upstream::pool::PartChannel>;
 
 /// How long a fan-out may wait for the slowest part.
 const FAN_OUT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -395,22 +392,4 @@ pub(crate) async fn decode<M: Message + Default>(mut body: Body) -> Result<M, Ga
     }
 }
 
-/// A complete unary gRPC response: one message, then `grpc-status: 0`.
-pub fn reply<M: Message>(msg: &M) -> http::Response<Body> {
-    let len = msg.encoded_len();
-    let mut buf = BytesMut::with_capacity(len + 5);
-    buf.put_slice(&FrameHeader::encode(len));
-    // Encoding into a buffer of sufficient capacity cannot fail.
-    let _ = msg.encode(&mut buf);
-    let mut trailers = HeaderMap::with_capacity(1);
-    trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    let frames: [Result<Frame<Bytes>, tonic::Status>; 2] =
-        [Ok(Frame::data(buf.freeze())), Ok(Frame::trailers(trailers))];
-    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
-    let mut resp = http::Response::new(Body::new(body));
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    resp
-}
+pub use crate::proto::unary::reply;

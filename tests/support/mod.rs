@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use partgate::Gateway;
 use partgate::config::{Config, GatewaySettings, NetworkConfig, RemoteConfig};
-pub use partgate::demo::{PartSpec, SimPart};
-use partgate::pool::PartState;
+use partgate::upstream::pool::PartState;
+pub use sim::{PartSpec, SimPart};
 use tonic::transport::{Channel, Endpoint};
 
 pub use partgate::proto::acme::component::counter::v1 as counter;
@@ -28,11 +28,7 @@ pub use partgate::proto::viam::robot::v1 as robot;
 pub const LOOPBACK: &str = "127.0.0.1:0";
 
 /// What `SimPart::kill` hands back for a restart.
-pub type Killed = (
-    PartSpec,
-    SocketAddr,
-    std::sync::Arc<partgate::demo::PartLog>,
-);
+pub type Killed = (PartSpec, SocketAddr, std::sync::Arc<sim::PartLog>);
 
 /// A gateway with its parts.
 pub struct Fleet {
@@ -64,10 +60,12 @@ pub fn remote(name: &str, addr: SocketAddr, prefix: Option<&str>) -> RemoteConfi
 
 /// Starts the demo fleet behind a gateway and waits until every part is connected.
 pub async fn demo() -> Fleet {
-    let (parts, config) = partgate::demo::start_demo(LOOPBACK)
-        .await
-        .expect("demo parts start");
-    start(parts, config).await
+    let parts = sim::start_demo().await.expect("demo parts start");
+    let fleet = parts
+        .iter()
+        .map(|(prefix, part)| (part.name(), part.addr(), *prefix));
+    let config = Config::local_fleet(LOOPBACK, "main", fleet);
+    start(parts.into_iter().map(|(_, part)| part).collect(), config).await
 }
 
 /// Starts parts from specs (name, prefix) with the first one as main part unless `main` is None.

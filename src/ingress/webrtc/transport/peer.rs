@@ -21,7 +21,7 @@ use super::{
     BUFFER_THRESHOLD, IDLE_TIMEOUT, MAX_MESSAGE_SIZE, PeerShared, RECEIVE_BACKLOG,
     RECEIVE_BACKLOG_MAX, Shared, TransportError, lock,
 };
-use crate::webrtc::channel::{ChannelIo, TransportSide};
+use crate::ingress::webrtc::channel::{ChannelIo, TransportSide};
 
 /// Messages written per wake-up before the task looks at its other inputs again.
 const WRITE_BATCH: usize = 64;

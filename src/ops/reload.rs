@@ -15,12 +15,12 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::admin::{Admin, ReloadStatus};
 use crate::config::{Config, Settings};
 use crate::error::ConfigError;
 use crate::metrics::Metrics;
-use crate::pool::{Pool, PoolChanges};
+use crate::ops::admin::{Admin, ReloadStatus};
 use crate::stack::CallStack;
+use crate::upstream::pool::{Pool, PoolChanges};
 
 /// How long a reload waits for the parts it dialed to answer their first check.
 const SETTLE_GRACE: Duration = Duration::from_secs(5);

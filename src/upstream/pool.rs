@@ -459,11 +459,12 @@ impl Part {
     /// The connection was loaded before the epoch is read here, and the epoch goes up before a
     /// connection is published, so a new connection is never paired with an old session.
     fn check_own_session(&self, req: &mut http::Request<Body>) {
-        let Some(sent) = req.headers().get(crate::session::SESSION_HEADER) else {
+        let Some(sent) = req.headers().get(crate::upstream::sessions::SESSION_HEADER) else {
             return;
         };
         if self.own_session().as_ref() != Some(sent) {
-            req.headers_mut().remove(crate::session::SESSION_HEADER);
+            req.headers_mut()
+                .remove(crate::upstream::sessions::SESSION_HEADER);
         }
     }
 
@@ -1378,5 +1379,21 @@ impl Future for RequestPump {
                 }
             }
         }
+    }
+}
+
+// === impl PartStates for Pool ===
+
+impl crate::metrics::PartStates for Pool {
+    fn part_states(&self) -> Vec<crate::metrics::PartStateReading> {
+        self.parts()
+            .iter()
+            .map(|p| crate::metrics::PartStateReading {
+                name: p.metrics().name().clone(),
+                state: p.state().as_str(),
+                refresh_age: p.refresh_age(),
+                resources: p.reported().map(|r| r.resources.len()),
+            })
+            .collect()
     }
 }

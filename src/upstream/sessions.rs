@@ -16,8 +16,12 @@ use http::HeaderValue;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::pool::{Part, PartChannel, PartState, Pool};
 use crate::proto::viam::robot::v1 as robot;
+use crate::upstream::pool::{Part, PartChannel, PartState, Pool};
+
+pub use crate::proto::wire::{MONITORED_HEADER, MONITORED_NAME, SESSION_HEADER};
+/// The heartbeat window the gateway grants (viam-server's default).
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(2);
 
 /// How often the part list is re-read for parts a reload added.
 const ADOPT_INTERVAL: Duration = Duration::from_secs(1);
@@ -232,7 +236,7 @@ impl PartSession {
         let window = started
             .heartbeat_window
             .and_then(|w| Duration::try_from(w).ok())
-            .unwrap_or(super::DEFAULT_WINDOW);
+            .unwrap_or(DEFAULT_WINDOW);
         if *resume != started.id {
             info!(part = %part.name(), session = %started.id, window_ms = window.as_millis(), "holding a session with part");
         }

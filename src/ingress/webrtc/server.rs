@@ -57,10 +57,7 @@ const REQUEST_QUEUE: usize = 16;
 /// one part that stops reading cannot stall every other stream of the peer for long.
 const STALL_LIMIT: Duration = Duration::from_secs(10);
 
-/// The identity signaling established, carried by every request of a WebRTC peer. Only this
-/// module creates it; requests from the HTTP listener never carry extensions from the wire.
-#[derive(Debug, Clone)]
-pub struct ChannelPrincipal(pub(crate) Principal);
+pub use crate::auth::ChannelPrincipal;
 
 /// Serves one peer until its channel ends; returns once every stream task has ended. Custom
 /// APIs' cardinality is cached process-wide ([`MethodCache::global`]).

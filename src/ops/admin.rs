@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::config::Settings;
 use crate::metrics::{self, Metrics};
-use crate::pool::{Part, PartState, Pool, PoolChanges};
+use crate::upstream::pool::{Part, PartState, Pool, PoolChanges};
 
 type Body = tonic::body::Body;
 

@@ -57,7 +57,7 @@
 //! 0.5-3.5 s; a caller killed without goodbye noticed after about 4.7 s.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -105,20 +105,7 @@ const DATA_CHANNEL: (u16, &str) = (0, "data");
 /// SCTP stream id and label of the renegotiation channel (read and ignored).
 const NEGOTIATION_CHANNEL: (u16, &str) = (1, "negotiation");
 
-/// How an endpoint binds and what it advertises.
-#[derive(Debug, Clone)]
-pub struct TransportConfig {
-    /// IP the UDP socket binds (unspecified = every interface).
-    pub bind_ip: IpAddr,
-    /// Inclusive UDP port range to bind in; `None`: any free port.
-    pub port_range: Option<(u16, u16)>,
-    /// Addresses advertised as host candidates instead of the bound ones (NAT 1:1, Docker).
-    pub public_ips: Vec<IpAddr>,
-    /// Time a peer has from its offer/answer to an open `data` channel.
-    pub connect_timeout: Duration,
-    /// Peers at once; further offers fail with [`TransportError::TooManyPeers`].
-    pub max_peers: usize,
-}
+pub use crate::config::TransportConfig;
 
 /// What can go wrong in the transport.
 #[derive(Debug, thiserror::Error)]

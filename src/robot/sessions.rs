@@ -12,14 +12,11 @@
 //! is noticed when its heartbeats stop, within the window plus the expiry task's wake-up.
 //!
 //! The client's `viam-sid` is never forwarded. The gateway holds one session of its own with each
-//! part that supports sessions ([`upstream`]) and sends that id on forwarded monitored calls, so
+//! part that supports sessions ([`crate::upstream::sessions`]) and sends that id on forwarded monitored calls, so
 //! a gateway that dies leaves the part's own expiry to stop the resources.
 //!
 //! Receives the call stack's monitored calls and the session methods; hands back session answers
 //! and the headers to forward.
-
-mod stop;
-mod upstream;
 
 #[cfg(test)]
 mod tests;
@@ -30,12 +27,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use http::{HeaderMap, HeaderName, HeaderValue};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use http::{HeaderMap, HeaderValue};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -43,20 +35,15 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::error::GatewayError;
-use crate::pool::{Part, Pool};
 use crate::proto::viam::robot::v1 as robot;
+use crate::upstream::pool::{Part, Pool};
 
-pub use upstream::PartSessions;
+pub use crate::metrics::SessionMetrics;
+pub use crate::upstream::sessions::{
+    DEFAULT_WINDOW, MONITORED_HEADER, MONITORED_NAME, PartSessions, SESSION_HEADER,
+};
+use crate::upstream::stop;
 
-/// The request header carrying a session id on safety-monitored calls. Pre-parsed: a lookup by
-/// `&str` parses and hashes the name first (~270 instructions), and every call looks this up.
-pub const SESSION_HEADER: HeaderName = HeaderName::from_static("viam-sid");
-/// The response header naming resources a part itself safety-monitored for our session.
-pub const MONITORED_NAME: &str = "viam-smrn";
-/// [`MONITORED_NAME`] pre-parsed like [`SESSION_HEADER`]: every answer is checked for it.
-pub const MONITORED_HEADER: HeaderName = HeaderName::from_static(MONITORED_NAME);
-/// The heartbeat window the gateway grants (viam-server's default).
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(2);
 /// At most this many sessions are live at once (viam-server's limit).
 pub const MAX_SESSIONS: usize = 1024;
 /// How long one `Stop` sent on a session's expiry may take.
@@ -131,20 +118,6 @@ pub struct Sessions {
     window: Duration,
     pool: Arc<Pool>,
     parts: PartSessions,
-}
-
-/// Session metrics, registered on the gateway's registry.
-#[derive(Debug, Default)]
-pub struct SessionMetrics {
-    live: Gauge,
-    expired: Counter,
-    stops: Family<StopLabels, Counter>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StopLabels {
-    part: String,
-    result: &'static str,
 }
 
 #[derive(Default)]
@@ -376,7 +349,7 @@ impl Sessions {
                 Ok(()) => info!(session = %id, part = %d.part, resource = %d.name, service = %d.service, "stopped resource of expired session"),
                 Err(e) => warn!(session = %id, part = %d.part, resource = %d.name, service = %d.service, error = %e, "could not stop resource of expired session"),
             }
-            let labels = StopLabels { part: d.part, result: if result.is_ok() { "ok" } else { "failed" } };
+            let labels = crate::metrics::StopLabels { part: d.part, result: if result.is_ok() { "ok" } else { "failed" } };
             self.metrics().stops.get_or_create(&labels).inc();
         });
         join_all(calls).await;
@@ -424,31 +397,6 @@ impl Table {
             session.deadline = deadline;
             self.deadlines.insert((deadline, id));
         }
-    }
-}
-
-// === impl SessionMetrics ===
-
-impl SessionMetrics {
-    /// Creates the session families and registers them.
-    pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
-        registry.register(
-            "partgate_sessions",
-            "Client sessions currently live",
-            metrics.live.clone(),
-        );
-        registry.register(
-            "partgate_sessions_expired",
-            "Client sessions that expired (heartbeats stopped)",
-            metrics.expired.clone(),
-        );
-        registry.register(
-            "partgate_session_stops",
-            "Stop calls sent for resources of expired sessions, by part and result (ok|failed)",
-            metrics.stops.clone(),
-        );
-        metrics
     }
 }
 

@@ -19,16 +19,15 @@ use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 use tower::Service;
 
-use crate::config::{Config, GatewaySettings, NetworkConfig, RemoteConfig};
-use crate::proto::acme::component::counter::v1 as counter;
-use crate::proto::grpc::reflection::{v1 as reflection_v1, v1alpha as reflection_v1alpha};
-use crate::proto::viam::common::v1 as common;
-use crate::proto::viam::component::generic::v1 as generic;
-use crate::proto::viam::component::motor::v1 as motor;
-use crate::proto::viam::component::sensor::v1 as sensor;
-use crate::proto::viam::component::testecho::v1 as echo;
-use crate::proto::viam::robot::v1 as robot;
-use crate::robot::reflection::{self, DescriptorIndex};
+use proto::acme::component::counter::v1 as counter;
+use proto::grpc::reflection::{v1 as reflection_v1, v1alpha as reflection_v1alpha};
+use proto::reflection::{self, DescriptorIndex};
+use proto::viam::common::v1 as common;
+use proto::viam::component::generic::v1 as generic;
+use proto::viam::component::motor::v1 as motor;
+use proto::viam::component::sensor::v1 as sensor;
+use proto::viam::component::testecho::v1 as echo;
+use proto::viam::robot::v1 as robot;
 
 type Body = tonic::body::Body;
 /// Entries a simulated part's call log keeps (tests look at far fewer).
@@ -241,7 +240,7 @@ impl SimPart {
             stopped: stopped.clone(),
         };
         let task = tokio::spawn(async move {
-            let builder = crate::listener::http_builder();
+            let builder = http_builder();
             let mut conns = JoinSet::new();
             loop {
                 let (stream, _) = tokio::select! {
@@ -284,6 +283,11 @@ impl SimPart {
     /// The part's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The part's name (its spec's).
+    pub fn name(&self) -> &str {
+        &self.spec.name
     }
 
     /// What the part has seen.
@@ -366,7 +370,7 @@ impl Sim {
         let Some(secret) = self.spec.secret.clone() else {
             return Ok(req);
         };
-        if req.uri().path() == crate::auth::AUTHENTICATE_PATH {
+        if req.uri().path() == proto::wire::AUTHENTICATE_PATH {
             return Err(self.issue_token(req, &secret).await);
         }
         let presented = req
@@ -394,10 +398,10 @@ impl Sim {
             return Status::invalid_argument("already authenticated; cannot re-authenticate")
                 .into_http();
         }
-        let request: crate::proto::rpc::v1::AuthenticateRequest =
-            match crate::robot::decode(req.into_body()).await {
+        let request: proto::rpc::v1::AuthenticateRequest =
+            match proto::unary::decode(req.into_body(), MAX_MESSAGE).await {
                 Ok(r) => r,
-                Err(e) => return e.to_status().into_http(),
+                Err(status) => return status.into_http(),
             };
         self.log.record_call("Authenticate", request.entity.clone());
         if request
@@ -411,7 +415,7 @@ impl Sim {
         if let Ok(mut tokens) = self.log.tokens.lock() {
             tokens.push(token.clone());
         }
-        crate::robot::reply(&crate::proto::rpc::v1::AuthenticateResponse {
+        proto::unary::reply(&proto::rpc::v1::AuthenticateResponse {
             access_token: token,
         })
     }
@@ -429,7 +433,7 @@ impl Sim {
     /// Honours `viam-sid` on a safety-monitored motor call like viam-server: absent is fine, an
     /// unknown or expired id is SESSION_EXPIRED, a live one now monitors the motor.
     fn monitor<T>(&self, req: &Request<T>, motor: &str) -> Result<bool, Status> {
-        let Some(value) = req.metadata().get(crate::session::SESSION_HEADER.as_str()) else {
+        let Some(value) = req.metadata().get(proto::wire::SESSION_HEADER.as_str()) else {
             return Ok(false);
         };
         let expired = || Status::invalid_argument("SESSION_EXPIRED");
@@ -528,7 +532,7 @@ fn monitored_reply<T>(msg: T, motor: &str, monitored: bool) -> Response<T> {
     let value = format!("rdk:component:motor/{motor}");
     if let (true, Ok(value)) = (monitored, tonic::metadata::MetadataValue::try_from(value)) {
         resp.metadata_mut()
-            .insert(crate::session::MONITORED_NAME, value);
+            .insert(proto::wire::MONITORED_NAME, value);
     }
     resp
 }
@@ -1061,11 +1065,11 @@ impl counter::counter_service_server::CounterService for Sim {
 
 /// Every file we compiled, for parts with the custom counter API.
 static WITH_CUSTOM_API: LazyLock<DescriptorIndex> = LazyLock::new(|| {
-    DescriptorIndex::new(crate::proto::FILE_DESCRIPTOR_SET, |_| true).unwrap_or_default()
+    DescriptorIndex::new(proto::FILE_DESCRIPTOR_SET, |_| true).unwrap_or_default()
 });
 /// The same without the `acme.*` files: a part that does not run the module does not know them.
 static WITHOUT_CUSTOM_API: LazyLock<DescriptorIndex> = LazyLock::new(|| {
-    DescriptorIndex::new(crate::proto::FILE_DESCRIPTOR_SET, |f| {
+    DescriptorIndex::new(proto::FILE_DESCRIPTOR_SET, |f| {
         !f.package().starts_with("acme.")
     })
     .unwrap_or_default()
@@ -1209,37 +1213,31 @@ pub fn demo_fleet() -> Vec<(Option<&'static str>, PartSpec)> {
     ]
 }
 
-/// Starts the demo fleet on ephemeral loopback ports and returns it with a gateway config for
-/// it (`main` is the main part).
-pub async fn start_demo(bind: &str) -> std::io::Result<(Vec<SimPart>, Config)> {
-    let mut parts = Vec::new();
-    let mut remotes = Vec::new();
+/// Starts the demo fleet on ephemeral loopback ports: each part with its prefix (`main` is the
+/// main part). The gateway's side (a config for these parts) is `partgate::config::Config::local_fleet`.
+pub async fn start_demo() -> std::io::Result<Vec<(Option<&'static str>, SimPart)>> {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut parts = Vec::new();
     for (prefix, spec) in demo_fleet() {
-        let part = SimPart::start(spec.clone(), loopback).await?;
-        remotes.push(RemoteConfig {
-            name: spec.name.clone(),
-            address: part.addr().to_string(),
-            insecure: true,
-            prefix: prefix.map(str::to_owned),
-            auth: None,
-            secret: None,
-            connection_check_interval: Some("2s".into()),
-            reconnect_interval: Some("250ms".into()),
-        });
-        parts.push(part);
+        parts.push((prefix, SimPart::start(spec, loopback).await?));
     }
-    let config = Config {
-        network: NetworkConfig {
-            bind_address: bind.to_owned(),
-            ..NetworkConfig::default()
-        },
-        remotes,
-        gateway: GatewaySettings {
-            main_part: Some("main".into()),
-            ..GatewaySettings::default()
-        },
-        ..Config::default()
-    };
-    Ok((parts, config))
+    Ok(parts)
+}
+
+/// The HTTP server a simulated part serves with (HTTP/1.1 and HTTP/2, viam-server's window
+/// sizes and limits).
+fn http_builder() -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(4096)
+        .initial_stream_window_size(2 * 1024 * 1024)
+        .initial_connection_window_size(8 * 1024 * 1024)
+        .max_frame_size(64 * 1024)
+        .max_send_buf_size(1024 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    builder
 }

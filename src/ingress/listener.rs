@@ -49,7 +49,7 @@ pub struct Frontend {
     /// Behind an `Arc`: the front door is cloned per request, and only gRPC-Web requests need
     /// their own copy of the CORS service (its clone copies several header values).
     web: Arc<tower_http::cors::Cors<tonic_web::GrpcWebService<CallStack>>>,
-    admin: Option<Arc<crate::admin::Admin>>,
+    admin: Option<Arc<crate::ops::admin::Admin>>,
 }
 
 impl Frontend {
@@ -75,8 +75,8 @@ impl Frontend {
         }
     }
 
-    /// Serves `/metrics`, `/readyz` and `/statusz` (see [`crate::admin`]) besides `/healthz`.
-    pub fn with_admin(mut self, admin: Arc<crate::admin::Admin>) -> Self {
+    /// Serves `/metrics`, `/readyz` and `/statusz` (see [`crate::ops::admin`]) besides `/healthz`.
+    pub fn with_admin(mut self, admin: Arc<crate::ops::admin::Admin>) -> Self {
         self.admin = Some(admin);
         self
     }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::pool::{Part, PartChannel};
+use crate::upstream::pool::{Part, PartChannel};
 
 /// `StopRequest` of every resource API (only `name` is sent).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -18,7 +18,7 @@ struct StopRequest {
 struct StopResponse {}
 
 /// Calls `/<service>/Stop` with `name` on `part`; the error says why it failed.
-pub(crate) async fn stop(part: Arc<Part>, service: &str, name: &str) -> Result<(), String> {
+pub async fn stop(part: Arc<Part>, service: &str, name: &str) -> Result<(), String> {
     let path = http::uri::PathAndQuery::try_from(format!("/{service}/Stop"))
         .map_err(|_| format!("{service} is not a valid service name"))?;
     let mut grpc = tonic::client::Grpc::new(PartChannel::for_part(part));

@@ -37,6 +37,17 @@ use pb::signaling_service_server::{SignalingService, SignalingServiceServer};
 
 type Body = tonic::body::Body;
 
+impl crate::stack::LocalService for Signaling {
+    fn serve(
+        self: Arc<Self>,
+        req: http::Request<Body>,
+        principal: Principal,
+        stack: CallStack,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = http::Response<Body>> + Send>> {
+        Box::pin(async move { Signaling::serve(&self, req, principal, stack).await })
+    }
+}
+
 /// How long a call's uuid stays valid for `CallUpdate` after its exchange ended (late `done`
 /// and candidates from the caller are accepted, not answered with errors).
 const CALL_GRACE: Duration = Duration::from_secs(10);

@@ -51,8 +51,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         .generate_default_stubs(true)
         // Packet payloads stay `Bytes`: decoding a data-channel frame slices, never copies.
         .bytes(".proto.rpc.webrtc.v1.PacketMessage.data")
-        // Generated paths are relative to the package root; ours sits under `crate::proto`.
-        .extern_path(".google.rpc", "crate::proto::google::rpc")
+        // `google.rpc.Status` is written by hand in src/lib.rs (see there).
+        .extern_path(".google.rpc", "crate::google::rpc")
         .compile_fds(fds)?;
 
     Ok(())

@@ -1,7 +1,14 @@
-//! Generated protobuf and gRPC code for the Viam API subset partgate speaks.
+//! Generated protobuf and gRPC code for the Viam API subset partgate speaks, with what is
+//! built only on it: the descriptor set and its reflection index ([`reflection`]), unary
+//! messages on the wire ([`unary`]) and Viam's header and path names ([`wire`]).
 //!
-//! Sources live in `proto/` and are compiled by `build.rs` with protox.
+//! Sources live in `proto/` (our own files, with Viam's packages, names and field numbers) and
+//! are compiled by `build.rs` with protox (no `protoc`).
 #![allow(missing_docs)]
+
+pub mod reflection;
+pub mod unary;
+pub mod wire;
 
 /// Viam API packages (`viam.*`).
 #[allow(
