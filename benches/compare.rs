@@ -9,7 +9,7 @@
 //! this bench (load generator, tonic clients)
 //!   ├── direct ───────────────────────────────────────► backend (this binary re-executed with
 //!   ├── partgate (routes by name, rewrites bench:motor1) ►  PARTGATE_COMPARE_ROLE=backend: the
-//!   ├── partgate, gateway.idle_spin 100us ──────────────►  part `bench` and a fleet of 100
+//!   ├── partgate, idle_spin + answer_spin 100us ────────►  part `bench` and a fleet of 100
 //!   ├── nginx grpc_pass ────────────────────────────────►  parts p0..p99, each a SimPart on its
 //!   ├── haproxy (proto h2) ─────────────────────────────►  own port)
 //!   └── envoy (router, HTTP/2 clusters) ────────────────►
@@ -1046,7 +1046,7 @@ fn report(opts: &Options, results: &Results, paths: &[PathUnder], skipped: &[Str
                 .fold(worst_steal, f64::max);
             let label = match path.kind {
                 Some(Kind::Partgate) => "partgate (routes + rewrites)".to_owned(),
-                Some(Kind::PartgateSpin) => format!("partgate, idle_spin {}", peers::IDLE_SPIN),
+                Some(Kind::PartgateSpin) => format!("partgate, both spins {}", peers::SPIN),
                 _ => path.label().to_owned(),
             };
             out.push_str(&format!(

@@ -366,7 +366,7 @@ fn write_config(backend: SocketAddr) -> Res<PathBuf> {
 
 /// The `gateway` object of the bench's config. Experiments: `PARTGATE_BENCH_GATEWAY_WORKERS`
 /// (`worker_threads`; default one per core), `PARTGATE_BENCH_ANSWER_SPIN` (`answer_spin`, a Go
-/// duration; default `100us`) and `PARTGATE_BENCH_IDLE_SPIN` (`idle_spin`; default off).
+/// duration; default off) and `PARTGATE_BENCH_IDLE_SPIN` (`idle_spin`; default off).
 fn gateway_settings() -> serde_json::Value {
     let mut gateway = serde_json::json!({});
     if let Some(n) = std::env::var("PARTGATE_BENCH_GATEWAY_WORKERS")

@@ -605,25 +605,17 @@ impl ResponseBody {
     }
 
     fn end_closing(&mut self) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        let message = format!(
-            "part {} was removed or re-dialed by a configuration reload",
-            self.part
-        );
-        self.end_with(tonic::Code::Unavailable, &message)
+        let part = self.part.to_string();
+        self.end_with(&GatewayError::PartRemoved { part })
     }
 
+    /// Ends the answer with `err`'s trailers (the one error table's code and message).
     fn end_with(
         &mut self,
-        code: tonic::Code,
-        message: &str,
+        err: &GatewayError,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
         self.done = true;
-        let mut trailers = HeaderMap::with_capacity(2);
-        trailers.insert("grpc-status", HeaderValue::from(code as i32));
-        if let Ok(value) = HeaderValue::from_str(message) {
-            trailers.insert("grpc-message", value);
-        }
-        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+        Poll::Ready(Some(Ok(Frame::trailers(err.trailers()))))
     }
 }
 
@@ -643,8 +635,8 @@ impl http_body::Body for ResponseBody {
         if let Some(deadline) = this.deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
         {
-            let message = format!("part {} did not finish before the deadline", this.part);
-            return this.end_with(tonic::Code::DeadlineExceeded, &message);
+            let part = this.part.to_string();
+            return this.end_with(&GatewayError::StreamDeadline { part });
         }
         if this.closed(cx) {
             return this.end_closing();
@@ -667,8 +659,8 @@ impl http_body::Body for ResponseBody {
         match polled {
             Some(Err(err)) => {
                 tracing::debug!(part = %this.part, error = %err, "part stream failed mid-call");
-                let message = format!("connection to part {} lost during the call", this.part);
-                this.end_with(tonic::Code::Unavailable, &message)
+                let part = this.part.to_string();
+                this.end_with(&GatewayError::PartLost { part })
             }
             Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
             None => {

@@ -185,13 +185,15 @@ pub struct GatewaySettings {
     #[serde(default)]
     pub worker_threads: Option<usize>,
     /// How long an idle worker keeps polling its sockets after the last data it read before it
-    /// sleeps (Go duration, at most `1ms`; `"0s"`: never). Cuts the latency of calls at low
-    /// concurrency on virtual machines, at the cost of CPU; see README "Idle spin".
+    /// sleeps (Go duration, at most `1ms`; `"0s"`: never, the default). Cuts the latency of
+    /// calls at low concurrency on virtual machines, at the cost of CPU; see README "Spinning
+    /// (opt-in)".
     #[serde(default = "default_idle_spin")]
     pub idle_spin: String,
     /// How long a worker that has sent a request to a part polls for the answer before it
-    /// sleeps (Go duration, at most `1ms`; `"0s"`: never; default `100us`). See README
-    /// "Answer spin".
+    /// sleeps (Go duration, at most `1ms`; `"0s"`: never, the default). Busy polling: off by
+    /// default so a gateway on a small box spends no CPU waiting; see README "Spinning
+    /// (opt-in)".
     #[serde(default = "default_answer_spin")]
     pub answer_spin: String,
     /// WebRTC ingress: signaling on the main port, gRPC over data channels on UDP.
@@ -392,7 +394,7 @@ fn default_idle_spin() -> String {
     "0s".to_owned()
 }
 fn default_answer_spin() -> String {
-    "100us".to_owned()
+    "0s".to_owned()
 }
 
 /// The longest `gateway.idle_spin` or `gateway.answer_spin` accepted: past this a worker burns

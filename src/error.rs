@@ -16,6 +16,28 @@ pub enum Fault {
     Part,
 }
 
+/// Why a call or an `Authenticate` was refused: a fixed reason for metrics, and goutils' text
+/// for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    /// No `authorization` header, or more than one.
+    #[error("authentication required")]
+    Missing,
+    /// An `authorization` header that is not `Bearer <token>`.
+    #[error("expected authorization header with prefix: Bearer ")]
+    Malformed,
+    /// A token whose `exp` has passed.
+    #[error("unauthenticated: token is expired")]
+    Expired,
+    /// Any other token the gateway does not accept (another signer, a bad signature, audience
+    /// or claims), with goutils' text for it.
+    #[error("{0}")]
+    InvalidToken(&'static str),
+    /// `Authenticate` with credentials that match no configured secret or key.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+}
+
 /// Everything that can fail a call inside the gateway. Statuses returned *by* a part are not
 /// errors here: they pass through to the client untouched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,7 +104,7 @@ pub enum GatewayError {
     FanOut(Vec<(String, String)>),
     /// Missing, malformed or invalid credentials or token.
     #[error("{0}")]
-    Unauthenticated(String),
+    Unauthenticated(AuthFailure),
     /// The caller may not reach that part.
     #[error("{0}")]
     PermissionDenied(String),
@@ -102,6 +124,24 @@ pub enum GatewayError {
     /// The client's request body failed while we were reading it.
     #[error("client request stream failed: {0}")]
     ClientStream(String),
+    /// The part's answer had started when the connection to it was lost.
+    #[error("connection to part {part} lost during the call")]
+    PartLost {
+        /// The part's configured name.
+        part: String,
+    },
+    /// The part's answer had started when a reload removed or re-dialed the part.
+    #[error("part {part} was removed or re-dialed by a configuration reload")]
+    PartRemoved {
+        /// The part's configured name.
+        part: String,
+    },
+    /// The part's answer had started but did not end before the call's deadline.
+    #[error("part {part} did not finish before the deadline")]
+    StreamDeadline {
+        /// The part's configured name.
+        part: String,
+    },
     /// A bug or an unexpected downstream transport failure; details are logged only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -166,6 +206,12 @@ pub enum WebRtcError {
     /// The data-channel peer is gone or reset the stream.
     #[error("stream cancelled")]
     Cancelled,
+    /// Calling out over WebRTC: the peer connection went away during the call.
+    #[error("WebRTC peer is gone")]
+    PeerGone,
+    /// A response that ended without trailers, or in the middle of a message.
+    #[error("response ended without trailers or mid-message")]
+    TruncatedResponse,
 }
 
 /// Problems found while loading or validating the configuration.
@@ -220,33 +266,125 @@ pub enum StartError {
     },
 }
 
+/// Every `reason` label [`GatewayError::reason`] gives (to drop a removed part's series).
+pub const REASONS: [&str; 20] = [
+    "invalid",
+    "compressed",
+    "too_large",
+    "no_route",
+    "ambiguous",
+    "unimplemented",
+    "unavailable",
+    "deadline",
+    "limit",
+    "fan_out",
+    "client_stream",
+    "unauthenticated",
+    "permission_denied",
+    "rate_limited",
+    "session_expired",
+    "too_many_sessions",
+    "internal",
+    "part_lost",
+    "removed",
+    "stream_deadline",
+];
+
+// === impl Fault ===
+
+impl Fault {
+    /// The `source` label of an error metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            Fault::Client => "client",
+            Fault::Gateway => "gateway",
+            Fault::Part => "part",
+        }
+    }
+}
+
+// === impl AuthFailure ===
+
+impl AuthFailure {
+    /// The `reason` label of a refused authentication (a fixed word, never what was sent).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::Expired => "expired",
+            Self::InvalidToken(_) => "invalid_token",
+            Self::InvalidCredentials => "bad_credentials",
+        }
+    }
+}
+
 // === impl GatewayError ===
 
 impl GatewayError {
-    /// THE table: every gateway failure's gRPC code and whose fault it was.
-    pub fn code_and_fault(&self) -> (Code, Fault) {
+    /// THE table: every gateway failure's gRPC code, whose fault it was, and the `reason`
+    /// label its metrics carry.
+    pub fn row(&self) -> (Code, Fault, &'static str) {
+        use Code as C;
+        use Fault::{Client, Gateway, Part};
         match self {
-            Self::MalformedFrame(_) | Self::MissingName { .. } | Self::Compressed => {
-                (Code::InvalidArgument, Fault::Client)
+            Self::MalformedFrame(_) | Self::MissingName { .. } => {
+                (C::InvalidArgument, Client, "invalid")
             }
-            Self::MessageTooLarge { .. } | Self::RateLimited(_) => {
-                (Code::ResourceExhausted, Fault::Client)
-            }
-            Self::Unauthenticated(_) => (Code::Unauthenticated, Fault::Client),
-            Self::PermissionDenied(_) => (Code::PermissionDenied, Fault::Client),
-            Self::InvalidArgument(_) | Self::SessionExpired => {
-                (Code::InvalidArgument, Fault::Client)
-            }
-            Self::TooManySessions(_) => (Code::ResourceExhausted, Fault::Client),
-            Self::NotFound { .. } => (Code::NotFound, Fault::Client),
-            Self::Ambiguous { .. } => (Code::FailedPrecondition, Fault::Client),
-            Self::Unimplemented(_) => (Code::Unimplemented, Fault::Client),
-            Self::ClientStream(_) => (Code::Cancelled, Fault::Client),
-            Self::PartUnavailable { .. } | Self::FanOut(_) => (Code::Unavailable, Fault::Part),
-            Self::DeadlineExceeded { .. } => (Code::DeadlineExceeded, Fault::Part),
-            Self::Overloaded { .. } => (Code::ResourceExhausted, Fault::Gateway),
-            Self::Internal(_) => (Code::Internal, Fault::Gateway),
+            Self::Compressed => (C::InvalidArgument, Client, "compressed"),
+            Self::MessageTooLarge { .. } => (C::ResourceExhausted, Client, "too_large"),
+            Self::RateLimited(_) => (C::ResourceExhausted, Client, "rate_limited"),
+            Self::Unauthenticated(_) => (C::Unauthenticated, Client, "unauthenticated"),
+            Self::PermissionDenied(_) => (C::PermissionDenied, Client, "permission_denied"),
+            Self::InvalidArgument(_) => (C::InvalidArgument, Client, "invalid"),
+            Self::SessionExpired => (C::InvalidArgument, Client, "session_expired"),
+            Self::TooManySessions(_) => (C::ResourceExhausted, Client, "too_many_sessions"),
+            Self::NotFound { .. } => (C::NotFound, Client, "no_route"),
+            Self::Ambiguous { .. } => (C::FailedPrecondition, Client, "ambiguous"),
+            Self::Unimplemented(_) => (C::Unimplemented, Client, "unimplemented"),
+            Self::ClientStream(_) => (C::Cancelled, Client, "client_stream"),
+            Self::PartUnavailable { .. } => (C::Unavailable, Part, "unavailable"),
+            Self::FanOut(_) => (C::Unavailable, Part, "fan_out"),
+            Self::PartLost { .. } => (C::Unavailable, Part, "part_lost"),
+            Self::PartRemoved { .. } => (C::Unavailable, Gateway, "removed"),
+            Self::DeadlineExceeded { .. } => (C::DeadlineExceeded, Part, "deadline"),
+            Self::StreamDeadline { .. } => (C::DeadlineExceeded, Part, "stream_deadline"),
+            Self::Overloaded { .. } => (C::ResourceExhausted, Gateway, "limit"),
+            Self::Internal(_) => (C::Internal, Gateway, "internal"),
         }
+    }
+
+    /// The gRPC code and whose fault it was (see [`GatewayError::row`]).
+    pub fn code_and_fault(&self) -> (Code, Fault) {
+        let (code, fault, _) = self.row();
+        (code, fault)
+    }
+
+    /// The `reason` label of a call the gateway ended itself (one of [`REASONS`]).
+    pub fn reason(&self) -> &'static str {
+        self.row().2
+    }
+
+    /// The `reason` label of a refused authentication: the token's or the credentials'
+    /// failure, a rate limit, or a malformed request.
+    pub fn auth_reason(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(failure) => failure.reason(),
+            Self::RateLimited(_) => "rate_limited",
+            Self::InvalidArgument(_) => "invalid_request",
+            _ => "bad_credentials",
+        }
+    }
+
+    /// Trailers that end a response already under way with this error: `grpc-status` and a
+    /// `grpc-message` percent-encoded as gRPC says (bytes outside printable ASCII, and `%`).
+    pub fn trailers(&self) -> http::HeaderMap {
+        let status = self.to_status();
+        let mut trailers = http::HeaderMap::with_capacity(2);
+        trailers.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
+        if let Ok(value) = http::HeaderValue::from_str(&grpc_message(status.message())) {
+            trailers.insert("grpc-message", value);
+        }
+        trailers
     }
 
     /// The status sent to the client. Internal errors get a generic message.
@@ -258,6 +396,20 @@ impl GatewayError {
         };
         Status::new(code, message)
     }
+}
+
+/// `message` percent-encoded for `grpc-message` (gRPC over HTTP/2: every byte outside
+/// 0x20..=0x7E, and `%`, as `%XX`).
+fn grpc_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 // === impl WebRtcError ===
@@ -280,6 +432,8 @@ impl WebRtcError {
             }
             Self::ConnectTimeout(_) => (Code::DeadlineExceeded, Fault::Client),
             Self::PeerClosed | Self::Cancelled => (Code::Cancelled, Fault::Client),
+            Self::PeerGone => (Code::Unavailable, Fault::Part),
+            Self::TruncatedResponse => (Code::Internal, Fault::Part),
             Self::Transport(_) | Self::CompressedResponse => (Code::Internal, Fault::Gateway),
         }
     }
@@ -310,6 +464,96 @@ impl From<GatewayError> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One of every variant: the table gives each a reason from [`REASONS`], and every reason
+    /// is given by some variant.
+    #[test]
+    fn every_error_has_a_listed_reason() {
+        let part = || "p".to_owned();
+        let errors = [
+            GatewayError::MalformedFrame("x"),
+            GatewayError::MissingName { method: "m".into() },
+            GatewayError::Compressed,
+            GatewayError::MessageTooLarge { size: 2, limit: 1 },
+            GatewayError::NotFound { name: "n".into() },
+            GatewayError::Ambiguous {
+                name: "n".into(),
+                parts: vec![],
+            },
+            GatewayError::Unimplemented("u".into()),
+            GatewayError::PartUnavailable { part: part() },
+            GatewayError::DeadlineExceeded { part: part() },
+            GatewayError::Overloaded { part: part() },
+            GatewayError::FanOut(vec![]),
+            GatewayError::Unauthenticated(AuthFailure::Missing),
+            GatewayError::PermissionDenied("d".into()),
+            GatewayError::InvalidArgument("i".into()),
+            GatewayError::RateLimited("r".into()),
+            GatewayError::SessionExpired,
+            GatewayError::TooManySessions(1),
+            GatewayError::ClientStream("c".into()),
+            GatewayError::PartLost { part: part() },
+            GatewayError::PartRemoved { part: part() },
+            GatewayError::StreamDeadline { part: part() },
+            GatewayError::Internal("i".into()),
+        ];
+        for err in &errors {
+            assert!(REASONS.contains(&err.reason()), "{err}");
+        }
+        for reason in REASONS {
+            assert!(
+                errors.iter().any(|e| e.reason() == reason),
+                "{reason} unused"
+            );
+        }
+    }
+
+    /// Mid-stream errors end a call with the table's code, and a message encoded as gRPC says.
+    #[test]
+    fn mid_stream_trailers_carry_the_code_and_an_encoded_message() {
+        let t = GatewayError::PartLost { part: "arm".into() }.trailers();
+        assert_eq!(t["grpc-status"], "14");
+        assert_eq!(
+            t["grpc-message"],
+            "connection to part arm lost during the call"
+        );
+        let t = GatewayError::StreamDeadline {
+            part: "b\u{e9}% \n".into(),
+        }
+        .trailers();
+        assert_eq!(t["grpc-status"], "4");
+        assert_eq!(
+            t["grpc-message"],
+            "part b%C3%A9%25 %0A did not finish before the deadline"
+        );
+        let t = GatewayError::Internal("secret detail".into()).trailers();
+        assert_eq!(t["grpc-status"], "13");
+        assert_eq!(t["grpc-message"], "internal gateway error");
+    }
+
+    #[test]
+    fn auth_failures_have_fixed_reasons() {
+        let unauth = |f| GatewayError::Unauthenticated(f);
+        assert_eq!(unauth(AuthFailure::Missing).auth_reason(), "missing");
+        assert_eq!(unauth(AuthFailure::Malformed).auth_reason(), "malformed");
+        assert_eq!(unauth(AuthFailure::Expired).auth_reason(), "expired");
+        assert_eq!(
+            unauth(AuthFailure::InvalidToken("x")).auth_reason(),
+            "invalid_token"
+        );
+        assert_eq!(
+            unauth(AuthFailure::InvalidCredentials).auth_reason(),
+            "bad_credentials"
+        );
+        assert_eq!(
+            GatewayError::RateLimited("r".into()).auth_reason(),
+            "rate_limited"
+        );
+        assert_eq!(
+            GatewayError::InvalidArgument("i".into()).auth_reason(),
+            "invalid_request"
+        );
+    }
 
     #[test]
     fn table_matches_architecture() {

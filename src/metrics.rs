@@ -27,7 +27,7 @@ use prometheus_client::registry::Registry;
 use tonic::Code;
 use tracing::{debug, info};
 
-use crate::error::{Fault, GatewayError};
+use crate::error::GatewayError;
 
 /// The `part` label of calls that reached no part (answered by the gateway, or rejected).
 pub const NO_PART: &str = "none";
@@ -604,11 +604,11 @@ impl Metrics {
 
     /// Counts a call the gateway ended itself.
     pub fn rejected(&self, part: &Arc<str>, err: &GatewayError) {
-        let (_, fault) = err.code_and_fault();
+        let (_, fault, reason) = err.row();
         let labels = RejectedLabels {
             part: part.clone(),
-            reason: reject_reason(err),
-            source: fault_label(fault),
+            reason,
+            source: fault.label(),
         };
         self.families.rejected.get_or_create(&labels).inc();
     }
@@ -643,59 +643,6 @@ fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Every value [`reject_reason`] returns (to drop a removed part's series).
-const REJECT_REASONS: [&str; 17] = [
-    "invalid",
-    "compressed",
-    "too_large",
-    "no_route",
-    "ambiguous",
-    "unimplemented",
-    "unavailable",
-    "deadline",
-    "limit",
-    "fan_out",
-    "client_stream",
-    "unauthenticated",
-    "permission_denied",
-    "rate_limited",
-    "session_expired",
-    "too_many_sessions",
-    "internal",
-];
-
-/// The `reason` label of a call the gateway ended itself.
-pub fn reject_reason(err: &GatewayError) -> &'static str {
-    match err {
-        GatewayError::MalformedFrame(_) | GatewayError::MissingName { .. } => "invalid",
-        GatewayError::Compressed => "compressed",
-        GatewayError::MessageTooLarge { .. } => "too_large",
-        GatewayError::NotFound { .. } => "no_route",
-        GatewayError::Ambiguous { .. } => "ambiguous",
-        GatewayError::Unimplemented(_) => "unimplemented",
-        GatewayError::PartUnavailable { .. } => "unavailable",
-        GatewayError::DeadlineExceeded { .. } => "deadline",
-        GatewayError::Overloaded { .. } => "limit",
-        GatewayError::FanOut(_) => "fan_out",
-        GatewayError::ClientStream(_) => "client_stream",
-        GatewayError::Unauthenticated(_) => "unauthenticated",
-        GatewayError::PermissionDenied(_) => "permission_denied",
-        GatewayError::InvalidArgument(_) => "invalid",
-        GatewayError::RateLimited(_) => "rate_limited",
-        GatewayError::SessionExpired => "session_expired",
-        GatewayError::TooManySessions(_) => "too_many_sessions",
-        GatewayError::Internal(_) => "internal",
-    }
-}
-
-fn fault_label(fault: Fault) -> &'static str {
-    match fault {
-        Fault::Client => "client",
-        Fault::Gateway => "gateway",
-        Fault::Part => "part",
-    }
 }
 
 /// The canonical name of a gRPC code (`OK`, `NOT_FOUND`, ...).
@@ -830,7 +777,7 @@ impl PartMetrics {
                 f.finished.remove(&m.finished_labels(code));
             }
         }
-        for reason in REJECT_REASONS {
+        for reason in crate::error::REASONS {
             for source in ["client", "gateway", "part"] {
                 f.rejected.remove(&RejectedLabels {
                     part: self.name.clone(),
@@ -1325,38 +1272,6 @@ mod tests {
             "{text}"
         );
         assert_eq!(part.totals(), (2, 1));
-    }
-
-    #[test]
-    fn reject_reasons_are_listed() {
-        let errors = [
-            GatewayError::MalformedFrame("x"),
-            GatewayError::Compressed,
-            GatewayError::NotFound { name: "n".into() },
-            GatewayError::Overloaded { part: "p".into() },
-            GatewayError::Internal("i".into()),
-            GatewayError::SessionExpired,
-        ];
-        for err in &errors {
-            assert!(REJECT_REASONS.contains(&reject_reason(err)), "{err}");
-        }
-    }
-
-    #[test]
-    fn forgotten_parts_leave_no_series() {
-        let metrics = Metrics::new();
-        let part = metrics.part("gone");
-        metrics.rejected(
-            part.name(),
-            &GatewayError::Overloaded {
-                part: "gone".into(),
-            },
-        );
-        part.connected();
-        part.record(MethodId(0), Code::Ok, Instant::now());
-        assert!(metrics.encode().contains(r#"part="gone""#));
-        metrics.forget_part("gone");
-        assert!(!metrics.encode().contains(r#"part="gone""#));
     }
 
     #[test]

@@ -326,7 +326,7 @@ impl Shared {
                 let metrics = self.pool.metrics();
                 match &verified {
                     Ok(_) => metrics.auth_result(true, "token"),
-                    Err(err) => metrics.auth_result(false, token_failure(err)),
+                    Err(err) => metrics.auth_result(false, err.auth_reason()),
                 }
                 verified?
             }
@@ -383,9 +383,7 @@ impl Shared {
         let answer = auth.authenticate(&parts.headers, peer, request);
         let reason = match &answer {
             Ok(_) => kind,
-            Err(GatewayError::RateLimited(_)) => "rate_limited",
-            Err(GatewayError::InvalidArgument(_)) => "invalid_request",
-            Err(_) => "bad_credentials",
+            Err(err) => err.auth_reason(),
         };
         self.pool.metrics().auth_result(answer.is_ok(), reason);
         Ok(crate::robot::reply(&answer?))
@@ -622,16 +620,6 @@ impl Shared {
             )
             .close_on(part.closing())
         }))
-    }
-}
-
-/// A fixed label for why a call's token was refused (never anything the client sent).
-fn token_failure(err: &GatewayError) -> &'static str {
-    match err {
-        GatewayError::Unauthenticated(m) if m == "authentication required" => "missing",
-        GatewayError::Unauthenticated(m) if m.starts_with("expected authorization") => "malformed",
-        GatewayError::Unauthenticated(m) if m.ends_with("token is expired") => "expired",
-        _ => "invalid_token",
     }
 }
 

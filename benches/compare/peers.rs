@@ -21,8 +21,8 @@ use crate::{Res, WORKERS};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Partgate,
-    /// partgate with `gateway.idle_spin` set ([`IDLE_SPIN`]): a second row, since it trades
-    /// CPU for latency and is off by default.
+    /// partgate with both spins set ([`SPIN`]): a second row, since they trade
+    /// CPU for latency and are off by default.
     PartgateSpin,
     Nginx,
     Haproxy,
@@ -126,7 +126,7 @@ pub fn start(kind: Kind, fleet: bool, up: &Upstreams, dir: &Path, procs: &Procs)
         vec![("bench".to_owned(), up.single)]
     };
     if kind.is_partgate() {
-        let spin = (kind == Kind::PartgateSpin).then_some(IDLE_SPIN);
+        let spin = (kind == Kind::PartgateSpin).then_some(SPIN);
         return start_partgate(&binary, &ups, &work, procs, spin);
     }
     let listen = free_port()?;
@@ -189,16 +189,17 @@ pub fn start(kind: Kind, fleet: bool, up: &Upstreams, dir: &Path, procs: &Procs)
     }
 }
 
-/// `gateway.idle_spin` of the `partgate-spin` row: long enough to cover a part's answer at
-/// concurrency 1 on this VM (~50-60 µs), short enough that a quiet gateway stops soon.
-pub const IDLE_SPIN: &str = "100us";
+/// `gateway.idle_spin` and `gateway.answer_spin` of the `partgate-spin` row (both off by
+/// default): long enough to cover a part's answer at concurrency 1 on this VM (~50-60 µs),
+/// short enough that a quiet gateway stops soon.
+pub const SPIN: &str = "100us";
 
 fn start_partgate(
     binary: &Path,
     ups: &[(String, SocketAddr)],
     work: &Path,
     procs: &Procs,
-    idle_spin: Option<&str>,
+    spin: Option<&str>,
 ) -> Res<Instance> {
     let conf = work.join("partgate.json");
     let remotes: Vec<serde_json::Value> = ups
@@ -213,8 +214,9 @@ fn start_partgate(
         })
         .collect();
     let mut gateway = serde_json::json!({ "worker_threads": WORKERS });
-    if let Some(spin) = idle_spin {
+    if let Some(spin) = spin {
         gateway["idle_spin"] = spin.into();
+        gateway["answer_spin"] = spin.into();
     }
     let config = serde_json::json!({
         "network": { "bind_address": "127.0.0.1:0" },

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
-use crate::error::GatewayError;
+use crate::error::{AuthFailure, GatewayError};
 use crate::proto::rpc::v1 as rpc;
 
 /// The identity signaling established, carried by every request of a WebRTC peer. Only the
@@ -148,19 +148,13 @@ impl Auth {
     pub fn verify(&self, headers: &HeaderMap) -> Result<Principal, GatewayError> {
         let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
         let (Some(value), None) = (values.next(), values.next()) else {
-            return Err(GatewayError::Unauthenticated(
-                "authentication required".into(),
-            ));
+            return Err(GatewayError::Unauthenticated(AuthFailure::Missing));
         };
         let token = value
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                GatewayError::Unauthenticated(
-                    "expected authorization header with prefix: Bearer ".into(),
-                )
-            })?;
+            .ok_or(GatewayError::Unauthenticated(AuthFailure::Malformed))?;
         let claims = self
             .signer
             .verify(token)
@@ -218,7 +212,9 @@ impl Auth {
                 self.limiter.fail(peer);
             }
             tracing::info!(entity = %req.entity, creds_type = %creds.r#type, "authentication failed");
-            return Err(GatewayError::Unauthenticated("invalid credentials".into()));
+            return Err(GatewayError::Unauthenticated(
+                AuthFailure::InvalidCredentials,
+            ));
         }
         let access_token = self
             .signer

@@ -13,6 +13,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
+use crate::error::AuthFailure;
+
 /// The claims of a gateway access token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -155,23 +157,25 @@ impl Signer {
     }
 
     /// Verifies a token; the error text follows goutils' messages.
-    pub fn verify(&self, token: &str) -> Result<Claims, String> {
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthFailure> {
         // goutils' "unauthenticated: <reason>", without echoing decoder internals to clients.
-        let invalid = || "unauthenticated: invalid token".to_owned();
+        let invalid = || AuthFailure::InvalidToken("unauthenticated: invalid token");
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         if header.kid.as_deref() != Some(self.kid.as_str()) {
-            return Err("unauthenticated: token was not signed by this gateway".to_owned());
+            return Err(AuthFailure::InvalidToken(
+                "unauthenticated: token was not signed by this gateway",
+            ));
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::InvalidAudience => "invalid audience".to_owned(),
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                    "unauthenticated: token is expired".to_owned()
+                jsonwebtoken::errors::ErrorKind::InvalidAudience => {
+                    AuthFailure::InvalidToken("invalid audience")
                 }
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthFailure::Expired,
                 _ => invalid(),
             })?;
         if data.claims.sub.is_empty() {
-            return Err("expected entity (sub) in claims".to_owned());
+            return Err(AuthFailure::InvalidToken("expected entity (sub) in claims"));
         }
         Ok(data.claims)
     }

@@ -52,7 +52,7 @@ fn defaults_apply() {
     assert_eq!(settings.max_message_size, 32 * 1024 * 1024);
     assert!(!settings.parts[0].main);
     assert_eq!(settings.idle_spin, Duration::ZERO);
-    assert_eq!(settings.answer_spin, Duration::from_micros(100));
+    assert_eq!(settings.answer_spin, Duration::ZERO);
 }
 
 #[test]

@@ -29,6 +29,7 @@ use super::channel::ChannelIo;
 use super::signaling::{decode_sdp, encode_sdp};
 use super::transport::{Endpoint, TransportError};
 use super::wire::{self, Deframer, Reassembly};
+use crate::error::WebRtcError;
 use crate::proto::rpc::webrtc::v1 as pb;
 
 type Body = tonic::body::Body;
@@ -191,7 +192,7 @@ impl tower::Service<http::Request<Body>> for WebRtcClient {
 }
 
 fn gone() -> http::Response<Body> {
-    tonic::Status::unavailable("WebRTC peer is gone").into_http()
+    WebRtcError::PeerGone.to_status().into_http()
 }
 
 fn trailers_only(t: &pb::ResponseTrailers) -> http::Response<Body> {
@@ -329,9 +330,7 @@ impl http_body::Body for ResponseBody {
                 Poll::Ready(Some(kind)) => kind,
                 Poll::Ready(None) => {
                     self.guard.armed = false;
-                    return Poll::Ready(Some(Err(tonic::Status::unavailable(
-                        "WebRTC peer is gone",
-                    ))));
+                    return Poll::Ready(Some(Err(WebRtcError::PeerGone.to_status())));
                 }
             };
             match kind {
@@ -347,9 +346,8 @@ impl http_body::Body for ResponseBody {
                         }
                         Ok(None) => continue,
                         Err(wire::TooLarge) => {
-                            return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
-                                "response message larger than 32 MiB",
-                            ))));
+                            let too_large = WebRtcError::MessageTooLarge(wire::MAX_MESSAGE);
+                            return Poll::Ready(Some(Err(too_large.to_status())));
                         }
                     }
                 }

@@ -533,9 +533,9 @@ async fn relay(
     let trailers = match trailers {
         Some(trailers) if deframer.is_empty() => wire::to_trailers(&trailers),
         _ => pb::ResponseTrailers {
-            status: Some(wire::rpc_status(&tonic::Status::internal(
-                "response ended without trailers or mid-message",
-            ))),
+            status: Some(wire::rpc_status(
+                &WebRtcError::TruncatedResponse.to_status(),
+            )),
             metadata: None,
         },
     };

@@ -347,7 +347,9 @@ impl SignalingService for Handler {
             match opened.await {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(Err(Status::from(e))),
-                Err(_) => Some(Err(Status::internal("internal gateway error"))),
+                Err(_) => Some(Err(
+                    WebRtcError::Transport("peer task ended".into()).to_status()
+                )),
             }
         })
         .filter_map(std::future::ready);
