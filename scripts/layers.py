@@ -32,8 +32,8 @@ LAYERS = [
 ]
 
 # Crates of the workspace, by directory: the path dependencies each may have.
-# The simulated parts are a dev-dependency of the gateway's package (tests, benches) and a
-# dependency of nothing the library builds; the binary reaches them through `crates/sim` only.
+# The gateway's package depends on the simulated parts for its binary (`partgate demo`,
+# `partgate sim-part`), tests and benches; the library never uses them (checked below).
 CRATES = {
     ".": {"crates/http2", "crates/runtime", "crates/proto", "crates/sim"},
     "crates/http2": set(),
@@ -90,7 +90,7 @@ def check_modules(root):
             for m in re.finditer(r"\b(sim|partgate_sim)::", code):
                 problems.append(
                     f"{os.path.relpath(path, root)}:{line_of(code, m.start())}: the library uses the "
-                    "simulated parts (only src/main.rs, tests and benches may)"
+                    "simulated parts (only the binary, src/main.rs, and tests and benches may)"
                 )
             for name, pos in refs:
                 if name == top or name not in rank:

@@ -152,7 +152,8 @@ fn plain_http<B>(req: &http::Request<B>) -> http::Response<Body> {
     resp
 }
 
-/// The HTTP server settings used for both the gateway and simulated parts.
+/// hyper's server settings for the connections it serves here (HTTP/1.1: gRPC-Web, CORS, plain
+/// HTTP).
 pub fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

@@ -6,6 +6,7 @@
 pub mod frame;
 pub mod hash;
 pub mod method;
+pub mod methods;
 pub mod resource_name;
 pub mod table;
 

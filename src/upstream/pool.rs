@@ -1,15 +1,14 @@
-//! Stage `pool`: one multiplexed HTTP/2 connection per part, dialed at start, kept alive with
+//! Stage `upstream`, the pool: a multiplexed HTTP/2 connection to each part per worker (the
+//! first dialed at start, each other worker's on its first call to the part), kept alive with
 //! pings, redialed every `reconnect_interval` while down, and refreshed every
 //! `connection_check_interval` (`ResourceNames` + `ResourceRPCSubtypes`) into the route table.
 //!
 //! Receives a routed request for part N; hands back the part's response (headers now, body and
 //! trailers streaming), or fails fast with UNAVAILABLE when the part is not connected.
 //!
-//! The connections to parts run on the native HTTP/2 client ([`http2::client`]), not on
-//! `h2`: `h2`'s client side was the largest cost per proxied call (~30k of ~80k user-space
-//! instructions per unary call at c=64: connection task, `send_request`/`Pump`, HPACK, stream
-//! state transitions, priority queues). The native engine costs ~9k (callgrind, bench c=64:
-//! 79.8k -> 63.2k instructions per call through the gateway; c=1 97.8k -> 78.1k).
+//! The connections to parts run on the workspace's own HTTP/2 client ([`http2::client`]), not
+//! on `h2`, whose client side was the largest cost of a proxied call (docs/perf/journal.md,
+//! round 3).
 
 use std::future::Future;
 use std::ops::Deref;
@@ -45,7 +44,7 @@ type Sender = Arc<Conn>;
 
 /// One HTTP/2 connection to a part, driven by the native engine ([`http2::client`]): a
 /// call writes its HEADERS and first message together and awaits the response in its own task,
-/// with no dispatch task or per-call body task in between (bench/README.md).
+/// with no dispatch task or per-call body task in between.
 pub struct Conn {
     send: h2c::SendRequest,
     /// Set when the connection task ended.

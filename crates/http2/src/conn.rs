@@ -6,7 +6,7 @@
 //! Receives bytes from the peer and frames queued by stream handles; hands on response heads,
 //! data and trailers to the stream handles, and sends WINDOW_UPDATEs as they consume data.
 //!
-//! Shape, for speed (see `src/pool.rs` for the numbers):
+//! Shape, for speed (measurements in the workspace's docs/perf/journal.md):
 //! - [`State`] holds the stream table (a slab indexed by a small handle, a map from stream id
 //!   for incoming frames), both sides' flow-control windows, the peer's settings, the HPACK
 //!   encoder and the [`WriteQueue`]. A caller encodes its HEADERS and DATA straight into the
@@ -126,7 +126,7 @@ const READS_PER_POLL: usize = 8;
 
 /// A queue of chunks, the first one inline: a stream usually holds one chunk at a time, and
 /// then the queue allocates nothing. The rest is made only when needed: dropping a `VecDeque`,
-/// even an empty one, costs ~35 instructions, and a call drops four queues.
+/// even an empty one, is not free, and a call drops four queues.
 #[derive(Debug, Default)]
 pub struct Chunks {
     /// Empty only when `rest` is empty too.
@@ -968,8 +968,7 @@ struct Keepalive {
 impl Keepalive {
     /// Whether the timer fired. The `Sleep` is polled only when that can tell something new:
     /// until it is armed, and once the driver took it off the wheel (`is_elapsed`, an atomic
-    /// load). Polling it on every turn of the connection loop cost ~140 instructions a turn,
-    /// several turns per call.
+    /// load), rather than on every turn of the connection loop, several turns per call.
     fn fired(&mut self, cx: &mut Context<'_>) -> bool {
         if self.armed && !self.sleep.is_elapsed() {
             return false;

@@ -3,7 +3,7 @@
 use http::HeaderName;
 
 /// The request header carrying a session id on safety-monitored calls. Pre-parsed: a lookup by
-/// `&str` parses and hashes the name first (~270 instructions), and every call looks this up.
+/// `&str` parses and hashes the name first, and every call looks this up.
 pub const SESSION_HEADER: HeaderName = HeaderName::from_static("viam-sid");
 /// The response header naming resources a part itself safety-monitored for our session.
 pub const MONITORED_NAME: &str = "viam-smrn";

@@ -1,10 +1,10 @@
 //! Coarse deadlines for the gateway's default call timeout.
 //!
 //! Every call without a client deadline waits at most `gateway.default_timeout` (10 minutes
-//! unless configured) for the part's response headers. A tokio timer per call costs ~1,000
-//! instructions (registering on the timer wheel and taking the entry off again, reading the
-//! clock, polling the `Sleep`): ~3% of a proxied call's, for a timer that almost never fires
-//! (bench/README.md, round 8). Here a call's deadline is an entry in a table, and one sweeper
+//! unless configured) for the part's response headers. A tokio timer per call means registering
+//! on the timer wheel and taking the entry off again, reading the clock and polling the
+//! `Sleep` on every call, for a timer that almost never fires (docs/perf/journal.md, round 8).
+//! Here a call's deadline is an entry in a table, and one sweeper
 //! task checks the table every *tick* (a sixteenth of the default timeout, between 5 ms and 1 s):
 //! a deadline fires between its time and one tick later.
 //!

@@ -3,8 +3,8 @@
 //! Every call's future is boxed by the handler, and it is ~4 KiB (the whole call stack's state:
 //! request, first message, route, the part's request and response). That is past glibc's
 //! per-thread cache (tcache, up to 1,032 bytes), so a fresh box per call costs a `malloc` from
-//! the arena and a `free` back to it: ~680 instructions per call (callgrind, bench/README.md
-//! round 8). A [`Recycler`] keeps the boxes of finished calls, per worker thread, and the next
+//! the arena and a `free` back to it on every call (docs/perf/journal.md, round 8). A
+//! [`Recycler`] keeps the boxes of finished calls, per worker thread, and the next
 //! call's future is written into one of them.
 //!
 //! A slot is a `Pin<Box<Option<F>>>`: the future is dropped in place (`Pin::set(None)`) when the

@@ -8,8 +8,8 @@
 //! connection to every part (the app's pool keeps a lane per worker), so a call's client socket, call
 //! future, part connection and part socket all live on one thread: waking the part
 //! connection's task is a push onto the local run queue, not a futex and a context switch to
-//! another worker (the cost that kept the latency at concurrency 1 from falling with the
-//! instruction count; bench/README.md "Thread per core").
+//! another worker (the cost that kept the latency at concurrency 1 high however little work a
+//! call did; docs/perf/journal.md, round 4).
 //!
 //! Control-plane work (health checks, reloads, the operations endpoints, WebRTC) stays on
 //! worker 0, where it was started.
@@ -303,8 +303,8 @@ pub fn note_activity() {
 /// spinner task instead, so the runtime polls its sockets without blocking and comes back here.
 ///
 /// Why: on a virtual machine an idle vCPU halts, and waking a thread on it costs the
-/// hypervisor's round trip (tens of µs, several times per proxied call at low concurrency;
-/// bench/README.md, rounds 10 and 12). A worker that expects the answer to what it just
+/// hypervisor's round trip, several times per proxied call at low concurrency (measured in
+/// docs/perf/journal.md, rounds 10 and 12). A worker that expects the answer to what it just
 /// forwarded stays on its CPU for a short while instead, and reads the answer without being
 /// woken. The yield keeps the spin from taking a core that another thread is waiting for: on a
 /// loaded machine the scheduler runs that thread, on an idle one the yield returns at once.
