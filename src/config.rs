@@ -158,6 +158,16 @@ pub struct GatewaySettings {
     /// How long in-flight calls may run after SIGTERM before the gateway exits.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: String,
+    /// How long a client has, from connecting, to send its first request head (the HTTP/2
+    /// preface, or an HTTP/1.1 request head; each later HTTP/1.1 head too) before the
+    /// connection is closed, like nginx's `client_header_timeout`. Read at start.
+    #[serde(default = "default_client_header_timeout")]
+    pub client_header_timeout: String,
+    /// Client connections open at once on each listener; one accepted beyond it is closed at
+    /// once. The gateway raises its open-file limit to the hard limit at start; keep this below
+    /// that, with room for the parts' connections.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Extra `ip:port` serving only `/metrics`, `/healthz`, `/readyz` and `/statusz` (from the
     /// moment the config is loaded, before the parts are); absent: only the main port serves them.
     #[serde(default)]
@@ -346,6 +356,10 @@ pub struct Settings {
     pub keepalive_timeout: Duration,
     /// Drain timeout on shutdown.
     pub drain_timeout: Duration,
+    /// Time a client has to send a request head.
+    pub client_header_timeout: Duration,
+    /// Client connections open at once per listener.
+    pub max_connections: usize,
     /// Address of the separate operations listener, if any.
     pub admin: Option<SocketAddr>,
     /// `/readyz` requires every part to be connected.
@@ -404,6 +418,12 @@ pub const MAX_SPIN: Duration = Duration::from_millis(1);
 fn default_drain_timeout() -> String {
     "30s".to_owned()
 }
+fn default_client_header_timeout() -> String {
+    "10s".to_owned()
+}
+fn default_max_connections() -> usize {
+    10_000
+}
 fn default_true() -> bool {
     true
 }
@@ -451,6 +471,8 @@ impl Default for GatewaySettings {
             keepalive_interval: default_keepalive_interval(),
             keepalive_timeout: default_keepalive_timeout(),
             drain_timeout: default_drain_timeout(),
+            client_header_timeout: default_client_header_timeout(),
+            max_connections: default_max_connections(),
             idle_spin: default_idle_spin(),
             answer_spin: default_answer_spin(),
             admin_address: None,
@@ -555,6 +577,8 @@ impl Config {
         let keepalive_interval = duration("gateway.keepalive_interval", &g.keepalive_interval);
         let keepalive_timeout = duration("gateway.keepalive_timeout", &g.keepalive_timeout);
         let drain_timeout = duration("gateway.drain_timeout", &g.drain_timeout);
+        let client_header_timeout =
+            duration("gateway.client_header_timeout", &g.client_header_timeout);
         let idle_spin = duration("gateway.idle_spin", &g.idle_spin);
         let answer_spin = duration("gateway.answer_spin", &g.answer_spin);
         for (path, spin) in [
@@ -567,6 +591,18 @@ impl Config {
                     "must be at most 1ms (\"0s\" turns it off)".into(),
                 );
             }
+        }
+        if g.max_connections == 0 {
+            problem(
+                "gateway.max_connections".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if client_header_timeout.is_zero() && parse_go_duration(&g.client_header_timeout).is_ok() {
+            problem(
+                "gateway.client_header_timeout".into(),
+                "must be longer than 0s".into(),
+            );
         }
 
         let mut parts = Vec::with_capacity(self.remotes.len());
@@ -696,6 +732,8 @@ impl Config {
                 keepalive_interval,
                 keepalive_timeout,
                 drain_timeout,
+                client_header_timeout,
+                max_connections: g.max_connections,
                 admin,
                 ready_requires_all_parts: g.ready_requires_all_parts,
                 bind_text: self.network.bind_address.clone(),

@@ -16,6 +16,53 @@ pub enum Fault {
     Part,
 }
 
+/// Characters of a client-controlled string that a log line or an error message keeps.
+pub const CLIP_CHARS: usize = 128;
+
+/// A string a client controls (a resource name, an entity, a path), made safe to put in a log
+/// line or a status message: escaped as Rust's `Debug` escapes it (quotes, `\n`, control
+/// characters: no forged log lines) and cut after [`CLIP_CHARS`] characters, with its full
+/// length in bytes after the cut (no 30 MiB messages).
+#[derive(Debug, Clone, Copy)]
+pub struct Clipped<'a>(pub &'a str);
+
+impl<'a> Clipped<'a> {
+    /// The kept part, unquoted and unescaped (for text that quotes it itself).
+    fn kept(&self) -> &'a str {
+        match self.0.char_indices().nth(CLIP_CHARS) {
+            Some((at, _)) => &self.0[..at],
+            None => self.0,
+        }
+    }
+
+    /// Escaped, without the surrounding quotes.
+    pub fn bare(self) -> impl std::fmt::Display + 'a {
+        struct Bare<'a>(Clipped<'a>);
+        impl std::fmt::Display for Bare<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let kept = self.0.kept();
+                write!(f, "{}", kept.escape_debug())?;
+                if kept.len() < self.0.0.len() {
+                    write!(f, "... ({} bytes)", self.0.0.len())?;
+                }
+                Ok(())
+            }
+        }
+        Bare(self)
+    }
+}
+
+impl std::fmt::Display for Clipped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kept = self.kept();
+        write!(f, "{kept:?}")?;
+        if kept.len() < self.0.len() {
+            write!(f, "... ({} bytes)", self.0.len())?;
+        }
+        Ok(())
+    }
+}
+
 /// Why a call or an `Authenticate` was refused: a fixed reason for metrics, and goutils' text
 /// for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,7 +93,7 @@ pub enum GatewayError {
     #[error("malformed gRPC frame: {0}")]
     MalformedFrame(&'static str),
     /// The call needs a resource name and carries none.
-    #[error("request for {method} carries no resource name")]
+    #[error("request for {} carries no resource name", Clipped(method).bare())]
     MissingName {
         /// The called method's path.
         method: String,
@@ -63,14 +110,16 @@ pub enum GatewayError {
         limit: usize,
     },
     /// No part serves that name.
-    #[error("no part serves a resource named {name:?}")]
+    #[error("no part serves a resource named {}", Clipped(name))]
     NotFound {
         /// The name as the client sent it.
         name: String,
     },
     /// A bare name that several parts serve.
     #[error(
-        "resource name {name:?} is ambiguous: served by parts {parts:?}; address it as \"<part>:{name}\""
+        "resource name {} is ambiguous: served by parts {parts:?}; address it as \"<part>:{}\"",
+        Clipped(name),
+        Clipped(name).bare()
     )]
     Ambiguous {
         /// The name as the client sent it.
@@ -529,6 +578,45 @@ mod tests {
         let t = GatewayError::Internal("secret detail".into()).trailers();
         assert_eq!(t["grpc-status"], "13");
         assert_eq!(t["grpc-message"], "internal gateway error");
+    }
+
+    /// What a client sends comes back escaped and cut: no forged lines, no 30 MiB messages.
+    #[test]
+    fn client_strings_in_messages_are_escaped_and_cut() {
+        let err = GatewayError::NotFound {
+            name: "arm\nINFO forged".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            r#"no part serves a resource named "arm\nINFO forged""#
+        );
+        let huge = "x".repeat(30 << 20);
+        let err = GatewayError::NotFound { name: huge.clone() };
+        let message = err.to_status().message().to_owned();
+        assert!(message.len() < 300, "{} bytes", message.len());
+        assert!(
+            message.ends_with(&format!("... ({} bytes)", huge.len())),
+            "{message}"
+        );
+        let err = GatewayError::Ambiguous {
+            name: huge,
+            parts: vec!["a".into(), "b".into()],
+        };
+        assert!(err.to_string().len() < 600);
+        let err = GatewayError::MissingName {
+            method: "/a.B/C".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "request for /a.B/C carries no resource name"
+        );
+        // Cut on a character boundary.
+        let wide = "\u{e9}".repeat(CLIP_CHARS + 1);
+        assert!(
+            Clipped(&wide)
+                .to_string()
+                .starts_with(&format!("{:?}", "\u{e9}".repeat(CLIP_CHARS)))
+        );
     }
 
     #[test]

@@ -128,7 +128,11 @@ impl Gateway {
             listener,
             handler,
             stopped,
-            settings.drain_timeout,
+            listener::Limits {
+                drain: settings.drain_timeout,
+                header_timeout: settings.client_header_timeout,
+                max_connections: settings.max_connections,
+            },
             tls.clone(),
             Some(workers.clone()),
         ));
@@ -311,7 +315,11 @@ async fn start_admin(settings: &Settings, admin: &Arc<Admin>) -> Result<AdminLis
         listener,
         handler,
         stopped,
-        Duration::from_secs(1),
+        listener::Limits {
+            drain: Duration::from_secs(1),
+            header_timeout: settings.client_header_timeout,
+            max_connections: settings.max_connections,
+        },
         None,
         None,
     ));

@@ -234,8 +234,9 @@ fn run<F, T>(start: F, config: Option<PathBuf>) -> ExitCode
 where
     F: std::future::Future<Output = Result<(Gateway, T), partgate::error::StartError>>,
 {
+    raise_fd_limit();
     // Worker 0 of the gateway's thread-per-core runtimes (`gateway.worker_threads`, one per
-    // core by default): the gateway starts the others itself (src/workers.rs).
+    // core by default): the gateway starts the others itself (crates/runtime).
     let runtime = match runtime::workers::runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -262,6 +263,16 @@ where
         info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Raises the open-file soft limit to the hard limit. Every client and part connection is a
+/// descriptor, and the usual soft limit of 1,024 locks new clients out long before the hard
+/// limit (often a million) would; `gateway.max_connections` is the gateway's own bound.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => info!(limit, "open-file limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
 
 /// The signals `run` reacts to: SIGINT/SIGTERM stop, SIGHUP reloads.

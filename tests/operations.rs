@@ -606,6 +606,16 @@ struct Running {
 
 impl Running {
     fn start(config: &serde_json::Value, extra: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::start_under(&[], config, extra, envs)
+    }
+
+    /// Like `start`, with the binary run by `wrapper` (a command and its arguments).
+    fn start_under(
+        wrapper: &[&str],
+        config: &serde_json::Value,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "partgate-ops-{}-{}",
             std::process::id(),
@@ -614,7 +624,14 @@ impl Running {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("partgate.json");
         std::fs::write(&path, config.to_string()).unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match wrapper {
+            [] => Command::new(BIN),
+            [program, args @ ..] => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(BIN);
+                cmd
+            }
+        };
         cmd.args(["run", "--config", path.to_str().unwrap()])
             .args(extra)
             .env("NO_COLOR", "1")
@@ -763,6 +780,30 @@ async fn the_spins_poll_around_calls_and_count_the_time() {
     assert!(
         opt_answer > 0.0 && opt_answer < 5.0,
         "answer spin when asked for: {spun:?}"
+    );
+}
+
+/// The binary raises its open-file soft limit to the hard limit at start (a soft limit of 1,024
+/// would lock clients out at ~1,000 idle sockets). Started with a soft limit of 256 (util-linux
+/// `prlimit`, which leaves the hard limit as it is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let part = sim(spec("a", &["m1"])).await;
+    let remotes = serde_json::json!([{"name": "a", "address": part.addr().to_string(),
+                                      "insecure": true}]);
+    let config = run_config(remotes, serde_json::json!({}));
+    let mut gw = Running::start_under(&["prlimit", "--nofile=256:"], &config, &[], &[]);
+    gw.listening();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gw.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files <soft> <hard> files"
+    assert_eq!(
+        fields[3], fields[4],
+        "soft limit raised to the hard one: {line}"
     );
 }
 

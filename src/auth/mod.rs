@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
-use crate::error::{AuthFailure, GatewayError};
+use crate::error::{AuthFailure, Clipped, GatewayError};
 use crate::proto::rpc::v1 as rpc;
 
 /// The identity signaling established, carried by every request of a WebRTC peer. Only the
@@ -211,7 +211,11 @@ impl Auth {
             if let Some(peer) = peer {
                 self.limiter.fail(peer);
             }
-            tracing::info!(entity = %req.entity, creds_type = %creds.r#type, "authentication failed");
+            tracing::info!(
+                entity = %Clipped(&req.entity),
+                creds_type = %Clipped(&creds.r#type),
+                "authentication failed"
+            );
             return Err(GatewayError::Unauthenticated(
                 AuthFailure::InvalidCredentials,
             ));

@@ -152,20 +152,15 @@ fn plain_http<B>(req: &http::Request<B>) -> http::Response<Body> {
     resp
 }
 
-/// hyper's server settings for the connections it serves here (HTTP/1.1: gRPC-Web, CORS, plain
-/// HTTP).
-pub fn http_builder() -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+/// hyper's server for what is not HTTP/2 (HTTP/1.1: gRPC-Web, CORS, plain HTTP). HTTP/1.1
+/// only: HTTP/2 is always the native engine's, so the gateway has one HTTP/2 front door. A
+/// request head must arrive within `header_timeout` of the connection or the last response.
+pub fn http_builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
-        .http2()
+        .http1()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .initial_stream_window_size(2 * 1024 * 1024)
-        .initial_connection_window_size(8 * 1024 * 1024)
-        .max_frame_size(64 * 1024)
-        .max_send_buf_size(1024 * 1024)
-        .keep_alive_interval(Some(Duration::from_secs(20)))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .header_read_timeout(header_timeout);
     builder
 }
 
@@ -200,8 +195,19 @@ impl http2::server::Handler for H2Handler {
     }
 }
 
+/// How long and how many: the listener's bounds on its clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// After shutdown, how long open calls may finish.
+    pub drain: Duration,
+    /// How long a client has to send a request head (see [`http_builder`], [`is_h2c`]).
+    pub header_timeout: Duration,
+    /// Client connections open at once; a connection accepted beyond it is closed at once.
+    pub max_connections: usize,
+}
+
 /// Accepts connections until `shutdown` turns true, then lets open calls finish for up to
-/// `drain` (sending GOAWAY so clients stop opening new streams) before returning.
+/// `limits.drain` (sending GOAWAY so clients stop opening new streams) before returning.
 ///
 /// HTTP/2 (the h2c preface, or TLS with ALPN `h2`) is served by [`http2::server`]; anything
 /// else (HTTP/1.1: gRPC-Web, CORS preflights, plain HTTP) by hyper-util's auto server.
@@ -212,11 +218,16 @@ pub async fn serve(
     listener: TcpListener,
     handler: Handler,
     mut shutdown: watch::Receiver<bool>,
-    drain: Duration,
+    limits: Limits,
     tls: Option<Arc<ReloadingAcceptor>>,
     workers: Option<Workers>,
 ) {
-    let builder = Arc::new(http_builder());
+    let Limits {
+        drain,
+        header_timeout,
+        max_connections,
+    } = limits;
+    let builder = Arc::new(http_builder(header_timeout));
     // Every connection task holds a clone; when all are gone, every connection has ended.
     let (open, mut all_closed) = mpsc::channel::<()>(1);
     loop {
@@ -232,6 +243,12 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
+        // One sender clone per open connection, plus the loop's own.
+        if open.strong_count() > max_connections {
+            debug!(peer = %peer, max_connections, "connection limit reached; closing a new connection");
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let conn = Connection {
             peer,
@@ -246,10 +263,12 @@ pub async fn serve(
         let acceptor = tls.as_ref().map(|t| t.acceptor());
         let serve = move |stream: TcpStream| async move {
             match acceptor {
-                None => match is_h2c(&stream).await {
-                    Ok(true) => Box::pin(conn.serve_h2(stream)).await,
-                    Ok(false) => Box::pin(conn.serve_hyper(stream)).await,
-                    Err(e) => debug!(peer = %peer, error = %e, "client connection failed"),
+                None => match tokio::time::timeout(header_timeout, is_h2c(&stream)).await {
+                    Ok(Ok(Some(true))) => Box::pin(conn.serve_h2(stream)).await,
+                    Ok(Ok(Some(false))) => Box::pin(conn.serve_hyper(stream)).await,
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => debug!(peer = %peer, error = %e, "client connection failed"),
+                    Err(_) => debug!(peer = %peer, "no request within the header timeout"),
                 },
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
@@ -362,22 +381,29 @@ impl Connection {
     }
 }
 
-/// Whether a plaintext client opens with the HTTP/2 preface, read without consuming it.
-async fn is_h2c(stream: &TcpStream) -> std::io::Result<bool> {
+/// Whether a plaintext client speaks HTTP/2 (its first bytes are the preface): `Some(true)`
+/// once all 24 bytes are there, `Some(false)` at the first byte that differs (HTTP/1.1), `None`
+/// when the client closed first. A preface that arrives in pieces is waited for however slowly
+/// it comes (the caller bounds the wait with the header timeout), so HTTP/2 is always served
+/// by the one engine. Polls with a growing pause: a slow client costs a few wake-ups a second.
+async fn is_h2c(stream: &TcpStream) -> std::io::Result<Option<bool>> {
     let mut buf = [0u8; 24];
-    // Clients send the preface in one write; a partial one is waited for a little, bounded.
-    for _ in 0..200 {
+    let mut pause = Duration::from_millis(1);
+    loop {
         let n = stream.peek(&mut buf).await?;
         let seen = buf.get(..n).unwrap_or_default();
-        if n == 0 || !PREFACE.starts_with(seen) {
-            return Ok(false);
+        if n == 0 {
+            return Ok(None);
+        }
+        if !PREFACE.starts_with(seen) {
+            return Ok(Some(false));
         }
         if n == PREFACE.len() {
-            return Ok(true);
+            return Ok(Some(true));
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
-    Ok(false)
 }
 
 /// Binds `addr`, mapping the error to a start-up error.

@@ -291,7 +291,10 @@ impl FleetReflection {
 fn not_found_text(req: &MessageRequest) -> String {
     match req {
         MessageRequest::FileByFilename(name) => {
-            format!("file {name:?} was not found on any connected part")
+            format!(
+                "file {} was not found on any connected part",
+                crate::error::Clipped(name)
+            )
         }
         MessageRequest::FileContainingSymbol(symbol) => {
             format!("symbol {symbol:?} was not found on any connected part")

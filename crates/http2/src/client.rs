@@ -207,23 +207,22 @@ where
         self.waiter = None;
         let streaming = matches!(self.end, End::Open);
         let (idx, id) = st.insert_stream(1 + u8::from(streaming));
-        let mut empty = true;
         if let Some(s) = st.stream(idx) {
             for chunk in self.data.take().into_iter().flatten() {
                 if !chunk.is_empty() {
                     s.send_buf.push_back(chunk);
-                    empty = false;
                 }
             }
+            // A body that is over and empty still ends with an empty DATA frame, not with
+            // END_STREAM on the HEADERS: legal either way, but grpc-go servers before 2026 never
+            // end `Recv()` on the latter, and nginx, HAProxy and Envoy forward the DATA frame.
             s.send_end = match self.end {
                 End::Open => SendEnd::Open,
-                End::Done if empty => SendEnd::Done,
                 End::Done => SendEnd::Pending(None),
                 End::Trailers(t) => SendEnd::Pending(Some(t.clone())),
             };
         }
-        let end_stream = empty && matches!(self.end, End::Done);
-        encode_request(st, id, self.head, end_stream);
+        encode_request(st, id, self.head, false);
         st.flush_stream(idx, usize::MAX);
         wakers.extend(st.wake_task());
         let shared = self.shared.clone();

@@ -118,11 +118,26 @@ impl Error {
 /// Largest stream id (RFC 9113 section 5.1.1).
 const MAX_STREAM_ID: u32 = (1 << 31) - 1;
 
-/// Our keepalive PING payload.
-const PING_PAYLOAD: [u8; 8] = *b"partgate";
+/// A fresh keepalive PING payload: keyed SipHash output (std's per-process random keys), so a
+/// peer cannot acknowledge pings it never read with a payload it guessed.
+fn ping_payload() -> [u8; 8] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(PINGS.fetch_add(1, Ordering::Relaxed));
+    hasher.finish().to_be_bytes()
+}
+
+/// Keepalive pings sent by this process (mixed into each payload).
+static PINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Socket reads per connection-task poll before the task yields (fairness with other tasks).
 const READS_PER_POLL: usize = 8;
+
+/// Replies the peer's frames made us queue (PING and SETTINGS acknowledgements, RST_STREAM)
+/// while our previous writes were still waiting for the peer to read them. Past this the peer
+/// is flooding us without reading (CVE-2019-9512, 9514, 9515): the connection is closed with
+/// ENHANCE_YOUR_CALM instead of queueing more. A peer that reads keeps the count near zero.
+pub const MAX_QUEUED_REPLIES: u32 = 1024;
 
 /// A queue of chunks, the first one inline: a stream usually holds one chunk at a time, and
 /// then the queue allocates nothing. The rest is made only when needed: dropping a `VecDeque`,
@@ -365,6 +380,11 @@ pub(crate) struct State {
     pub(crate) local_goaway: Option<u32>,
     /// Rapid-reset accounting: resets of unanswered streams in the window starting at `.0`.
     pub(crate) resets: (Instant, u32),
+    /// Replies queued since the connection last handed its queue to the socket (see
+    /// [`MAX_QUEUED_REPLIES`]).
+    pub(crate) replies_queued: u32,
+    /// The payload of our keepalive PING awaiting its ACK.
+    pub(crate) ping_sent: Option<[u8; 8]>,
     /// Request targets parsed lately (a per-connection parse cache).
     pub(crate) targets: super::server::Targets,
 }
@@ -484,6 +504,8 @@ impl State {
             max_peer_streams: 0,
             local_goaway: None,
             resets: (Instant::now(), 0),
+            replies_queued: 0,
+            ping_sent: None,
             targets: Default::default(),
         }
     }
@@ -826,6 +848,7 @@ impl State {
         }
         if let Some(reason) = send_rst {
             frame::put_rst_stream(self.write.scratch(), s.id, reason);
+            self.replies_queued = self.replies_queued.saturating_add(1);
         }
         self.close_stream(idx, wakers);
     }
@@ -1164,7 +1187,9 @@ where
                     failed.get_or_insert(Error::Conn(e));
                 }
                 if ping_due {
-                    frame::put_ping(st.write.scratch(), false, PING_PAYLOAD);
+                    let payload = ping_payload();
+                    st.ping_sent = Some(payload);
+                    frame::put_ping(st.write.scratch(), false, payload);
                 }
                 if eof && failed.is_none() {
                     failed = Some(Error::Closed);
@@ -1195,6 +1220,8 @@ where
                 }
                 if this.out.is_empty() {
                     std::mem::swap(&mut this.out, &mut st.write);
+                    // What was queued goes to the socket now: the peer is reading.
+                    st.replies_queued = 0;
                 }
                 st.task_woken = false;
                 set_waker(&mut st.task_waker, cx);
@@ -1301,6 +1328,12 @@ fn handle_frames(
         return Ok(());
     }
     while let Some(frame) = reader.next()? {
+        if st.replies_queued > MAX_QUEUED_REPLIES {
+            return Err(ConnError {
+                reason: Reason::ENHANCE_YOUR_CALM,
+                detail: "too many replies queued to a peer that does not read them",
+            });
+        }
         match frame {
             Frame::Data {
                 stream,
@@ -1342,11 +1375,13 @@ fn handle_frames(
             }
             Frame::Ping { ack, payload } => {
                 if ack {
-                    if payload == PING_PAYLOAD {
+                    if st.ping_sent == Some(payload) {
+                        st.ping_sent = None;
                         *pong = true;
                     }
                 } else {
                     frame::put_ping(st.write.scratch(), true, payload);
+                    st.replies_queued = st.replies_queued.saturating_add(1);
                 }
             }
             Frame::GoAway {
@@ -1656,6 +1691,7 @@ fn on_settings(
         }
     }
     frame::put_settings_ack(st.write.scratch());
+    st.replies_queued = st.replies_queued.saturating_add(1);
     st.settings_received = true;
     st.grant(wakers);
     Ok(())

@@ -647,6 +647,56 @@ impl Raw {
     }
 }
 
+/// A request whose body is over and empty goes out as HEADERS, then an empty DATA frame with
+/// END_STREAM (as nginx, HAProxy and Envoy forward it; grpc-go servers before 2026 hang on
+/// END_STREAM on the HEADERS of a client stream), in one write.
+#[tokio::test]
+async fn an_empty_finished_body_ends_with_an_empty_data_frame() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut raw = Raw::accept(&listener).await;
+        let mut seen = Vec::new();
+        loop {
+            match raw.next().await.expect("the request") {
+                Frame::Headers {
+                    stream, end_stream, ..
+                } => seen.push(("HEADERS", stream, 0, end_stream)),
+                Frame::Data {
+                    stream,
+                    data,
+                    end_stream,
+                    ..
+                } => {
+                    seen.push(("DATA", stream, data.len(), end_stream));
+                    if end_stream {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut out = raw.headers(1, &[(":status", "200")], false);
+        out.extend_from_slice(&raw.headers(1, &[("grpc-status", "0")], true));
+        raw.write(out).await;
+        seen
+    });
+    let send = connect(addr, Config::default()).await;
+    let head = head(addr, "/svc/ClientStream");
+    let (response, tx) = send
+        .send_request(&head, std::iter::empty(), End::Done)
+        .await
+        .unwrap();
+    assert!(tx.is_none());
+    let response = response.await.unwrap();
+    let (_, trailers) = collect(response.into_body()).await;
+    assert_eq!(trailers.unwrap()["grpc-status"], "0");
+    assert_eq!(
+        server.await.unwrap(),
+        [("HEADERS", 1, 0, false), ("DATA", 1, 0, true)]
+    );
+}
+
 #[tokio::test]
 async fn goaway_below_an_open_stream_refuses_it_and_finishes_the_other() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

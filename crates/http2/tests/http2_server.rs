@@ -1225,6 +1225,79 @@ async fn rapid_reset_flood_gets_enhance_your_calm() {
     assert!(timeout(T, s.done).await.unwrap().unwrap().is_err());
 }
 
+/// A peer that floods control frames (PING, or SETTINGS, each owing an acknowledgement) and
+/// does not read the answers: the server queues at most `MAX_QUEUED_REPLIES` replies beyond
+/// what the socket took, then closes the connection as ENHANCE_YOUR_CALM (CVE-2019-9512, 9515).
+async fn control_flood_is_bounded(flood: fn(&mut BytesMut)) {
+    // A small pipe: the server's answers stop fitting after ~16 KiB unless the peer reads.
+    const PIPE: usize = 16 * 1024;
+    let (client, srv) = tokio::io::duplex(PIPE);
+    let s = serve_io(client, srv, ok_handler(), 16, server::config());
+    let (mut rd, mut wr) = tokio::io::split(s.addr_io.unwrap());
+    let mut hello = BytesMut::new();
+    hello.extend_from_slice(frame::PREFACE);
+    frame::put_settings(&mut hello, &[]);
+    wr.write_all(&hello).await.unwrap();
+    // Flood until the server stops reading (it closed) or has taken 400k frames.
+    let mut batch = BytesMut::new();
+    for _ in 0..1000 {
+        flood(&mut batch);
+    }
+    let batch = batch.freeze();
+    for _ in 0..400 {
+        match timeout(Duration::from_secs(2), wr.write_all(&batch)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    let done = timeout(T, s.done)
+        .await
+        .expect("the server closes")
+        .unwrap();
+    match done {
+        Err(server::Error::Conn(e)) => assert_eq!(e.reason, Reason::ENHANCE_YOUR_CALM),
+        other => panic!("expected ENHANCE_YOUR_CALM, got {other:?}"),
+    }
+    // Everything the server wrote: its SETTINGS, the replies it queued, then GOAWAY.
+    let mut reader = FrameReader::new(frame::MAX_FRAME_SIZE_LIMIT, 1 << 20);
+    let mut replies = 0usize;
+    let mut goaway = None;
+    loop {
+        match reader.next() {
+            Ok(Some(Frame::Ping { ack: true, .. })) => replies += 1,
+            Ok(Some(Frame::Settings { ack: true, .. })) => replies += 1,
+            Ok(Some(Frame::GoAway { reason, .. })) => goaway = Some(reason),
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let buf = reader.buf_mut();
+                buf.reserve(16 * 1024);
+                if timeout(T, rd.read_buf(buf)).await.unwrap().unwrap_or(0) == 0 {
+                    break;
+                }
+            }
+            Err(e) => panic!("bad frame from the server: {e}"),
+        }
+    }
+    // GOAWAY is best effort to a peer that does not read (it may be cut off by the close).
+    assert!(
+        goaway.is_none_or(|r| r == Reason::ENHANCE_YOUR_CALM),
+        "{goaway:?}"
+    );
+    let bound = partgate_http2::conn::MAX_QUEUED_REPLIES as usize + PIPE / 9 + 2;
+    assert!(replies <= bound, "{replies} replies queued, bound {bound}");
+    assert!(replies > 0);
+}
+
+#[tokio::test]
+async fn ping_flood_without_reading_gets_enhance_your_calm() {
+    control_flood_is_bounded(|b| frame::put_ping(b, false, *b"flooding")).await;
+}
+
+#[tokio::test]
+async fn settings_flood_without_reading_gets_enhance_your_calm() {
+    control_flood_is_bounded(|b| frame::put_settings(b, &[(0x4, 65_535)])).await;
+}
+
 #[tokio::test]
 async fn answers_pings_and_closes_when_ours_go_unanswered() {
     let mut config = server::config();
@@ -1272,6 +1345,31 @@ async fn answers_pings_and_closes_when_ours_go_unanswered() {
         Some(Frame::Headers { stream: 1, .. }) => {}
         other => panic!("expected a response, got {other:?}"),
     }
+}
+
+/// An ACK counts only with the payload of the PING it answers: a peer that acknowledges
+/// blindly, with a payload it guessed, is closed like one that does not answer.
+#[tokio::test]
+async fn pings_acked_with_another_payload_do_not_keep_the_connection() {
+    let mut config = server::config();
+    config.keepalive = Some((Duration::from_millis(100), Duration::from_millis(200)));
+    let mut s = serve_with(ok_handler(), 16, config);
+    let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+    let mut payloads = Vec::new();
+    while let Some(f) = raw.next().await {
+        if let Frame::Ping {
+            ack: false,
+            payload,
+        } = f
+        {
+            payloads.push(payload);
+            raw.send(|b| frame::put_ping(b, true, *b"partgate")).await;
+            raw.send(|b| frame::put_ping(b, true, [0; 8])).await;
+        }
+    }
+    assert!(timeout(T, s.done).await.unwrap().unwrap().is_err());
+    assert!(!payloads.is_empty());
+    assert!(!payloads.contains(b"partgate"), "{payloads:?}");
 }
 
 #[tokio::test]
