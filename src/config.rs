@@ -191,7 +191,7 @@ pub struct GatewaySettings {
     #[serde(default)]
     pub parts_ca_file: Option<String>,
     /// Worker threads, each a single-threaded runtime with its own connection to every part
-    /// (read at start, not reloaded); absent: one per core (src/workers.rs).
+    /// (read at start, not reloaded); absent: one per core (crates/runtime, `workers`).
     #[serde(default)]
     pub worker_threads: Option<usize>,
     /// How long an idle worker keeps polling its sockets after the last data it read before it
@@ -372,11 +372,11 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     /// PEM CA bundle for TLS parts; `None`: system roots.
     pub parts_ca_pem: Option<Vec<u8>>,
-    /// Worker threads (src/workers.rs); `None`: one per core. Only read at start.
+    /// Worker threads (crates/runtime, `workers`); `None`: one per core. Only read at start.
     pub worker_threads: Option<usize>,
-    /// Idle workers' spin window (src/workers.rs); zero: off. Reloadable.
+    /// Idle workers' spin window (crates/runtime, `workers`); zero: off. Reloadable.
     pub idle_spin: Duration,
-    /// How long a worker waits awake for a part's answer (src/workers.rs); zero: off.
+    /// How long a worker waits awake for a part's answer (crates/runtime, `workers`); zero: off.
     /// Reloadable.
     pub answer_spin: Duration,
     /// WebRTC ingress; `None`: disabled. Only read at start.
