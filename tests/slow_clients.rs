@@ -139,3 +139,30 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
     }
     assert!(served, "a new client is served once a connection closed");
 }
+
+/// A plaintext first line that is neither the HTTP/2 preface nor an HTTP/1.x request line is an
+/// invalid preface (RFC 9113 section 3.4): the connection is closed with nothing served.
+#[tokio::test]
+async fn a_first_line_that_is_no_request_is_closed_unanswered() {
+    let fleet = gateway().await;
+    let mut tcp = TcpStream::connect(fleet.gateway.local_addr())
+        .await
+        .unwrap();
+    tcp.write_all(b"INVALID CONNECTION PREFACE\r\n\r\n")
+        .await
+        .unwrap();
+    let got = until_closed(&mut tcp).await;
+    assert!(
+        got.is_empty(),
+        "nothing served: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // An HTTP/1.1 request on the same port is still served.
+    let mut tcp = TcpStream::connect(fleet.gateway.local_addr())
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(until_closed(&mut tcp).await.starts_with(b"HTTP/1.1 200"));
+}

@@ -266,7 +266,7 @@ pub async fn serve(
                 None => match tokio::time::timeout(header_timeout, is_h2c(&stream)).await {
                     Ok(Ok(Some(true))) => Box::pin(conn.serve_h2(stream)).await,
                     Ok(Ok(Some(false))) => Box::pin(conn.serve_hyper(stream)).await,
-                    Ok(Ok(None)) => {}
+                    Ok(Ok(None)) => debug!(peer = %peer, "neither HTTP/2 nor HTTP/1.x; closing"),
                     Ok(Err(e)) => debug!(peer = %peer, error = %e, "client connection failed"),
                     Err(_) => debug!(peer = %peer, "no request within the header timeout"),
                 },
@@ -382,10 +382,12 @@ impl Connection {
 }
 
 /// Whether a plaintext client speaks HTTP/2 (its first bytes are the preface): `Some(true)`
-/// once all 24 bytes are there, `Some(false)` at the first byte that differs (HTTP/1.1), `None`
-/// when the client closed first. A preface that arrives in pieces is waited for however slowly
-/// it comes (the caller bounds the wait with the header timeout), so HTTP/2 is always served
-/// by the one engine. Polls with a growing pause: a slow client costs a few wake-ups a second.
+/// once all 24 bytes are there, `Some(false)` for an HTTP/1.x request line, `None` when the
+/// client closed first or sent neither (a connection error: RFC 9113 section 3.4 says to close
+/// on an invalid preface, and a line that is no HTTP/1.x request is one). A preface or request
+/// line that arrives in pieces is waited for however slowly it comes (the caller bounds the wait
+/// with the header timeout), so HTTP/2 is always served by the one engine. Polls with a growing
+/// pause: a slow client costs a few wake-ups a second.
 async fn is_h2c(stream: &TcpStream) -> std::io::Result<Option<bool>> {
     let mut buf = [0u8; 24];
     let mut pause = Duration::from_millis(1);
@@ -396,10 +398,40 @@ async fn is_h2c(stream: &TcpStream) -> std::io::Result<Option<bool>> {
             return Ok(None);
         }
         if !PREFACE.starts_with(seen) {
-            return Ok(Some(false));
+            return is_http1(stream).await;
         }
         if n == PREFACE.len() {
             return Ok(Some(true));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Longest request line looked at before the connection is handed to hyper anyway (which
+/// answers an overlong one itself).
+const REQUEST_LINE_PEEK: usize = 8 * 1024;
+
+/// For [`is_h2c`], once the bytes are not the preface: `Some(false)` when the first line ends
+/// with ` HTTP/1.1` or ` HTTP/1.0` (or is longer than [`REQUEST_LINE_PEEK`]), `None` otherwise.
+async fn is_http1(stream: &TcpStream) -> std::io::Result<Option<bool>> {
+    // On the heap, and only here: the connection's future keeps no 8 KiB buffer.
+    let mut buf = vec![0u8; REQUEST_LINE_PEEK];
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let seen = buf.get(..n).unwrap_or_default();
+        if let Some(end) = seen.iter().position(|&b| b == b'\n') {
+            let line = seen.get(..end).unwrap_or_default();
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let http1 = line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0");
+            return Ok(http1.then_some(false));
+        }
+        if n == REQUEST_LINE_PEEK {
+            return Ok(Some(false));
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));

@@ -401,8 +401,13 @@ impl FrameReader {
                 let mut block = payload;
                 let pad = take_pad_len(flags, &mut block)?;
                 if flags & flag::PRIORITY != 0 {
-                    if block.len() < 5 {
+                    let Some(dep) = be_u32(&block).filter(|_| block.len() >= 5) else {
                         return frame_size("HEADERS too short for its priority fields");
+                    };
+                    // RFC 9113 section 5.3.1: a stream error, which we may treat as a
+                    // connection error (section 5.4.1): only a broken peer sends it.
+                    if dep & U31_MASK == stream {
+                        return protocol("HEADERS makes the stream depend on itself");
                     }
                     block.advance(5);
                 }
@@ -416,6 +421,9 @@ impl FrameReader {
                 let Some(dep) = be_u32(&payload).filter(|_| len == 5) else {
                     return frame_size("PRIORITY length is not 5");
                 };
+                if dep & U31_MASK == stream {
+                    return protocol("PRIORITY makes the stream depend on itself");
+                }
                 Frame::Priority {
                     stream,
                     depends_on: dep & U31_MASK,
@@ -1257,6 +1265,16 @@ pub(crate) mod tests {
         use Reason as R;
         let cases: &[(u8, u8, u32, &[u8], Reason)] = &[
             (kind::PRIORITY, 0, 0, b"\0\0\0\x01\x0f", R::PROTOCOL_ERROR),
+            // A stream that depends on itself (RFC 9113 section 5.3.1), exclusive bit or not.
+            (kind::PRIORITY, 0, 3, b"\0\0\0\x03\x0f", R::PROTOCOL_ERROR),
+            (kind::PRIORITY, 0, 3, b"\x80\0\0\x03\x0f", R::PROTOCOL_ERROR),
+            (
+                kind::HEADERS,
+                flag::PRIORITY | flag::END_HEADERS,
+                5,
+                b"\0\0\0\x05\x0f\x82",
+                R::PROTOCOL_ERROR,
+            ),
             (kind::PRIORITY, 0, 1, b"\0\0\0\x01", R::FRAME_SIZE_ERROR),
             (
                 kind::PRIORITY,

@@ -572,6 +572,10 @@ impl RequestDecoder {
         }
         let method = self.method.ok_or("missing :method")?;
         let path = self.path.ok_or("missing :path")?;
+        // RFC 9113 section 8.3.1: every request but CONNECT carries :scheme.
+        if self.scheme.is_none() && method != Method::CONNECT {
+            return Err("missing :scheme");
+        }
         if path.is_empty() {
             return Err("empty :path");
         }
@@ -597,7 +601,8 @@ impl RequestDecoder {
 }
 
 /// Request targets parsed lately on this connection. A client calls the same few methods on
-/// the same authority over and over, and http's parsers check every byte; a repeat costs a comparison and a reference count instead. Entries
+/// the same authority over and over, and http's parsers check every byte; a repeat costs a
+/// comparison and a reference count instead. Entries
 /// are parsed from copies, so they never pin a read buffer the raw strings may be slices of.
 #[derive(Debug, Default)]
 pub(crate) struct Targets {
