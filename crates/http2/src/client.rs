@@ -222,7 +222,7 @@ where
                 End::Trailers(t) => SendEnd::Pending(Some(t.clone())),
             };
         }
-        encode_request(st, id, self.head, false);
+        encode_request(st, id, self.head);
         st.flush_stream(idx, usize::MAX);
         wakers.extend(st.wake_task());
         let shared = self.shared.clone();
@@ -253,8 +253,9 @@ impl<D> Drop for Opening<'_, D> {
     }
 }
 
-/// Encodes the request's HEADERS (pseudo-headers first) into the write queue.
-fn encode_request(st: &mut State, id: u32, head: &http::request::Parts, end_stream: bool) {
+/// Encodes the request's HEADERS (pseudo-headers first) into the write queue, never with
+/// END_STREAM: a request's end is always a DATA frame or trailers (see `send_request`).
+fn encode_request(st: &mut State, id: u32, head: &http::request::Parts) {
     let State {
         encoder,
         hbuf,
@@ -294,7 +295,7 @@ fn encode_request(st: &mut State, id: u32, head: &http::request::Parts, end_stre
             hbuf,
         );
     }
-    frame::put_headers(write.scratch(), id, hbuf, end_stream, *peer_max_frame);
+    frame::put_headers(write.scratch(), id, hbuf, false, *peer_max_frame);
 }
 
 /// The receiving half's hold on its stream: dropped before the response ended (and with no

@@ -829,6 +829,11 @@ impl State {
         }
     }
 
+    /// Counts a reply the peer's frames made us queue (see [`MAX_QUEUED_REPLIES`]).
+    fn reply_queued(&mut self) {
+        self.replies_queued = self.replies_queued.saturating_add(1);
+    }
+
     /// Fails and closes a stream, sending RST_STREAM(reason) when `send_rst`.
     pub(crate) fn reset_stream(
         &mut self,
@@ -848,7 +853,7 @@ impl State {
         }
         if let Some(reason) = send_rst {
             frame::put_rst_stream(self.write.scratch(), s.id, reason);
-            self.replies_queued = self.replies_queued.saturating_add(1);
+            self.reply_queued();
         }
         self.close_stream(idx, wakers);
     }
@@ -1381,7 +1386,7 @@ fn handle_frames(
                     }
                 } else {
                     frame::put_ping(st.write.scratch(), true, payload);
-                    st.replies_queued = st.replies_queued.saturating_add(1);
+                    st.reply_queued();
                 }
             }
             Frame::GoAway {
@@ -1691,7 +1696,7 @@ fn on_settings(
         }
     }
     frame::put_settings_ack(st.write.scratch());
-    st.replies_queued = st.replies_queued.saturating_add(1);
+    st.reply_queued();
     st.settings_received = true;
     st.grant(wakers);
     Ok(())

@@ -2,7 +2,7 @@
 //! Viam in them.
 //!
 //! [`workers`] runs N single-threaded tokio runtimes and hands connections to them in turn, with
-//! the park hook that can wait awake for a due answer or after a read ([`workers::Awaited`],
+//! the park hook that can wait awake for a due answer or after a read ([`workers::request_sent`],
 //! [`workers::Active`]); [`recycle`] reuses the heap slots of finished call futures per worker;
 //! [`deadline`] is the coarse deadline table that replaces a timer per call.
 

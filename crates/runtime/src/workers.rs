@@ -35,7 +35,7 @@ thread_local! {
     static ACTIVITY: Cell<u64> = const { Cell::new(0) };
     /// This thread's idle spin (see [`before_park`]).
     static SPIN: RefCell<Spin> = const { RefCell::new(Spin::new()) };
-    /// Requests sent to parts and their answers on this thread (see [`Awaited`]).
+    /// Requests sent to parts and their answers on this thread (see [`request_sent`]).
     static ANSWERS: Answers = const { Answers::new() };
 }
 
@@ -70,7 +70,7 @@ struct Spin {
     answer: AnswerWait,
 }
 
-/// When a worker waits for a part's answer (see [`Awaited`]), and how the last waits went.
+/// When a worker waits for a part's answer (see [`request_sent`]), and how the last waits went.
 struct AnswerWait {
     /// Requests sent ([`Answers`]) when last looked at.
     seen: u64,
@@ -224,7 +224,7 @@ fn nanos(duration: Duration) -> u64 {
 
 /// Counts a request sent from this thread whose answer is now due: a worker that parks after a
 /// request went out and before any answer came may poll for it instead of sleeping
-/// ([`before_park`]). Installed as the HTTP/2 engine's `request_sent` hook; see [`Awaited`].
+/// ([`before_park`]). Installed as the HTTP/2 engine's `request_sent` hook.
 pub fn request_sent() {
     ANSWERS.with(|a| {
         a.sent.set(a.sent.get().wrapping_add(1));
@@ -240,32 +240,7 @@ pub fn answer_arrived() {
     let _ = ANSWERS.try_with(|a| a.answered.set(a.answered.get().wrapping_add(1)));
 }
 
-/// An answer the current thread waits for, as a value: [`request_sent`] when made,
-/// [`answer_arrived`] when dropped.
-#[derive(Debug)]
-pub struct Awaited(());
-
-impl Awaited {
-    /// Counts a request sent from this thread.
-    pub fn new() -> Self {
-        request_sent();
-        Awaited(())
-    }
-}
-
-impl Default for Awaited {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for Awaited {
-    fn drop(&mut self) {
-        answer_arrived();
-    }
-}
-
-/// A thread's requests to parts and their answers (see [`Awaited`]).
+/// A thread's requests to parts and their answers (see [`request_sent`]).
 struct Answers {
     sent: Cell<u64>,
     answered: Cell<u64>,
@@ -712,15 +687,16 @@ mod tests {
             let quiet = parks_while_idle(&parks).await;
             // A request out, its answer not yet in: the worker polls for the window, which
             // runs out (a miss).
-            let awaited = Awaited::new();
+            request_sent();
             let waiting = parks_while_idle(&parks).await;
-            drop(awaited);
+            answer_arrived();
             // After a miss the next request is not waited for.
-            let awaited = Awaited::new();
+            request_sent();
             let skipped = parks_while_idle(&parks).await;
-            drop(awaited);
+            answer_arrived();
             // A request answered before the worker parks: nothing to wait for.
-            drop(Awaited::new());
+            request_sent();
+            answer_arrived();
             let answered = parks_while_idle(&parks).await;
             (quiet, waiting, skipped, answered)
         });
