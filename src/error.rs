@@ -26,40 +26,43 @@ pub const CLIP_CHARS: usize = 128;
 #[derive(Debug, Clone, Copy)]
 pub struct Clipped<'a>(pub &'a str);
 
-impl<'a> Clipped<'a> {
-    /// The kept part, unquoted and unescaped (for text that quotes it itself).
-    fn kept(&self) -> &'a str {
-        match self.0.char_indices().nth(CLIP_CHARS) {
-            Some((at, _)) => &self.0[..at],
-            None => self.0,
-        }
-    }
+/// [`Clipped`] without the surrounding quotes (for text that sets the string off itself).
+#[derive(Debug, Clone, Copy)]
+pub struct Bare<'a>(&'a str);
 
-    /// Escaped, without the surrounding quotes.
-    pub fn bare(self) -> impl std::fmt::Display + 'a {
-        struct Bare<'a>(Clipped<'a>);
-        impl std::fmt::Display for Bare<'_> {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                let kept = self.0.kept();
-                write!(f, "{}", kept.escape_debug())?;
-                if kept.len() < self.0.0.len() {
-                    write!(f, "... ({} bytes)", self.0.0.len())?;
-                }
-                Ok(())
-            }
-        }
-        Bare(self)
+impl<'a> Clipped<'a> {
+    /// Escaped and cut, without the surrounding quotes.
+    pub fn bare(self) -> Bare<'a> {
+        Bare(self.0)
     }
+}
+
+/// Writes `s` escaped, quoted or not, cut after [`CLIP_CHARS`] characters with its length.
+fn write_clipped(f: &mut std::fmt::Formatter<'_>, s: &str, quoted: bool) -> std::fmt::Result {
+    let kept = match s.char_indices().nth(CLIP_CHARS) {
+        Some((at, _)) => &s[..at],
+        None => s,
+    };
+    if quoted {
+        write!(f, "{kept:?}")?;
+    } else {
+        write!(f, "{}", kept.escape_debug())?;
+    }
+    if kept.len() < s.len() {
+        write!(f, "... ({} bytes)", s.len())?;
+    }
+    Ok(())
 }
 
 impl std::fmt::Display for Clipped<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kept = self.kept();
-        write!(f, "{kept:?}")?;
-        if kept.len() < self.0.len() {
-            write!(f, "... ({} bytes)", self.0.len())?;
-        }
-        Ok(())
+        write_clipped(f, self.0, true)
+    }
+}
+
+impl std::fmt::Display for Bare<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write_clipped(f, self.0, false)
     }
 }
 
@@ -430,7 +433,10 @@ impl GatewayError {
         let status = self.to_status();
         let mut trailers = http::HeaderMap::with_capacity(2);
         trailers.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
-        if let Ok(value) = http::HeaderValue::from_str(&grpc_message(status.message())) {
+        if let Ok(value) = http::HeaderValue::from_str(
+            &percent_encoding::utf8_percent_encode(status.message(), GRPC_MESSAGE_ESCAPES)
+                .to_string(),
+        ) {
             trailers.insert("grpc-message", value);
         }
         trailers
@@ -447,19 +453,9 @@ impl GatewayError {
     }
 }
 
-/// `message` percent-encoded for `grpc-message` (gRPC over HTTP/2: every byte outside
-/// 0x20..=0x7E, and `%`, as `%XX`).
-fn grpc_message(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for b in message.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// What `grpc-message` percent-encodes (gRPC over HTTP/2): every byte outside 0x20..=0x7E
+/// (the crate always encodes non-ASCII bytes; `CONTROLS` adds 0x00-0x1F and 0x7F), and `%`.
+const GRPC_MESSAGE_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
 
 // === impl WebRtcError ===
 

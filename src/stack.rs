@@ -35,8 +35,9 @@ use crate::body::{
 use crate::config::Settings;
 use crate::error::{Fault, GatewayError};
 use crate::metrics::{CallGuard, MethodId, grpc_status};
+use crate::proto::wire::SESSION_HEADER;
 use crate::robot::FleetRobot;
-use crate::robot::sessions::{SESSION_HEADER, Sessions};
+use crate::robot::sessions::Sessions;
 use crate::route::frame;
 use crate::route::method::LocalMethod;
 use crate::route::method::service_of;

@@ -24,8 +24,6 @@ use crate::proto::rpc::v1 as rpc;
 #[derive(Debug, Clone)]
 pub struct ChannelPrincipal(pub(crate) Principal);
 
-/// `proto.rpc.v1.AuthService/Authenticate`, always reachable without a token.
-pub use crate::proto::wire::AUTHENTICATE_PATH;
 /// Credential type of a location secret.
 pub const LOCATION_SECRET: &str = "robot-location-secret";
 /// Credential type of an API key.

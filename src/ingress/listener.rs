@@ -264,8 +264,8 @@ pub async fn serve(
         let serve = move |stream: TcpStream| async move {
             match acceptor {
                 None => match tokio::time::timeout(header_timeout, is_h2c(&stream)).await {
-                    Ok(Ok(Some(true))) => Box::pin(conn.serve_h2(stream)).await,
-                    Ok(Ok(Some(false))) => Box::pin(conn.serve_hyper(stream)).await,
+                    Ok(Ok(Some(Speaks::Http2))) => Box::pin(conn.serve_h2(stream)).await,
+                    Ok(Ok(Some(Speaks::Http1))) => Box::pin(conn.serve_hyper(stream)).await,
                     Ok(Ok(None)) => debug!(peer = %peer, "neither HTTP/2 nor HTTP/1.x; closing"),
                     Ok(Err(e)) => debug!(peer = %peer, error = %e, "client connection failed"),
                     Err(_) => debug!(peer = %peer, "no request within the header timeout"),
@@ -381,57 +381,68 @@ impl Connection {
     }
 }
 
-/// Whether a plaintext client speaks HTTP/2 (its first bytes are the preface): `Some(true)`
-/// once all 24 bytes are there, `Some(false)` for an HTTP/1.x request line, `None` when the
-/// client closed first or sent neither (a connection error: RFC 9113 section 3.4 says to close
-/// on an invalid preface, and a line that is no HTTP/1.x request is one). A preface or request
-/// line that arrives in pieces is waited for however slowly it comes (the caller bounds the wait
-/// with the header timeout), so HTTP/2 is always served by the one engine. Polls with a growing
-/// pause: a slow client costs a few wake-ups a second.
-async fn is_h2c(stream: &TcpStream) -> std::io::Result<Option<bool>> {
-    let mut buf = [0u8; 24];
-    let mut pause = Duration::from_millis(1);
-    loop {
-        let n = stream.peek(&mut buf).await?;
-        let seen = buf.get(..n).unwrap_or_default();
-        if n == 0 {
-            return Ok(None);
-        }
-        if !PREFACE.starts_with(seen) {
-            return is_http1(stream).await;
-        }
-        if n == PREFACE.len() {
-            return Ok(Some(true));
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(200));
-    }
+/// What a plaintext client's first bytes say it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speaks {
+    /// The HTTP/2 preface, whole.
+    Http2,
+    /// An HTTP/1.x request line (or one longer than [`REQUEST_LINE_PEEK`], for hyper to refuse).
+    Http1,
 }
 
 /// Longest request line looked at before the connection is handed to hyper anyway (which
 /// answers an overlong one itself).
 const REQUEST_LINE_PEEK: usize = 8 * 1024;
 
-/// For [`is_h2c`], once the bytes are not the preface: `Some(false)` when the first line ends
-/// with ` HTTP/1.1` or ` HTTP/1.0` (or is longer than [`REQUEST_LINE_PEEK`]), `None` otherwise.
-async fn is_http1(stream: &TcpStream) -> std::io::Result<Option<bool>> {
-    // On the heap, and only here: the connection's future keeps no 8 KiB buffer.
-    let mut buf = vec![0u8; REQUEST_LINE_PEEK];
+/// Reads a plaintext client's first bytes without consuming them. `None` when the client closed
+/// first or sent neither HTTP/2 nor HTTP/1.x (an invalid preface: RFC 9113 section 3.4 says to
+/// close; a first line that is no HTTP/1.x request is one). A preface or request line that
+/// arrives in pieces is waited for however slowly it comes (the caller bounds the wait with the
+/// header timeout), so HTTP/2 is always served by the one engine.
+async fn is_h2c(stream: &TcpStream) -> std::io::Result<Option<Speaks>> {
+    let mut head = [0u8; 24];
+    let preface = peek_until(stream, &mut head, |seen| {
+        if !PREFACE.starts_with(seen) {
+            Some(false)
+        } else {
+            (seen.len() == PREFACE.len()).then_some(true)
+        }
+    });
+    match preface.await? {
+        None => Ok(None),
+        Some(true) => Ok(Some(Speaks::Http2)),
+        Some(false) => {
+            // On the heap, and only here: the connection's future keeps no 8 KiB buffer.
+            let mut line = vec![0u8; REQUEST_LINE_PEEK];
+            let request = peek_until(stream, &mut line, |seen| {
+                let Some(end) = seen.iter().position(|&b| b == b'\n') else {
+                    return (seen.len() == REQUEST_LINE_PEEK).then_some(Some(Speaks::Http1));
+                };
+                let line = seen.get(..end).unwrap_or_default();
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let http1 = line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0");
+                Some(http1.then_some(Speaks::Http1))
+            });
+            Ok(request.await?.flatten())
+        }
+    }
+}
+
+/// Peeks into `buf` until `decide` returns an answer for the bytes seen so far; `None` when the
+/// client closes first. Polls with a growing pause: a slow client costs a few wake-ups a second.
+async fn peek_until<T>(
+    stream: &TcpStream,
+    buf: &mut [u8],
+    decide: impl Fn(&[u8]) -> Option<T>,
+) -> std::io::Result<Option<T>> {
     let mut pause = Duration::from_millis(1);
     loop {
-        let n = stream.peek(&mut buf).await?;
+        let n = stream.peek(buf).await?;
         if n == 0 {
             return Ok(None);
         }
-        let seen = buf.get(..n).unwrap_or_default();
-        if let Some(end) = seen.iter().position(|&b| b == b'\n') {
-            let line = seen.get(..end).unwrap_or_default();
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let http1 = line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0");
-            return Ok(http1.then_some(false));
-        }
-        if n == REQUEST_LINE_PEEK {
-            return Ok(Some(false));
+        if let Some(answer) = decide(buf.get(..n).unwrap_or_default()) {
+            return Ok(Some(answer));
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));

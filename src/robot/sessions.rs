@@ -39,9 +39,8 @@ use crate::proto::viam::robot::v1 as robot;
 use crate::upstream::pool::{Part, Pool};
 
 pub use crate::metrics::SessionMetrics;
-pub use crate::upstream::sessions::{
-    DEFAULT_WINDOW, MONITORED_HEADER, MONITORED_NAME, PartSessions, SESSION_HEADER,
-};
+use crate::proto::wire::{MONITORED_HEADER, SESSION_HEADER};
+pub use crate::upstream::sessions::{DEFAULT_WINDOW, PartSessions};
 use crate::upstream::stop;
 
 /// At most this many sessions are live at once (viam-server's limit).

@@ -72,7 +72,7 @@ pub fn classify(path: &str) -> MethodKind {
             _ => MethodKind::MainPart,
         };
     }
-    if path == crate::auth::AUTHENTICATE_PATH {
+    if path == crate::proto::wire::AUTHENTICATE_PATH {
         return MethodKind::Local(LocalMethod::Authenticate);
     }
     if path == "/grpc.health.v1.Health/Check" {

@@ -458,12 +458,11 @@ impl Part {
     /// The connection was loaded before the epoch is read here, and the epoch goes up before a
     /// connection is published, so a new connection is never paired with an old session.
     fn check_own_session(&self, req: &mut http::Request<Body>) {
-        let Some(sent) = req.headers().get(crate::upstream::sessions::SESSION_HEADER) else {
+        let Some(sent) = req.headers().get(crate::proto::wire::SESSION_HEADER) else {
             return;
         };
         if self.own_session().as_ref() != Some(sent) {
-            req.headers_mut()
-                .remove(crate::upstream::sessions::SESSION_HEADER);
+            req.headers_mut().remove(crate::proto::wire::SESSION_HEADER);
         }
     }
 

@@ -19,7 +19,6 @@ use tracing::{debug, info, warn};
 use crate::proto::viam::robot::v1 as robot;
 use crate::upstream::pool::{Part, PartChannel, PartState, Pool};
 
-pub use crate::proto::wire::{MONITORED_HEADER, MONITORED_NAME, SESSION_HEADER};
 /// The heartbeat window the gateway grants (viam-server's default).
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(2);
 
