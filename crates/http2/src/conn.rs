@@ -260,6 +260,8 @@ pub(crate) struct Stream {
     // [server role] (see `super::server`)
     /// The response HEADERS went out (a reset before that counts against rapid resets).
     pub(crate) answered: bool,
+    /// Request bytes still due by the request's content-length (RFC 9113 section 8.1.1).
+    pub(crate) expect_len: Option<u64>,
 }
 
 impl Stream {
@@ -284,6 +286,7 @@ impl Stream {
             recv_waker: None,
             recv_dropped: false,
             answered: false,
+            expect_len: None,
         }
     }
 
@@ -387,6 +390,32 @@ pub(crate) struct State {
     pub(crate) ping_sent: Option<[u8; 8]>,
     /// Request targets parsed lately (a per-connection parse cache).
     pub(crate) targets: super::server::Targets,
+    /// Streams we reset lately, whose in-flight frames are ignored (see [`ResetIds`]).
+    pub(crate) reset_ids: ResetIds,
+}
+
+/// The ids of the last [`ResetIds::CAP`] streams we reset or refused. After our RST_STREAM the
+/// peer may still have frames for the stream in flight, which RFC 9113 section 5.1 says to
+/// ignore; frames on any other closed stream are the peer's error (STREAM_CLOSED for DATA, a
+/// connection error for HEADERS). Bounded: a stream evicted from here gets a harmless
+/// RST_STREAM(STREAM_CLOSED) for a late DATA frame instead of silence, as h2 does.
+#[derive(Debug, Default)]
+pub(crate) struct ResetIds(VecDeque<u32>);
+
+impl ResetIds {
+    pub(crate) const CAP: usize = 512;
+
+    pub(crate) fn insert(&mut self, id: u32) {
+        if self.0.len() == Self::CAP {
+            self.0.pop_front();
+        }
+        self.0.push_back(id);
+    }
+
+    pub(crate) fn contains(&self, id: u32) -> bool {
+        // Newest first: in-flight frames follow their reset closely.
+        self.0.iter().rev().any(|&i| i == id)
+    }
 }
 
 /// Which end of the connection we are. [server role hook]
@@ -507,6 +536,7 @@ impl State {
             replies_queued: 0,
             ping_sent: None,
             targets: Default::default(),
+            reset_ids: ResetIds::default(),
         }
     }
 
@@ -852,8 +882,12 @@ impl State {
             s.error = Some(error);
         }
         if let Some(reason) = send_rst {
-            frame::put_rst_stream(self.write.scratch(), s.id, reason);
+            let id = s.id;
+            frame::put_rst_stream(self.write.scratch(), id, reason);
             self.reply_queued();
+            if self.role == Role::Server {
+                self.reset_ids.insert(id);
+            }
         }
         self.close_stream(idx, wakers);
     }
@@ -1436,8 +1470,15 @@ fn on_data(
     }
     let Some(&idx) = st.ids.get(&stream) else {
         check_not_idle(st, stream)?;
-        // A stream we already closed: the bytes still count, and are free at once.
+        // A stream already closed: the bytes still count, and are free at once.
         st.release_conn(flow_len);
+        if st.role == Role::Server && !st.reset_ids.contains(stream) {
+            // [server role] closed by both ends' END_STREAM or by the peer's RST_STREAM: the
+            // peer broke the protocol (RFC 9113 section 5.1). A stream error, then silence.
+            frame::put_rst_stream(st.write.scratch(), stream, Reason::STREAM_CLOSED);
+            st.reply_queued();
+            st.reset_ids.insert(stream);
+        }
         return Ok(());
     };
     let Some(s) = st.stream(idx) else {
@@ -1449,7 +1490,22 @@ fn on_data(
         Some((Reason::STREAM_CLOSED, "DATA after END_STREAM"))
     } else {
         s.recv_window -= i64::from(flow_len);
-        (s.recv_window < 0).then_some((Reason::FLOW_CONTROL_ERROR, "DATA beyond the stream window"))
+        if s.recv_window < 0 {
+            Some((Reason::FLOW_CONTROL_ERROR, "DATA beyond the stream window"))
+        } else if let Some(left) = s.expect_len {
+            let len = data.len() as u64;
+            if len > left || (end_stream && len != left) {
+                Some((
+                    Reason::PROTOCOL_ERROR,
+                    "request data does not match its content-length",
+                ))
+            } else {
+                s.expect_len = Some(left - len);
+                None
+            }
+        } else {
+            None
+        }
     };
     if let Some((reason, detail)) = problem {
         st.release_conn(flow_len);
@@ -1599,6 +1655,16 @@ fn on_headers(
     let Some(s) = st.stream(idx) else {
         return Ok(());
     };
+    if s.head_received && s.recv_end {
+        // Half-closed (remote), whatever the block says: RFC 9113 section 5.1's STREAM_CLOSED.
+        st.reset_stream(
+            idx,
+            Error::Local(Reason::STREAM_CLOSED, "HEADERS after END_STREAM"),
+            Some(Reason::STREAM_CLOSED),
+            wakers,
+        );
+        return Ok(());
+    }
     if decoded.bad.is_none() {
         if !s.head_received {
             match decoded.status {
@@ -1620,8 +1686,8 @@ fn on_headers(
                     s.head_received = true;
                 }
             }
-        } else if s.recv_end {
-            decoded.bad = Some("HEADERS after END_STREAM");
+        } else if s.expect_len.is_some_and(|left| left > 0) {
+            decoded.bad = Some("request data does not match its content-length");
         } else if !end_stream {
             decoded.bad = Some("trailers without END_STREAM");
         } else if decoded.pseudo {

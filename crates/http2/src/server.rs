@@ -289,12 +289,7 @@ where
                 let mut st = self.shared.lock();
                 while let Some((idx, req)) = st.accepted.pop_front() {
                     if st.stream(idx).is_some_and(|s| s.error.is_none()) {
-                        let mut body = RequestBody::new(self.shared.clone(), idx);
-                        // (Well-formed: checked when decoded.)
-                        body.expect_len = req
-                            .headers()
-                            .get(header::CONTENT_LENGTH)
-                            .and_then(|v| v.to_str().ok()?.parse().ok());
+                        let body = RequestBody::new(self.shared.clone(), idx);
                         taken.push((idx, req.map(|()| body)));
                     } else {
                         // Reset before we took it: the handler never sees it.
@@ -366,12 +361,14 @@ pub(crate) fn on_request_headers(
         });
     }
     if stream <= st.peer_last_id {
-        // A stream we closed (reset, refused): only its trailers may still come; decode them
-        // anyway to keep the HPACK table in step.
-        if !end_stream {
+        // A stream we reset or refused lately: its trailers may still be in flight; decode
+        // them anyway, to keep the HPACK table in step. Any other closed stream (ended, reset
+        // by the peer, or an id the peer skipped) is the peer's error: RFC 9113 section 5.1.1
+        // makes it a connection error (PROTOCOL_ERROR, as Go's server answers it).
+        if !end_stream || !st.reset_ids.contains(stream) {
             return Err(ConnError {
                 reason: Reason::PROTOCOL_ERROR,
-                detail: "stream id not above the previous one",
+                detail: "HEADERS on a closed stream, or a stream id not above the previous one",
             });
         }
         return match decoder.decode(block, max_list, |_, _| {}) {
@@ -389,7 +386,7 @@ pub(crate) fn on_request_headers(
         Err(_) => return Err(compression_error()),
     }
     if st.local_goaway.is_some() || st.goaway.is_some() || st.closed.is_some() {
-        frame::put_rst_stream(st.write.scratch(), stream, Reason::REFUSED_STREAM);
+        refuse(st, stream, Reason::REFUSED_STREAM);
         return Ok(());
     }
     if st.active >= st.max_peer_streams {
@@ -397,26 +394,47 @@ pub(crate) fn on_request_headers(
             stream,
             "over SETTINGS_MAX_CONCURRENT_STREAMS; refusing the stream"
         );
-        frame::put_rst_stream(st.write.scratch(), stream, Reason::REFUSED_STREAM);
+        refuse(st, stream, Reason::REFUSED_STREAM);
         return Ok(());
     }
     let head = match req.finish(&mut st.targets) {
         Ok(head) => head,
         Err(detail) => {
             debug!(stream, detail, "malformed request; resetting the stream");
-            frame::put_rst_stream(st.write.scratch(), stream, Reason::PROTOCOL_ERROR);
+            refuse(st, stream, Reason::PROTOCOL_ERROR);
             return Ok(());
         }
     };
+    // (Well-formed: checked when decoded.)
+    let expect_len: Option<u64> = head
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    if end_stream && expect_len.is_some_and(|len| len > 0) {
+        debug!(
+            stream,
+            "request ends before its content-length; resetting the stream"
+        );
+        refuse(st, stream, Reason::PROTOCOL_ERROR);
+        return Ok(());
+    }
     st.active += 1;
     // Two handles: the call, and the request body.
     let idx = st.insert_stream_id(stream, 2);
     if let Some(s) = st.stream(idx) {
         s.head_received = true;
         s.recv_end = end_stream;
+        s.expect_len = expect_len;
     }
     st.accepted.push_back((idx, head));
     Ok(())
+}
+
+/// Resets a stream before it was ever opened (refused or malformed). Its in-flight frames are
+/// then ignored (see `ResetIds`).
+fn refuse(st: &mut State, stream: u32, reason: Reason) {
+    frame::put_rst_stream(st.write.scratch(), stream, reason);
+    st.reset_ids.insert(stream);
 }
 
 /// A client reset stream `idx`: counts it against the rapid-reset budget unless it had been
@@ -965,10 +983,6 @@ pub struct RequestBody {
     /// Nothing more from the stream: what is left is in `data` and `trailers`.
     ended: bool,
     done: bool,
-    /// The request's content-length, which the data must match (RFC 9113 section 8.1.1).
-    expect_len: Option<u64>,
-    /// Data bytes handed on so far.
-    seen: u64,
 }
 
 impl std::fmt::Debug for RequestBody {
@@ -989,55 +1003,7 @@ impl RequestBody {
             trailers: None,
             ended: false,
             done: false,
-            expect_len: None,
-            seen: 0,
         }
-    }
-
-    /// Checks the body against its content-length: more data than announced, or an end before
-    /// all of it, fails the body and resets the stream (PROTOCOL_ERROR), as h2 did.
-    fn check_len(
-        &mut self,
-        polled: Poll<Option<Result<Frame<Bytes>, Error>>>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        let Some(expect) = self.expect_len else {
-            return polled;
-        };
-        let bad = match &polled {
-            Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
-                Some(data) => {
-                    self.seen += data.len() as u64;
-                    self.seen > expect
-                }
-                None => self.seen != expect,
-            },
-            Poll::Ready(None) => self.seen != expect,
-            _ => false,
-        };
-        if !bad {
-            return polled;
-        }
-        self.done = true;
-        self.data.clear();
-        self.trailers = None;
-        if let Some(shared) = self.shared.as_ref() {
-            let mut wakers = Wakers::default();
-            {
-                let mut st = shared.lock();
-                st.reset_stream(
-                    self.idx,
-                    Error::Local(Reason::PROTOCOL_ERROR, "content-length mismatch"),
-                    Some(Reason::PROTOCOL_ERROR),
-                    &mut wakers,
-                );
-                wakers.extend(st.wake_task());
-            }
-            wakers.wake_all();
-        }
-        Poll::Ready(Some(Err(Error::Local(
-            Reason::PROTOCOL_ERROR,
-            "request data does not match its content-length",
-        ))))
     }
 
     fn poll_stream(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
@@ -1061,8 +1027,7 @@ impl RequestBody {
                         wake = st.wake_task();
                     }
                     self.ended = true;
-                    // (With a content-length to check, kept until then: a mismatch resets.)
-                    let_go = self.expect_len.is_none();
+                    let_go = true;
                     match data.pop_front() {
                         Some(first) => {
                             self.data = data;
@@ -1152,7 +1117,7 @@ impl http_body::Body for RequestBody {
         if this.done {
             return Poll::Ready(None);
         }
-        let polled = if let Some(data) = this.data.pop_front() {
+        if let Some(data) = this.data.pop_front() {
             Poll::Ready(Some(Ok(Frame::data(data))))
         } else if this.ended {
             this.done = true;
@@ -1163,17 +1128,11 @@ impl http_body::Body for RequestBody {
                 this.done = true;
             }
             polled
-        };
-        this.check_len(polled)
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        // (A body short of its content-length is not over: the next poll fails it.)
-        self.done
-            || (self.ended
-                && self.data.is_empty()
-                && self.trailers.is_none()
-                && self.expect_len.is_none_or(|e| e == self.seen))
+        self.done || (self.ended && self.data.is_empty() && self.trailers.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {

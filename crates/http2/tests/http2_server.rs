@@ -1441,3 +1441,101 @@ async fn request_data_must_match_its_content_length() {
     .await;
     expect_reset(&mut raw, 5, Reason::PROTOCOL_ERROR).await;
 }
+
+/// A DATA frame on `stream` with `payload`.
+fn data(b: &mut BytesMut, stream: u32, payload: &[u8], end: bool) {
+    let flags = if end { flag::END_STREAM } else { 0 };
+    frame::put_head(b, payload.len(), kind::DATA, flags, stream);
+    b.extend_from_slice(payload);
+}
+
+/// Sends a PING and expects its ACK as the next significant frame: nothing else was answered.
+async fn expect_silence(raw: &mut Raw, payload: [u8; 8]) {
+    raw.ping(payload).await;
+    match raw.next_significant().await {
+        Some(Frame::Ping {
+            ack: true,
+            payload: p,
+        }) => assert_eq!(p, payload),
+        other => panic!("expected only the PING ACK, got {other:?}"),
+    }
+}
+
+/// Waits for the response to `stream` to end.
+async fn expect_response_end(raw: &mut Raw, stream: u32) {
+    loop {
+        match raw.next_significant().await {
+            Some(Frame::Headers {
+                stream: s,
+                end_stream: true,
+                ..
+            }) if s == stream => return,
+            Some(Frame::Headers { .. } | Frame::Data { .. }) => {}
+            other => panic!("expected the response to {stream}, got {other:?}"),
+        }
+    }
+}
+
+/// RFC 9113 section 5.1: frames on a closed stream are STREAM_CLOSED, except the ones that may
+/// still be in flight after our own RST_STREAM, which are ignored (h2spec 5.1/5-12, 6.1/2).
+#[tokio::test]
+async fn frames_on_closed_streams_follow_section_5_1() {
+    let mut s = serve(ok_handler());
+    let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+
+    // Stream 1 ends both ways; DATA after it is the client's error: RST_STREAM(STREAM_CLOSED),
+    // once (a second one is not answered again).
+    raw.request(1, &[], true).await;
+    expect_response_end(&mut raw, 1).await;
+    raw.send(|b| data(b, 1, b"late", false)).await;
+    expect_reset(&mut raw, 1, Reason::STREAM_CLOSED).await;
+    raw.send(|b| data(b, 1, b"later", true)).await;
+    expect_silence(&mut raw, *b"silence1").await;
+
+    // Stream 3: we reset it (malformed); its DATA and trailers still in flight are ignored.
+    raw.headers(3, &[(":method", "POST"), (":path", "/x")], false)
+        .await;
+    expect_reset(&mut raw, 3, Reason::PROTOCOL_ERROR).await;
+    raw.send(|b| data(b, 3, b"in flight", false)).await;
+    raw.headers(3, &[("grpc-status", "0")], true).await;
+    expect_silence(&mut raw, *b"silence2").await;
+
+    // Stream 5: the client reset it; DATA after its own RST_STREAM is STREAM_CLOSED.
+    raw.request(5, &[], false).await;
+    raw.send(|b| frame::put_rst_stream(b, 5, Reason::CANCEL))
+        .await;
+    raw.send(|b| data(b, 5, b"after reset", true)).await;
+    expect_reset(&mut raw, 5, Reason::STREAM_CLOSED).await;
+
+    // A content-length the data does not match resets the stream, though the handler never
+    // reads the body: too much data, and too little before END_STREAM.
+    raw.request(7, &[("content-length", "3")], false).await;
+    raw.send(|b| data(b, 7, b"12345", true)).await;
+    expect_reset(&mut raw, 7, Reason::PROTOCOL_ERROR).await;
+    raw.request(9, &[("content-length", "3")], false).await;
+    raw.send(|b| data(b, 9, b"12", true)).await;
+    expect_reset(&mut raw, 9, Reason::PROTOCOL_ERROR).await;
+    // A request that ends on its HEADERS with a content-length above zero.
+    raw.request(11, &[("content-length", "3")], true).await;
+    expect_reset(&mut raw, 11, Reason::PROTOCOL_ERROR).await;
+    // A matching one is served.
+    raw.request(13, &[("content-length", "3")], false).await;
+    raw.send(|b| data(b, 13, b"123", true)).await;
+    expect_response_end(&mut raw, 13).await;
+
+    // HEADERS on stream 13 again (closed by both ends' END_STREAM): a connection error. (Not
+    // stream 1: after our RST_STREAM(STREAM_CLOSED) its frames count as in flight.)
+    raw.request(13, &[], true).await;
+    raw.expect_goaway(Reason::PROTOCOL_ERROR).await;
+}
+
+/// RFC 9113 section 5.1.1: a new stream's id must be above every earlier one; an id the client
+/// skipped cannot be opened later (h2spec 5.1.1/2).
+#[tokio::test]
+async fn a_lower_stream_id_is_a_connection_error() {
+    let mut s = serve(ok_handler());
+    let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+    raw.request(5, &[], true).await;
+    raw.request(3, &[], true).await;
+    raw.expect_goaway(Reason::PROTOCOL_ERROR).await;
+}
