@@ -139,6 +139,30 @@ const READS_PER_POLL: usize = 8;
 /// ENHANCE_YOUR_CALM instead of queueing more. A peer that reads keeps the count near zero.
 pub const MAX_QUEUED_REPLIES: u32 = 1024;
 
+/// Work one connection may do per turn of its task before it yields to the others (CPU
+/// fairness): every frame costs 1, a new stream [`NEW_STREAM_COST`] more (its handler runs in
+/// the same turn). Frames left over stay in the read buffer for the next turn, and no more is
+/// read meanwhile (see [`READ_AHEAD`]). A turn of 1,024 small frames is tens of microseconds.
+pub const TURN_BUDGET: i32 = 1024;
+/// Extra cost of a frame that opens a stream (see [`TURN_BUDGET`]).
+pub const NEW_STREAM_COST: i32 = 15;
+/// Bytes read ahead of the frames handled: no socket read while this much waits in the read
+/// buffer, so a peer that sends faster than its frames are handled waits in its own socket
+/// buffer, not in our memory.
+pub const READ_AHEAD: usize = 256 * 1024;
+/// DATA frames in a row with no payload and no END_STREAM (CVE-2019-9518): each costs as much
+/// to handle as a real one and delivers nothing. Past this many, GOAWAY(ENHANCE_YOUR_CALM), as
+/// Envoy's `max_consecutive_inbound_frames_with_empty_payload` does (its default is 1).
+pub const MAX_EMPTY_FRAMES: u32 = 64;
+/// Streams we may reset because of the peer's errors (malformed requests, header lists over
+/// the limit, DATA beyond a window or a content-length, frames on closed streams, streams over
+/// the concurrency limit) per [`STREAM_ERROR_WINDOW`]; past it, GOAWAY(ENHANCE_YOUR_CALM). Each
+/// costs a decode and a reply, and a client that makes them at a high rate is attacking (h2
+/// bounds the same thing with `max_local_error_reset_streams`, default 1,024).
+pub const STREAM_ERROR_BUDGET: u32 = 1000;
+/// See [`STREAM_ERROR_BUDGET`].
+pub const STREAM_ERROR_WINDOW: Duration = Duration::from_secs(10);
+
 /// A queue of chunks, the first one inline: a stream usually holds one chunk at a time, and
 /// then the queue allocates nothing. The rest is made only when needed: dropping a `VecDeque`,
 /// even an empty one, is not free, and a call drops four queues.
@@ -392,6 +416,15 @@ pub(crate) struct State {
     pub(crate) targets: super::server::Targets,
     /// Streams we reset lately, whose in-flight frames are ignored (see [`ResetIds`]).
     pub(crate) reset_ids: ResetIds,
+    /// Work left in this turn of the connection task (see [`TURN_BUDGET`]).
+    pub(crate) budget: i32,
+    /// DATA frames in a row with no payload (see [`MAX_EMPTY_FRAMES`]).
+    empty_frames: u32,
+    /// Stream errors the peer caused in the window starting at `.0` (see
+    /// [`STREAM_ERROR_BUDGET`]).
+    stream_errors: (Instant, u32),
+    /// Why the peer must calm down: the connection closes with ENHANCE_YOUR_CALM.
+    pub(crate) calm: Option<&'static str>,
 }
 
 /// The ids of the last [`ResetIds::CAP`] streams we reset or refused. After our RST_STREAM the
@@ -537,6 +570,10 @@ impl State {
             ping_sent: None,
             targets: Default::default(),
             reset_ids: ResetIds::default(),
+            budget: TURN_BUDGET,
+            empty_frames: 0,
+            stream_errors: (Instant::now(), 0),
+            calm: None,
         }
     }
 
@@ -862,6 +899,25 @@ impl State {
     /// Counts a reply the peer's frames made us queue (see [`MAX_QUEUED_REPLIES`]).
     fn reply_queued(&mut self) {
         self.replies_queued = self.replies_queued.saturating_add(1);
+        if self.replies_queued > MAX_QUEUED_REPLIES {
+            self.calm
+                .get_or_insert("too many replies queued to a peer that does not read them");
+        }
+    }
+
+    /// [server role] Counts a stream error the peer caused (see [`STREAM_ERROR_BUDGET`]).
+    pub(crate) fn peer_stream_error(&mut self) {
+        if self.role != Role::Server {
+            return;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.stream_errors.0) > STREAM_ERROR_WINDOW {
+            self.stream_errors = (now, 0);
+        }
+        self.stream_errors.1 += 1;
+        if self.stream_errors.1 > STREAM_ERROR_BUDGET {
+            self.calm.get_or_insert("too many stream errors");
+        }
     }
 
     /// Fails and closes a stream, sending RST_STREAM(reason) when `send_rst`.
@@ -1014,6 +1070,12 @@ pub struct Connection<I> {
     ending: Option<Result<(), Error>>,
     /// [server role] the client's preface is still to be read.
     preface_pending: bool,
+    /// The task's owner starts each turn (`new_turn`); otherwise every poll is a new turn.
+    turns_managed: bool,
+    /// A new turn starts at the next poll (the budget is refilled under the lock).
+    turn_fresh: bool,
+    /// This turn's budget is spent: the connection yields until the next turn.
+    spent: bool,
 }
 
 struct Keepalive {
@@ -1108,6 +1170,9 @@ where
         keepalive,
         ending: None,
         preface_pending: false,
+        turns_managed: false,
+        turn_fresh: true,
+        spent: false,
     };
     (shared, conn)
 }
@@ -1135,6 +1200,7 @@ where
         put_local_settings(out, (setting::MAX_CONCURRENT_STREAMS, max_streams), &config);
     }
     conn.preface_pending = true;
+    conn.turns_managed = true;
     (shared, conn)
 }
 
@@ -1149,19 +1215,28 @@ where
         if this.ending.is_some() {
             return this.poll_end(cx);
         }
+        if !this.turns_managed {
+            this.turn_fresh = true;
+        }
+        if this.turn_fresh {
+            this.spent = false;
+        }
         let mut rounds = 0;
         loop {
             rounds += 1;
-            if rounds > 4 {
+            if rounds > 4 || this.spent {
                 // Still busy: let other tasks run, and come back.
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            // 1. Read whatever is ready.
+            // 1. Read whatever is ready (unless enough waits to be handled).
             let mut read_pending = false;
             let mut eof = false;
             let mut failed = None;
             for _ in 0..READS_PER_POLL {
+                if this.reader.buffered() >= READ_AHEAD {
+                    break;
+                }
                 let buf = this.reader.buf_mut();
                 match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, buf) {
                     Poll::Ready(Ok(0)) => {
@@ -1196,6 +1271,9 @@ where
             let mut pong = false;
             let done = {
                 let mut st = this.shared.lock();
+                if std::mem::take(&mut this.turn_fresh) {
+                    st.budget = TURN_BUDGET;
+                }
                 // [server role] the client's preface comes first.
                 let preface = if this.preface_pending {
                     this.reader
@@ -1262,6 +1340,7 @@ where
                     // What was queued goes to the socket now: the peer is reading.
                     st.replies_queued = 0;
                 }
+                this.spent = st.budget <= 0;
                 st.task_woken = false;
                 set_waker(&mut st.task_waker, cx);
                 done
@@ -1300,7 +1379,7 @@ where
                     Poll::Pending => {}
                 }
             }
-            if read_pending {
+            if read_pending && !this.spent {
                 // Callers that queued frames meanwhile woke us (task_woken was cleared).
                 return Poll::Pending;
             }
@@ -1312,6 +1391,16 @@ impl<I> Connection<I>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
+    /// [server role] The task starts a new turn: the work budget is refilled at the next poll.
+    pub(crate) fn new_turn(&mut self) {
+        self.turn_fresh = true;
+    }
+
+    /// This turn's work budget is spent (the task should yield).
+    pub(crate) fn spent(&self) -> bool {
+        self.spent
+    }
+
     fn fail(&mut self, error: Error) {
         {
             let mut st = self.shared.lock();
@@ -1366,25 +1455,42 @@ fn handle_frames(
     if st.closed.is_some() {
         return Ok(());
     }
-    while let Some(frame) = reader.next()? {
-        if st.replies_queued > MAX_QUEUED_REPLIES {
+    while st.budget > 0 {
+        if let Some(detail) = st.calm {
             return Err(ConnError {
                 reason: Reason::ENHANCE_YOUR_CALM,
-                detail: "too many replies queued to a peer that does not read them",
+                detail,
             });
         }
+        let Some(frame) = reader.next()? else {
+            break;
+        };
+        st.budget -= 1;
         match frame {
             Frame::Data {
                 stream,
                 data,
                 end_stream,
                 flow_len,
-            } => on_data(st, stream, data, end_stream, flow_len, wakers)?,
+            } => {
+                if flow_len == 0 && !end_stream {
+                    st.empty_frames += 1;
+                    if st.empty_frames > MAX_EMPTY_FRAMES {
+                        st.calm.get_or_insert("too many empty DATA frames");
+                    }
+                } else {
+                    st.empty_frames = 0;
+                }
+                on_data(st, stream, data, end_stream, flow_len, wakers)?;
+            }
             Frame::Headers {
                 stream,
                 block,
                 end_stream,
-            } => on_headers(st, decoder, stream, &block, end_stream, wakers)?,
+            } => {
+                st.empty_frames = 0;
+                on_headers(st, decoder, stream, &block, end_stream, wakers)?;
+            }
             Frame::Priority { .. } | Frame::Unknown => {}
             Frame::RstStream { stream, reason } => {
                 check_not_idle(st, stream)?;
@@ -1433,7 +1539,13 @@ fn handle_frames(
             }
         }
     }
-    Ok(())
+    match st.calm {
+        Some(detail) => Err(ConnError {
+            reason: Reason::ENHANCE_YOUR_CALM,
+            detail,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Client role: a frame on a stream we never opened (or a server-initiated id) is a
@@ -1477,6 +1589,7 @@ fn on_data(
             // peer broke the protocol (RFC 9113 section 5.1). A stream error, then silence.
             frame::put_rst_stream(st.write.scratch(), stream, Reason::STREAM_CLOSED);
             st.reply_queued();
+            st.peer_stream_error();
             st.reset_ids.insert(stream);
         }
         return Ok(());
@@ -1509,6 +1622,7 @@ fn on_data(
     };
     if let Some((reason, detail)) = problem {
         st.release_conn(flow_len);
+        st.peer_stream_error();
         st.reset_stream(idx, Error::Local(reason, detail), Some(reason), wakers);
         return Ok(());
     }
@@ -1657,6 +1771,7 @@ fn on_headers(
     };
     if s.head_received && s.recv_end {
         // Half-closed (remote), whatever the block says: RFC 9113 section 5.1's STREAM_CLOSED.
+        st.peer_stream_error();
         st.reset_stream(
             idx,
             Error::Local(Reason::STREAM_CLOSED, "HEADERS after END_STREAM"),
@@ -1698,6 +1813,7 @@ fn on_headers(
     }
     if let Some(detail) = decoded.bad {
         debug!(stream, detail, "bad header block; resetting the stream");
+        st.peer_stream_error();
         st.reset_stream(
             idx,
             Error::Local(Reason::PROTOCOL_ERROR, detail),

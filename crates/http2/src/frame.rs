@@ -314,6 +314,11 @@ impl FrameReader {
         &mut self.buf
     }
 
+    /// Bytes read and not yet taken as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Payload length of the buffered frame head, if 9 bytes are there.
     fn head_len(&self) -> Option<u32> {
         match self.buf.get(..3) {

@@ -279,7 +279,9 @@ where
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        // Bounded: a busy connection yields to other tasks now and then.
+        // Bounded: a busy connection yields to other tasks now and then, after 8 rounds or
+        // once the core spent this turn's work budget (`conn::TURN_BUDGET`).
+        self.conn.new_turn();
         for _ in 0..8 {
             if let Poll::Ready(result) = Pin::new(&mut self.conn).poll(cx) {
                 return Poll::Ready(result);
@@ -312,6 +314,11 @@ where
             }
             self.taken = taken;
             self.poll_calls(cx);
+            if self.conn.spent() {
+                // (The core left a wake for the task.)
+                self.shared.lock().task_woken = false;
+                return Poll::Pending;
+            }
             let again = {
                 let mut st = self.shared.lock();
                 let again = !st.write.is_empty() || !st.accepted.is_empty();
@@ -394,6 +401,8 @@ pub(crate) fn on_request_headers(
             stream,
             "over SETTINGS_MAX_CONCURRENT_STREAMS; refusing the stream"
         );
+        // (The client ignored our SETTINGS: its error.)
+        st.peer_stream_error();
         refuse(st, stream, Reason::REFUSED_STREAM);
         return Ok(());
     }
@@ -419,6 +428,7 @@ pub(crate) fn on_request_headers(
         return Ok(());
     }
     st.active += 1;
+    st.budget -= conn::NEW_STREAM_COST;
     // Two handles: the call, and the request body.
     let idx = st.insert_stream_id(stream, 2);
     if let Some(s) = st.stream(idx) {
@@ -430,9 +440,12 @@ pub(crate) fn on_request_headers(
     Ok(())
 }
 
-/// Resets a stream before it was ever opened (refused or malformed). Its in-flight frames are
-/// then ignored (see `ResetIds`).
+/// Resets a stream before it was ever opened (refused, or malformed: PROTOCOL_ERROR, which
+/// counts as the peer's error). Its in-flight frames are then ignored (see `ResetIds`).
 fn refuse(st: &mut State, stream: u32, reason: Reason) {
+    if reason == Reason::PROTOCOL_ERROR {
+        st.peer_stream_error();
+    }
     frame::put_rst_stream(st.write.scratch(), stream, reason);
     st.reset_ids.insert(stream);
 }

@@ -1539,3 +1539,245 @@ async fn a_lower_stream_id_is_a_connection_error() {
     raw.request(3, &[], true).await;
     raw.expect_goaway(Reason::PROTOCOL_ERROR).await;
 }
+
+/// The server's end of a connection whose peer sent everything at once: reads hand out the
+/// prepared bytes (always ready), writes are kept.
+struct Flooded {
+    input: Bytes,
+    output: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl tokio::io::AsyncRead for Flooded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.input.is_empty() {
+            // The peer sent everything and waits.
+            return Poll::Pending;
+        }
+        let n = buf.remaining().min(self.input.len());
+        let chunk = self.input.split_to(n);
+        buf.put_slice(&chunk);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Flooded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.output.lock().unwrap().extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Frames in `bytes` (after the server's preface-less output), by kind.
+fn frames_in(bytes: &[u8]) -> Vec<Frame> {
+    let mut reader = FrameReader::new(frame::MAX_FRAME_SIZE_LIMIT, 1 << 20);
+    reader.buf_mut().extend_from_slice(bytes);
+    let mut out = Vec::new();
+    while let Some(f) = reader.next().unwrap() {
+        out.push(f);
+    }
+    out
+}
+
+/// CPU fairness: one turn of a connection's task handles at most `TURN_BUDGET` frames, however
+/// many are waiting, and leaves a wake to come back for the rest; meanwhile the other tasks of
+/// its worker run. Polled by hand, so the bound is counted, not timed.
+#[tokio::test]
+async fn one_turn_handles_at_most_its_budget_of_frames() {
+    const PINGS: usize = 10_000;
+    let mut input = BytesMut::new();
+    input.extend_from_slice(frame::PREFACE);
+    frame::put_settings(&mut input, &[]);
+    for i in 0..PINGS {
+        frame::put_ping(&mut input, false, (i as u64).to_be_bytes());
+    }
+    let output = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let io = Flooded {
+        input: input.freeze(),
+        output: output.clone(),
+    };
+    let (_tx, rx) = watch::channel(false);
+    let mut serving = Box::pin(server::serve_connection(
+        io,
+        PEER.parse().unwrap(),
+        ok_handler(),
+        4096,
+        server::config(),
+        rx,
+    ));
+    let wakes = Arc::new(Count::default());
+    let waker = std::task::Waker::from(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    let acks = |output: &std::sync::Mutex<Vec<u8>>| {
+        frames_in(&output.lock().unwrap())
+            .into_iter()
+            .filter(|f| matches!(f, Frame::Ping { ack: true, .. }))
+            .count()
+    };
+    let mut turns = 0;
+    let mut last = 0;
+    while last < PINGS {
+        let before = wakes.0.load(Ordering::SeqCst);
+        assert!(serving.as_mut().poll(&mut cx).is_pending());
+        turns += 1;
+        let now = acks(&output);
+        // (The SETTINGS frame is the turn's first frame.)
+        assert!(
+            now - last <= partgate_http2::conn::TURN_BUDGET as usize,
+            "turn {turns} answered {} pings",
+            now - last
+        );
+        if now < PINGS {
+            assert!(
+                wakes.0.load(Ordering::SeqCst) > before,
+                "turn {turns} left frames waiting without a wake"
+            );
+        }
+        last = now;
+        assert!(turns < 100, "no progress: {last} of {PINGS} pings answered");
+    }
+    assert!(turns >= PINGS / partgate_http2::conn::TURN_BUDGET as usize);
+}
+
+#[derive(Default)]
+struct Count(AtomicUsize);
+
+impl std::task::Wake for Count {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// CVE-2019-9518: empty DATA frames cost work and deliver nothing; past `MAX_EMPTY_FRAMES` in
+/// a row the connection is closed with ENHANCE_YOUR_CALM. Fewer, or ones between real data,
+/// are served.
+#[tokio::test]
+async fn empty_data_frames_in_a_row_get_enhance_your_calm() {
+    let max = partgate_http2::conn::MAX_EMPTY_FRAMES;
+    let mut s = serve(echo_handler());
+    let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+    raw.request(1, &[], false).await;
+    // Up to the limit, with data between: fine.
+    for _ in 0..3 {
+        raw.send(|b| {
+            for _ in 0..max {
+                data(b, 1, b"", false);
+            }
+            data(b, 1, &[0, 0, 0, 0, 1, 7], false);
+        })
+        .await;
+    }
+    expect_silence(&mut raw, *b"fine....").await;
+    raw.send(|b| {
+        for _ in 0..=max {
+            data(b, 1, b"", false);
+        }
+    })
+    .await;
+    raw.expect_goaway(Reason::ENHANCE_YOUR_CALM).await;
+}
+
+/// HPACK bomb: one large field inserted into the dynamic table, then header blocks that
+/// reference it until they decode past SETTINGS_MAX_HEADER_LIST_SIZE. Each such block is
+/// refused for its stream without delivering a field; past `STREAM_ERROR_BUDGET` such stream
+/// errors the connection is closed with ENHANCE_YOUR_CALM.
+#[tokio::test]
+async fn hpack_bomb_gets_enhance_your_calm() {
+    let budget = partgate_http2::conn::STREAM_ERROR_BUDGET;
+    let mut s = serve(ok_handler());
+    let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+    // One 4,000-byte value, inserted with incremental indexing (dynamic index 62).
+    let big = "b".repeat(4000);
+    raw.request(1, &[("x-bomb", &big)], true).await;
+    expect_response_end(&mut raw, 1).await;
+    let request = raw.block(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/pkg.Svc/M"),
+        ("content-type", "application/grpc"),
+    ]);
+    let mut stream = 3;
+    let mut sent = 0;
+    let mut closed = false;
+    while !closed {
+        let mut buf = BytesMut::new();
+        for _ in 0..100 {
+            // The request fields, then the big one 1,000 times (4 MB decoded from 1 KB).
+            let mut block = request.clone();
+            for _ in 0..1000 {
+                block.extend_from_slice(&[0x80 | 62]);
+            }
+            frame::put_headers(&mut buf, stream, &block, true, 16_384);
+            stream += 2;
+            sent += 1;
+        }
+        if raw.io.write_all(&buf).await.is_err() {
+            break;
+        }
+        loop {
+            match raw.next().await {
+                Some(Frame::RstStream { reason, .. }) => assert_eq!(reason, Reason::PROTOCOL_ERROR),
+                Some(Frame::GoAway { reason, .. }) => {
+                    assert_eq!(reason, Reason::ENHANCE_YOUR_CALM);
+                    closed = true;
+                    break;
+                }
+                Some(Frame::Ping { .. } | Frame::Settings { .. } | Frame::WindowUpdate { .. }) => {}
+                Some(other) => panic!("unexpected {other:?}"),
+                None => panic!("closed without GOAWAY"),
+            }
+            if raw.reader.buffered() == 0 {
+                break;
+            }
+        }
+        assert!(sent <= budget as usize + 200, "{sent} bombs and still open");
+    }
+    assert!(sent > budget as usize, "closed after only {sent} bombs");
+}
+
+/// Requests that break the rules, one stream after another, are each refused (a stream error);
+/// past `STREAM_ERROR_BUDGET` of them the connection is closed with ENHANCE_YOUR_CALM.
+#[tokio::test]
+async fn a_flood_of_stream_errors_gets_enhance_your_calm() {
+    let budget = partgate_http2::conn::STREAM_ERROR_BUDGET;
+    let mut s = serve(ok_handler());
+    let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+    let bad = raw.block(&[(":method", "POST"), (":path", "/x")]);
+    let mut buf = BytesMut::new();
+    for i in 0..=budget {
+        frame::put_headers(&mut buf, 1 + 2 * i, &bad, true, 16_384);
+    }
+    raw.io.write_all(&buf).await.unwrap();
+    let mut resets = 0;
+    loop {
+        match raw.next().await {
+            Some(Frame::RstStream { reason, .. }) => {
+                assert_eq!(reason, Reason::PROTOCOL_ERROR);
+                resets += 1;
+            }
+            Some(Frame::GoAway { reason, .. }) => {
+                assert_eq!(reason, Reason::ENHANCE_YOUR_CALM);
+                break;
+            }
+            Some(_) => {}
+            None => panic!("closed without GOAWAY after {resets} resets"),
+        }
+    }
+    // (The one over the budget is refused too, then the GOAWAY follows.)
+    assert_eq!(resets, budget + 1);
+}
