@@ -163,6 +163,10 @@ pub struct GatewaySettings {
     /// connection is closed, like nginx's `client_header_timeout`. Read at start.
     #[serde(default = "default_client_header_timeout")]
     pub client_header_timeout: String,
+    /// An HTTP/2 client connection with no call for this long is closed with GOAWAY (gRPC
+    /// clients reconnect on their next call); "0s" keeps idle connections open. Read at start.
+    #[serde(default = "default_client_idle_timeout")]
+    pub client_idle_timeout: String,
     /// Client connections open at once on each listener; one accepted beyond it is closed at
     /// once. The gateway raises its open-file limit to the hard limit at start; keep this below
     /// that, with room for the parts' connections.
@@ -358,6 +362,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Time a client has to send a request head.
     pub client_header_timeout: Duration,
+    /// An HTTP/2 client connection idle this long is closed (zero: never).
+    pub client_idle_timeout: Duration,
     /// Client connections open at once per listener.
     pub max_connections: usize,
     /// Address of the separate operations listener, if any.
@@ -421,6 +427,9 @@ fn default_drain_timeout() -> String {
 fn default_client_header_timeout() -> String {
     "10s".to_owned()
 }
+fn default_client_idle_timeout() -> String {
+    "5m".to_owned()
+}
 fn default_max_connections() -> usize {
     10_000
 }
@@ -472,6 +481,7 @@ impl Default for GatewaySettings {
             keepalive_timeout: default_keepalive_timeout(),
             drain_timeout: default_drain_timeout(),
             client_header_timeout: default_client_header_timeout(),
+            client_idle_timeout: default_client_idle_timeout(),
             max_connections: default_max_connections(),
             idle_spin: default_idle_spin(),
             answer_spin: default_answer_spin(),
@@ -579,6 +589,7 @@ impl Config {
         let drain_timeout = duration("gateway.drain_timeout", &g.drain_timeout);
         let client_header_timeout =
             duration("gateway.client_header_timeout", &g.client_header_timeout);
+        let client_idle_timeout = duration("gateway.client_idle_timeout", &g.client_idle_timeout);
         let idle_spin = duration("gateway.idle_spin", &g.idle_spin);
         let answer_spin = duration("gateway.answer_spin", &g.answer_spin);
         for (path, spin) in [
@@ -733,6 +744,7 @@ impl Config {
                 keepalive_timeout,
                 drain_timeout,
                 client_header_timeout,
+                client_idle_timeout,
                 max_connections: g.max_connections,
                 admin,
                 ready_requires_all_parts: g.ready_requires_all_parts,

@@ -131,6 +131,7 @@ impl Gateway {
             listener::Limits {
                 drain: settings.drain_timeout,
                 header_timeout: settings.client_header_timeout,
+                idle_timeout: settings.client_idle_timeout,
                 max_connections: settings.max_connections,
             },
             tls.clone(),
@@ -318,6 +319,7 @@ async fn start_admin(settings: &Settings, admin: &Arc<Admin>) -> Result<AdminLis
         listener::Limits {
             drain: Duration::from_secs(1),
             header_timeout: settings.client_header_timeout,
+            idle_timeout: settings.client_idle_timeout,
             max_connections: settings.max_connections,
         },
         None,

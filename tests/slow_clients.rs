@@ -166,3 +166,46 @@ async fn a_first_line_that_is_no_request_is_closed_unanswered() {
         .unwrap();
     assert!(until_closed(&mut tcp).await.starts_with(b"HTTP/1.1 200"));
 }
+
+/// `gateway.client_idle_timeout`: an HTTP/2 connection that made its calls and went quiet is
+/// closed with GOAWAY(NO_ERROR) naming its last stream, and the closing is not an error to a
+/// client (h2 reports a clean end).
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_with_goaway() {
+    let fleet = fleet(vec![(spec("a", &["m1"]), None)], Some("a"), |c| {
+        c.gateway.client_idle_timeout = "1s".into();
+    })
+    .await;
+    let tcp = TcpStream::connect(fleet.gateway.local_addr())
+        .await
+        .unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://gw/viam.robot.v1.RobotService/ResourceNames")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut resp_body = resp.into_body();
+    while resp_body.data().await.is_some() {}
+    let trailers = resp_body.trailers().await.unwrap().unwrap();
+    assert_eq!(trailers["grpc-status"], "0");
+    // Idle from here (`send` kept: h2 would close a connection nobody can use itself):
+    // closed within the bound (1 to 1.5 s), cleanly, and no new call is taken.
+    let ended = tokio::time::timeout(CLOSED_WITHIN, conn)
+        .await
+        .expect("the idle connection was never closed")
+        .unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+    assert!(
+        send.ready().await.is_err(),
+        "the connection still takes calls"
+    );
+}

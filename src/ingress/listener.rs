@@ -202,6 +202,8 @@ pub struct Limits {
     pub drain: Duration,
     /// How long a client has to send a request head (see [`http_builder`], [`is_h2c`]).
     pub header_timeout: Duration,
+    /// An HTTP/2 connection with no call for this long is closed (zero: never).
+    pub idle_timeout: Duration,
     /// Client connections open at once; a connection accepted beyond it is closed at once.
     pub max_connections: usize,
 }
@@ -225,6 +227,7 @@ pub async fn serve(
     let Limits {
         drain,
         header_timeout,
+        idle_timeout,
         max_connections,
     } = limits;
     let builder = Arc::new(http_builder(header_timeout));
@@ -255,6 +258,7 @@ pub async fn serve(
             handler: handler.clone(),
             builder: builder.clone(),
             shutdown: shutdown.clone(),
+            idle_timeout,
             _open: open.clone(),
         };
         // The TLS handshake runs in the connection's own task, so a slow or silent client
@@ -329,6 +333,7 @@ struct Connection {
     handler: Handler,
     builder: Arc<auto::Builder<TokioExecutor>>,
     shutdown: watch::Receiver<bool>,
+    idle_timeout: Duration,
     /// Dropped when the connection ends (see `serve`'s drain).
     _open: mpsc::Sender<()>,
 }
@@ -344,7 +349,10 @@ impl Connection {
             peer,
             H2Handler(self.handler),
             MAX_CONCURRENT_STREAMS,
-            http2::server::config(),
+            http2::conn::Config {
+                idle_timeout: Some(self.idle_timeout),
+                ..http2::server::config()
+            },
             self.shutdown,
         );
         if let Err(e) = served.await {

@@ -51,6 +51,9 @@ pub struct Config {
     pub max_header_list_size: u32,
     /// PING every `.0`; no ACK within `.1` closes the connection.
     pub keepalive: Option<(Duration, Duration)>,
+    /// [server role] A connection with no stream open, and none opened, for this long is
+    /// closed with GOAWAY(NO_ERROR) (checked every half of it: closed after 1 to 1.5 times it).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             max_frame_size: 64 * 1024,
             max_header_list_size: 16 * 1024 * 1024,
             keepalive: None,
+            idle_timeout: None,
         }
     }
 }
@@ -1066,6 +1070,7 @@ pub struct Connection<I> {
     unflushed: bool,
     wakers: Wakers,
     keepalive: Option<Keepalive>,
+    idle: Option<Idle>,
     /// Set once the connection failed or finished: write what is queued (GOAWAY), then end.
     ending: Option<Result<(), Error>>,
     /// [server role] the client's preface is still to be read.
@@ -1076,6 +1081,26 @@ pub struct Connection<I> {
     turn_fresh: bool,
     /// This turn's budget is spent: the connection yields until the next turn.
     spent: bool,
+}
+
+/// [server role] The idle check (see [`Config::idle_timeout`]).
+struct Idle {
+    /// Half the timeout: how often the connection is looked at.
+    period: Duration,
+    sleep: Pin<Box<Sleep>>,
+    /// `sleep` holds this task's waker.
+    armed: bool,
+    /// The highest stream id at the last look.
+    last_id: u32,
+    /// The last look found a stream open.
+    busy: bool,
+    /// Quiet looks in a row: no stream open at this look or the one before, none opened
+    /// between them. Two in a row span at least two periods (the timeout) without a stream.
+    quiet: u8,
+}
+
+impl Idle {
+    const QUIET_LOOKS: u8 = 2;
 }
 
 struct Keepalive {
@@ -1168,6 +1193,7 @@ where
         unflushed: false,
         wakers: Wakers::default(),
         keepalive,
+        idle: None,
         ending: None,
         preface_pending: false,
         turns_managed: false,
@@ -1201,6 +1227,17 @@ where
     }
     conn.preface_pending = true;
     conn.turns_managed = true;
+    conn.idle = config
+        .idle_timeout
+        .filter(|t| !t.is_zero())
+        .map(|timeout| Idle {
+            period: timeout / 2,
+            sleep: Box::pin(tokio::time::sleep(timeout / 2)),
+            armed: false,
+            last_id: 0,
+            busy: false,
+            quiet: 0,
+        });
     (shared, conn)
 }
 
@@ -1267,6 +1304,20 @@ where
                     ka.reset(Instant::now() + ka.timeout, cx);
                 }
             }
+            // (Polled only until armed and once fired, as the keepalive timer.)
+            let mut idle_look = false;
+            if let Some(idle) = this.idle.as_mut()
+                && (!idle.armed || idle.sleep.is_elapsed())
+            {
+                idle.armed = true;
+                if idle.sleep.as_mut().poll(cx).is_ready() {
+                    idle_look = true;
+                    let next = Instant::now() + idle.period;
+                    idle.sleep.as_mut().reset(next);
+                    // (Registers the waker for the next look.)
+                    let _ = idle.sleep.as_mut().poll(cx);
+                }
+            }
             // 3. Handle the frames, under one lock.
             let mut pong = false;
             let done = {
@@ -1302,6 +1353,18 @@ where
                     };
                     frame::put_goaway(st.write.scratch(), last, e.reason, e.detail.as_bytes());
                     failed.get_or_insert(Error::Conn(e));
+                }
+                if idle_look && let Some(idle) = this.idle.as_mut() {
+                    let busy = st.has_streams();
+                    let quiet = !busy && !idle.busy && st.peer_last_id == idle.last_id;
+                    idle.quiet = if quiet { idle.quiet + 1 } else { 0 };
+                    (idle.last_id, idle.busy) = (st.peer_last_id, busy);
+                    if idle.quiet >= Idle::QUIET_LOOKS && st.local_goaway.is_none() {
+                        debug!("idle client connection; sending GOAWAY");
+                        let last = st.peer_last_id;
+                        st.local_goaway = Some(last);
+                        frame::put_goaway(st.write.scratch(), last, Reason::NO_ERROR, b"idle");
+                    }
                 }
                 if ping_due {
                     let payload = ping_payload();

@@ -84,6 +84,11 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Header list a client may send (SETTINGS_MAX_HEADER_LIST_SIZE), as hyper's server default.
 pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 
+/// A client connection with no call for this long is closed (GOAWAY, NO_ERROR): gRPC clients
+/// reconnect when they next call. (nginx closes idle HTTP/2 connections after 75 s by default;
+/// an SDK holding a session heartbeats every few seconds, so it is never idle.)
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Rapid-reset protection: resets of unanswered streams allowed per [`RESET_WINDOW`]. A gRPC
 /// client cancels a call with a reset, so this is generous for real clients (hundreds of
 /// cancellations per second) and tiny against a flood (hundreds of thousands per second).
@@ -102,6 +107,7 @@ pub fn config() -> Config {
         max_frame_size: 64 * 1024,
         max_header_list_size: MAX_HEADER_LIST_SIZE,
         keepalive: Some((KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)),
+        idle_timeout: Some(IDLE_TIMEOUT),
     }
 }
 

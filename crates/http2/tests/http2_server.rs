@@ -1781,3 +1781,60 @@ async fn a_flood_of_stream_errors_gets_enhance_your_calm() {
     // (The one over the budget is refused too, then the GOAWAY follows.)
     assert_eq!(resets, budget + 1);
 }
+
+/// An idle connection (no stream open, none opened) is closed with GOAWAY(NO_ERROR) after 1 to
+/// 1.5 times `idle_timeout`; one with a call open is not, however long the call. (Paused clock.)
+#[tokio::test(start_paused = true)]
+async fn idle_connections_are_closed_busy_ones_are_not() {
+    let idle = Duration::from_secs(4);
+    let config = partgate_http2::conn::Config {
+        idle_timeout: Some(idle),
+        keepalive: None,
+        ..server::config()
+    };
+    // Idle after one call.
+    let mut s = serve_with(ok_handler(), 4096, config.clone());
+    let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+    raw.request(1, &[], true).await;
+    expect_response_end(&mut raw, 1).await;
+    let quiet_since = tokio::time::Instant::now();
+    loop {
+        match raw.next().await {
+            Some(Frame::GoAway {
+                reason,
+                last_stream,
+                ..
+            }) => {
+                assert_eq!((reason, last_stream), (Reason::NO_ERROR, 1));
+                break;
+            }
+            Some(_) => {}
+            None => panic!("closed without GOAWAY"),
+        }
+    }
+    let waited = quiet_since.elapsed();
+    assert!(
+        waited >= idle && waited <= idle * 3 / 2 + Duration::from_millis(100),
+        "{waited:?}"
+    );
+    assert!(raw.next().await.is_none(), "still open after its GOAWAY");
+
+    // A call open for five timeouts keeps its connection; it is answered at the end.
+    let mut s = serve_with(echo_handler(), 4096, config);
+    let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
+    raw.request(1, &[], false).await;
+    match raw.next_significant().await {
+        Some(Frame::Headers {
+            stream: 1,
+            end_stream: false,
+            ..
+        }) => {}
+        other => panic!("expected the response head, got {other:?}"),
+    }
+    for i in 0..10u64 {
+        tokio::time::sleep(idle / 2).await;
+        expect_silence(&mut raw, i.to_be_bytes()).await;
+    }
+    raw.send(|b| data(b, 1, b"", true)).await;
+    expect_response_end(&mut raw, 1).await;
+}
