@@ -5,10 +5,12 @@
 //!
 //! Receives hyper/tonic bodies; hands on bodies that forward bytes without decoding messages.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -49,6 +51,117 @@ impl FirstMessage {
     }
 }
 
+/// A bound on the bytes of first messages held while their resource name is read (a client
+/// that declares a large message and sends it slowly, or never finishes it, holds them): per
+/// client connection and for the whole gateway. A message that arrives in one read is not
+/// counted (nothing waits). Reservations go back when the message is complete or the call ends.
+#[derive(Debug)]
+pub struct BufferBudget {
+    total: AtomicUsize,
+    total_limit: usize,
+    /// Bytes held per client connection (its address); entries at zero are removed.
+    per_conn: Mutex<HashMap<SocketAddr, usize>>,
+    conn_limit: usize,
+}
+
+impl BufferBudget {
+    /// A budget of `conn_limit` bytes per client connection and `total_limit` in all.
+    pub fn new(conn_limit: usize, total_limit: usize) -> Self {
+        Self {
+            total: AtomicUsize::new(0),
+            total_limit,
+            per_conn: Mutex::new(HashMap::new()),
+            conn_limit,
+        }
+    }
+
+    /// An empty reservation for a call from `peer` (None: counted gateway-wide only).
+    pub fn hold(&self, peer: Option<SocketAddr>) -> Held<'_> {
+        Held {
+            budget: self,
+            peer,
+            bytes: 0,
+        }
+    }
+
+    /// Bytes held now, in all.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Client connections holding bytes now.
+    pub fn connections(&self) -> usize {
+        self.per_conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    fn take(&self, peer: Option<SocketAddr>, n: usize) -> Result<(), GatewayError> {
+        let before = self.total.fetch_add(n, Ordering::Relaxed);
+        if before + n > self.total_limit {
+            self.total.fetch_sub(n, Ordering::Relaxed);
+            return Err(GatewayError::BufferFull {
+                per_connection: false,
+            });
+        }
+        if let Some(peer) = peer {
+            let mut map = self.per_conn.lock().unwrap_or_else(PoisonError::into_inner);
+            let held = map.entry(peer).or_insert(0);
+            if *held + n > self.conn_limit {
+                if *held == 0 {
+                    map.remove(&peer);
+                }
+                drop(map);
+                self.total.fetch_sub(n, Ordering::Relaxed);
+                return Err(GatewayError::BufferFull {
+                    per_connection: true,
+                });
+            }
+            *held += n;
+        }
+        Ok(())
+    }
+
+    fn give_back(&self, peer: Option<SocketAddr>, n: usize) {
+        self.total.fetch_sub(n, Ordering::Relaxed);
+        if let Some(peer) = peer {
+            let mut map = self.per_conn.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(held) = map.get_mut(&peer) {
+                *held = held.saturating_sub(n);
+                if *held == 0 {
+                    map.remove(&peer);
+                }
+            }
+        }
+    }
+}
+
+/// Bytes one call holds against a [`BufferBudget`]; given back when dropped.
+#[derive(Debug)]
+pub struct Held<'a> {
+    budget: &'a BufferBudget,
+    peer: Option<SocketAddr>,
+    bytes: usize,
+}
+
+impl Held<'_> {
+    /// Holds `n` more bytes, or fails (RESOURCE_EXHAUSTED) when over either bound.
+    pub fn take(&mut self, n: usize) -> Result<(), GatewayError> {
+        self.budget.take(self.peer, n)?;
+        self.bytes += n;
+        Ok(())
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.budget.give_back(self.peer, self.bytes);
+        }
+    }
+}
+
 /// Messages up to this size that arrive in several reads are copied into one buffer; larger
 /// ones are kept as received, and only their head is copied (see [`read_first_message_routed`]).
 const COPY_LIMIT: usize = 64 * 1024;
@@ -60,7 +173,7 @@ pub async fn read_first_message(
     body: &mut Body,
     limit: usize,
 ) -> Result<Option<FirstMessage>, GatewayError> {
-    read_first_message_routed(body, limit, None).await
+    read_first_message_routed(body, limit, None, None).await
 }
 
 /// [`read_first_message`] for a message whose routing field is top-level field `field`: a large
@@ -68,10 +181,14 @@ pub async fn read_first_message(
 /// place, and only its head, up to the end of the last occurrence of `field` (where the name
 /// lives), is copied into [`FirstMessage::message`]; the rest stays in [`FirstMessage::tail`] as
 /// the received chunks. The head reads and rewrites exactly as the whole message would.
+///
+/// A message that takes several reads holds its bytes against `held` (a [`BufferBudget`])
+/// until it is complete; over the budget the call fails with RESOURCE_EXHAUSTED.
 pub async fn read_first_message_routed(
     body: &mut Body,
     limit: usize,
     field: Option<u32>,
+    mut held: Option<&mut Held<'_>>,
 ) -> Result<Option<FirstMessage>, GatewayError> {
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut have = 0usize;
@@ -108,6 +225,9 @@ pub async fn read_first_message_routed(
                     return split_whole(data).map(Some);
                 }
                 Ok(data) => {
+                    if let Some(held) = held.as_deref_mut() {
+                        held.take(data.len())?;
+                    }
                     have += data.len();
                     chunks.push(data);
                 }
@@ -872,7 +992,7 @@ mod tests {
         whole.extend(framed(&name_msg("next")));
         let chunks: Vec<Vec<u8>> = whole.chunks(65_536).map(<[u8]>::to_vec).collect();
         let mut body = body_of(chunks.clone());
-        let first = read_first_message_routed(&mut body, 1 << 20, Some(1))
+        let first = read_first_message_routed(&mut body, 1 << 20, Some(1), None)
             .await
             .expect("ok")
             .expect("some");
@@ -904,7 +1024,7 @@ mod tests {
         let mut msg = big_msg("a:x", 200_000);
         msg.extend(name_msg("b:y"));
         let chunks: Vec<Vec<u8>> = framed(&msg).chunks(50_000).map(<[u8]>::to_vec).collect();
-        let first = read_first_message_routed(&mut body_of(chunks), 1 << 20, Some(1))
+        let first = read_first_message_routed(&mut body_of(chunks), 1 << 20, Some(1), None)
             .await
             .expect("ok")
             .expect("some");
@@ -914,7 +1034,7 @@ mod tests {
         let mut bad = big_msg("a:x", 200_000);
         bad.push(0x07);
         let chunks: Vec<Vec<u8>> = framed(&bad).chunks(50_000).map(<[u8]>::to_vec).collect();
-        let first = read_first_message_routed(&mut body_of(chunks), 1 << 20, Some(1))
+        let first = read_first_message_routed(&mut body_of(chunks), 1 << 20, Some(1), None)
             .await
             .expect("ok")
             .expect("some");

@@ -167,6 +167,14 @@ pub struct GatewaySettings {
     /// clients reconnect on their next call); "0s" keeps idle connections open. Read at start.
     #[serde(default = "default_client_idle_timeout")]
     pub client_idle_timeout: String,
+    /// Bytes of unfinished first messages (read to find the resource name) one client
+    /// connection may have the gateway hold; a call past it gets RESOURCE_EXHAUSTED. Read at
+    /// start.
+    #[serde(default = "default_max_buffered_per_connection")]
+    pub max_buffered_per_connection: usize,
+    /// The same bound for all clients together. Read at start.
+    #[serde(default = "default_max_buffered_total")]
+    pub max_buffered_total: usize,
     /// Client connections open at once on each listener; one accepted beyond it is closed at
     /// once. The gateway raises its open-file limit to the hard limit at start; keep this below
     /// that, with room for the parts' connections.
@@ -364,6 +372,10 @@ pub struct Settings {
     pub client_header_timeout: Duration,
     /// An HTTP/2 client connection idle this long is closed (zero: never).
     pub client_idle_timeout: Duration,
+    /// Unfinished first-message bytes held per client connection.
+    pub max_buffered_per_connection: usize,
+    /// Unfinished first-message bytes held in all.
+    pub max_buffered_total: usize,
     /// Client connections open at once per listener.
     pub max_connections: usize,
     /// Address of the separate operations listener, if any.
@@ -430,6 +442,12 @@ fn default_client_header_timeout() -> String {
 fn default_client_idle_timeout() -> String {
     "5m".to_owned()
 }
+fn default_max_buffered_per_connection() -> usize {
+    64 * 1024 * 1024
+}
+fn default_max_buffered_total() -> usize {
+    512 * 1024 * 1024
+}
 fn default_max_connections() -> usize {
     10_000
 }
@@ -482,6 +500,8 @@ impl Default for GatewaySettings {
             drain_timeout: default_drain_timeout(),
             client_header_timeout: default_client_header_timeout(),
             client_idle_timeout: default_client_idle_timeout(),
+            max_buffered_per_connection: default_max_buffered_per_connection(),
+            max_buffered_total: default_max_buffered_total(),
             max_connections: default_max_connections(),
             idle_spin: default_idle_spin(),
             answer_spin: default_answer_spin(),
@@ -731,6 +751,18 @@ impl Config {
                 "must be at least 1024 bytes".into(),
             );
         }
+        if g.max_buffered_per_connection < g.max_message_size {
+            problem(
+                "gateway.max_buffered_per_connection".into(),
+                "must be at least gateway.max_message_size (one whole message)".into(),
+            );
+        }
+        if g.max_buffered_total < g.max_buffered_per_connection {
+            problem(
+                "gateway.max_buffered_total".into(),
+                "must be at least gateway.max_buffered_per_connection".into(),
+            );
+        }
 
         match bind {
             Some(bind) if problems.is_empty() => Ok(Settings {
@@ -745,6 +777,8 @@ impl Config {
                 drain_timeout,
                 client_header_timeout,
                 client_idle_timeout,
+                max_buffered_per_connection: g.max_buffered_per_connection,
+                max_buffered_total: g.max_buffered_total,
                 max_connections: g.max_connections,
                 admin,
                 ready_requires_all_parts: g.ready_requires_all_parts,

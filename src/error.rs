@@ -145,6 +145,17 @@ pub enum GatewayError {
         /// The part's configured name.
         part: String,
     },
+    /// Too many bytes of unfinished first messages are held, for this client connection or
+    /// for the whole gateway (see `gateway.max_buffered_per_connection`).
+    #[error("{}", if *per_connection {
+        "this connection holds too many bytes of unfinished first messages; send them whole"
+    } else {
+        "the gateway holds too many bytes of unfinished first messages; retry later"
+    })]
+    BufferFull {
+        /// The connection's own bound, rather than the gateway's.
+        per_connection: bool,
+    },
     /// The per-part concurrency limit is reached.
     #[error("too many concurrent calls to part {part}")]
     Overloaded {
@@ -319,7 +330,7 @@ pub enum StartError {
 }
 
 /// Every `reason` label [`GatewayError::reason`] gives (to drop a removed part's series).
-pub const REASONS: [&str; 20] = [
+pub const REASONS: [&str; 21] = [
     "invalid",
     "compressed",
     "too_large",
@@ -340,6 +351,7 @@ pub const REASONS: [&str; 20] = [
     "part_lost",
     "removed",
     "stream_deadline",
+    "buffer_full",
 ];
 
 // === impl Fault ===
@@ -401,6 +413,10 @@ impl GatewayError {
             Self::DeadlineExceeded { .. } => (C::DeadlineExceeded, Part, "deadline"),
             Self::StreamDeadline { .. } => (C::DeadlineExceeded, Part, "stream_deadline"),
             Self::Overloaded { .. } => (C::ResourceExhausted, Gateway, "limit"),
+            Self::BufferFull { per_connection } => {
+                let fault = if *per_connection { Client } else { Gateway };
+                (C::ResourceExhausted, fault, "buffer_full")
+            }
             Self::Internal(_) => (C::Internal, Gateway, "internal"),
         }
     }
@@ -529,6 +545,9 @@ mod tests {
             GatewayError::PartUnavailable { part: part() },
             GatewayError::DeadlineExceeded { part: part() },
             GatewayError::Overloaded { part: part() },
+            GatewayError::BufferFull {
+                per_connection: true,
+            },
             GatewayError::FanOut(vec![]),
             GatewayError::Unauthenticated(AuthFailure::Missing),
             GatewayError::PermissionDenied("d".into()),

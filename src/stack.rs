@@ -29,8 +29,8 @@ use tracing::{debug, info};
 
 use crate::auth::{Auth, ChannelPrincipal, PeerAddr, Principal};
 use crate::body::{
-    ForwardBody, MeteredBody, ReplayWatch, ResponseBody, StreamRewrite, parse_grpc_timeout,
-    read_first_message_routed,
+    BufferBudget, ForwardBody, MeteredBody, ReplayWatch, ResponseBody, StreamRewrite,
+    parse_grpc_timeout, read_first_message_routed,
 };
 use crate::config::Settings;
 use crate::error::{Fault, GatewayError};
@@ -112,6 +112,8 @@ pub struct Shared {
     deadlines: Arc<Deadlines>,
     /// Reloadable.
     max_message_size: AtomicUsize,
+    /// Bytes of unfinished first messages held while their names are read (read at start).
+    buffers: BufferBudget,
     auth: Option<Arc<Auth>>,
     /// WebRTC signaling; unset: signaling calls are UNIMPLEMENTED (clients fall back to direct).
     signaling: OnceLock<Arc<dyn LocalService>>,
@@ -131,6 +133,10 @@ impl CallStack {
                 default_timeout_ms: AtomicU64::new(millis(settings.default_timeout)),
                 deadlines,
                 max_message_size: AtomicUsize::new(settings.max_message_size),
+                buffers: BufferBudget::new(
+                    settings.max_buffered_per_connection,
+                    settings.max_buffered_total,
+                ),
                 auth,
                 signaling: OnceLock::new(),
             }),
@@ -341,7 +347,7 @@ impl Shared {
                 .await
                 .map(Answer::Part),
             MethodKind::ByName(field) => self
-                .forward_by_name(req, path, field, &principal, call)
+                .forward_by_name(req, path, field, &principal, call, peer)
                 .await
                 .map(Answer::Part),
             MethodKind::Signaling => match self.signaling.get() {
@@ -427,10 +433,16 @@ impl Shared {
         field: &'static [u32],
         principal: &Principal,
         call: &mut Call,
+        peer: Option<SocketAddr>,
     ) -> Result<http::Response<ResponseBody>, GatewayError> {
         let (mut parts, mut body) = req.into_parts();
         let limit = self.max_message_size.load(Ordering::Relaxed);
-        let first = read_first_message_routed(&mut body, limit, field.first().copied()).await?;
+        let mut held = self.buffers.hold(peer);
+        let first =
+            read_first_message_routed(&mut body, limit, field.first().copied(), Some(&mut held))
+                .await?;
+        // Complete: from here the part's flow control bounds what waits.
+        drop(held);
         let first = first.ok_or_else(|| GatewayError::MissingName {
             method: path.to_owned(),
         })?;
