@@ -406,8 +406,9 @@ impl Future for ResponseFuture {
 
 /// A response body off a stream: data as the server sends it, then trailers. Flow-control
 /// capacity goes back to the server only as data is taken from here, so a slow reader holds
-/// the server back. RST_STREAM(NO_ERROR) ends it cleanly (RFC 9113 section 8.1). Dropped
-/// before the end, the stream is reset (CANCEL).
+/// the server back. A reset before END_STREAM fails it, RST_STREAM(NO_ERROR) too: RFC 9113
+/// section 8.1 allows that one only after a complete response (which then reads to its end).
+/// Dropped before the end, the stream is reset (CANCEL).
 pub struct RecvBody {
     stream: Option<RecvRef>,
     /// Data already taken off the stream.
@@ -479,11 +480,7 @@ impl RecvBody {
                         // The reset stream is closed: nothing to cancel.
                         stream.live = false;
                         st.drop_ref(idx);
-                        if matches!(e, Error::Reset(Reason::NO_ERROR)) {
-                            Poll::Ready(None)
-                        } else {
-                            Poll::Ready(Some(Err(e)))
-                        }
+                        Poll::Ready(Some(Err(e)))
                     } else {
                         set_waker(&mut s.recv_waker, cx);
                         Poll::Pending

@@ -288,7 +288,8 @@ pub(crate) struct Stream {
     // [server role] (see `super::server`)
     /// The response HEADERS went out (a reset before that counts against rapid resets).
     pub(crate) answered: bool,
-    /// Request bytes still due by the request's content-length (RFC 9113 section 8.1.1).
+    /// Body bytes still due by the content-length of the request (server role) or the
+    /// response (client role) (RFC 9113 section 8.1.1).
     pub(crate) expect_len: Option<u64>,
 }
 
@@ -945,9 +946,7 @@ impl State {
             let id = s.id;
             frame::put_rst_stream(self.write.scratch(), id, reason);
             self.reply_queued();
-            if self.role == Role::Server {
-                self.reset_ids.insert(id);
-            }
+            self.reset_ids.insert(id);
         }
         self.close_stream(idx, wakers);
     }
@@ -1647,9 +1646,9 @@ fn on_data(
         check_not_idle(st, stream)?;
         // A stream already closed: the bytes still count, and are free at once.
         st.release_conn(flow_len);
-        if st.role == Role::Server && !st.reset_ids.contains(stream) {
-            // [server role] closed by both ends' END_STREAM or by the peer's RST_STREAM: the
-            // peer broke the protocol (RFC 9113 section 5.1). A stream error, then silence.
+        if !st.reset_ids.contains(stream) {
+            // Closed by both ends' END_STREAM or by the peer's RST_STREAM: the peer broke the
+            // protocol (RFC 9113 section 5.1). A stream error, then silence.
             frame::put_rst_stream(st.write.scratch(), stream, Reason::STREAM_CLOSED);
             st.reply_queued();
             st.peer_stream_error();
@@ -1856,6 +1855,16 @@ fn on_headers(
                     }
                 }
                 Some(status) => {
+                    // (No body follows a 204 or 304, whatever content-length says.)
+                    if status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED {
+                        s.expect_len = decoded
+                            .headers
+                            .get(http::header::CONTENT_LENGTH)
+                            .and_then(|v| v.to_str().ok()?.parse().ok());
+                        if end_stream && s.expect_len.is_some_and(|len| len > 0) {
+                            decoded.bad = Some("response ends before its content-length");
+                        }
+                    }
                     let mut head = http::Response::new(());
                     *head.status_mut() = status;
                     *head.version_mut() = http::Version::HTTP_2;
