@@ -168,3 +168,72 @@ async fn unfinished_first_messages_are_bounded_per_connection_and_in_all() {
     assert!(served, "the hostile clients' bytes were never given back");
     let _ = (encode::<echo::EchoRequest>, grpc_frame);
 }
+
+/// A client that asks for large answers and never reads them (its stream window at zero) must
+/// not hold the part's connection hostage: each of its calls holds at most its own stream
+/// window of the part connection, never the connection window the other calls share. One
+/// worker, so every call shares one part connection; more unread answers than the part
+/// connection's window (8 MiB). Meanwhile another client's calls, large and small, are served,
+/// and the part stays up (its health checks pass).
+#[tokio::test]
+async fn a_client_that_never_reads_does_not_stall_the_part_connection() {
+    let fleet = fleet(vec![(echo_part("a"), None)], Some("a"), |c| {
+        c.gateway.worker_threads = Some(1);
+    })
+    .await;
+    let addr = fleet.gateway.local_addr();
+
+    // The hostile client: a zero stream window, so not a byte of any answer reaches it.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut hostile, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let message = "x".repeat(MIB);
+    let request = grpc_frame(
+        false,
+        &encode(&echo::EchoRequest {
+            name: "echo1".into(),
+            message: message.clone(),
+        }),
+    );
+    let mut stalled = Vec::new();
+    for _ in 0..12 {
+        let (resp, mut body) = hostile.send_request(echo_head(addr), false).unwrap();
+        body.send_data(Bytes::from(request.clone()), true).unwrap();
+        stalled.push((resp, body));
+    }
+    // The part answers them all (12 MiB sits unread at the gateway, over 8 MiB).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let ch = fleet.channel().await;
+    let mut echoes = echo::test_echo_service_client::TestEchoServiceClient::new(ch.clone())
+        .max_decoding_message_size(4 * MIB)
+        .max_encoding_message_size(4 * MIB);
+    for round in 0..6 {
+        for msg in ["small".to_owned(), message.clone()] {
+            let resp = tokio::time::timeout(
+                T,
+                echoes.echo(echo::EchoRequest {
+                    name: "echo1".into(),
+                    message: msg.clone(),
+                }),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: a call hung behind the unread answers"))
+            .expect("served");
+            assert_eq!(resp.into_inner().message.len(), msg.len());
+        }
+        // Past three health checks (1 s each): the part must stay up throughout.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    // The hostile calls are still open, not failed: paused, not punished.
+    for (resp, _) in &mut stalled {
+        assert!(
+            futures_util::FutureExt::now_or_never(resp).is_none_or(|r| r.is_ok()),
+            "a stalled call failed"
+        );
+    }
+}

@@ -848,7 +848,8 @@ impl State {
     // === receiving ===
 
     /// The consumer took `len` bytes of the stream's data: they count as free again, and a
-    /// WINDOW_UPDATE goes out once half a window is free (stream and connection separately).
+    /// WINDOW_UPDATE goes out once half a window is free (stream and connection separately;
+    /// in the client role the connection's went back when the data arrived, see `on_data`).
     /// Returns whether a frame was queued.
     pub(crate) fn release(&mut self, idx: usize, len: usize) -> bool {
         let len = u32::try_from(len).unwrap_or(u32::MAX);
@@ -863,7 +864,7 @@ impl State {
                 wrote = true;
             }
         }
-        self.release_conn(len) || wrote
+        (self.role != Role::Client && self.release_conn(len)) || wrote
     }
 
     /// Returns `len` bytes of connection window (data consumed or discarded).
@@ -973,7 +974,8 @@ impl State {
                 s.recv_dropped = true;
                 let unread = std::mem::take(&mut s.recv_q).len();
                 s.trailers = None;
-                wrote = self.release_conn(u32::try_from(unread).unwrap_or(u32::MAX));
+                wrote = self.role != Role::Client
+                    && self.release_conn(u32::try_from(unread).unwrap_or(u32::MAX));
             }
         }
         self.drop_ref(idx);
@@ -1002,7 +1004,7 @@ impl State {
         let unread = u32::try_from(s.recv_q.len()).unwrap_or(u32::MAX);
         // Dropped in place (a stream is a few hundred bytes: no move).
         *slot = None;
-        if unread > 0 {
+        if unread > 0 && self.role != Role::Client {
             self.release_conn(unread);
         }
         self.live -= 1;
@@ -1642,10 +1644,20 @@ fn on_data(
             detail: "DATA beyond the connection window",
         });
     }
+    // Client role: the connection window goes back as data arrives, not as it is read, so a
+    // stream whose reader stalls (a client that does not read its answer) holds only its own
+    // stream window and never the connection other calls share. (Server role: a client's
+    // streams share its own connection window; a slow part holds back only that client.)
+    let conn_at_receipt = st.role == Role::Client;
+    if conn_at_receipt {
+        st.release_conn(flow_len);
+    }
     let Some(&idx) = st.ids.get(&stream) else {
         check_not_idle(st, stream)?;
         // A stream already closed: the bytes still count, and are free at once.
-        st.release_conn(flow_len);
+        if !conn_at_receipt {
+            st.release_conn(flow_len);
+        }
         if !st.reset_ids.contains(stream) {
             // Closed by both ends' END_STREAM or by the peer's RST_STREAM: the peer broke the
             // protocol (RFC 9113 section 5.1). A stream error, then silence.
@@ -1672,7 +1684,7 @@ fn on_data(
             if len > left || (end_stream && len != left) {
                 Some((
                     Reason::PROTOCOL_ERROR,
-                    "request data does not match its content-length",
+                    "data does not match the content-length",
                 ))
             } else {
                 s.expect_len = Some(left - len);
@@ -1683,7 +1695,9 @@ fn on_data(
         }
     };
     if let Some((reason, detail)) = problem {
-        st.release_conn(flow_len);
+        if !conn_at_receipt {
+            st.release_conn(flow_len);
+        }
         st.peer_stream_error();
         st.reset_stream(idx, Error::Local(reason, detail), Some(reason), wakers);
         return Ok(());
@@ -1693,7 +1707,9 @@ fn on_data(
         if end_stream {
             s.recv_end = true;
         }
-        st.release_conn(flow_len);
+        if !conn_at_receipt {
+            st.release_conn(flow_len);
+        }
         if end_stream {
             st.after_send(idx, wakers);
         }
