@@ -137,6 +137,120 @@ impl BufferBudget {
     }
 }
 
+/// Who a call is for, when a part's call slots are shared out (see [`ClientShares`]): the
+/// authenticated entity, else the client's address. A keyed hash (per-process random keys), so
+/// a client cannot aim its key at another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientId(u64);
+
+impl ClientId {
+    fn keyed(tag: u8, what: impl std::hash::Hash) -> Self {
+        use std::hash::BuildHasher;
+        static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+        let keys = KEYS.get_or_init(std::hash::RandomState::new);
+        Self(keys.hash_one((tag, what)))
+    }
+
+    /// An authenticated entity (API key id, location secret's entity).
+    pub fn entity(entity: &str) -> Self {
+        Self::keyed(0, entity)
+    }
+
+    /// A client known only by its address.
+    pub fn addr(addr: std::net::IpAddr) -> Self {
+        Self::keyed(1, addr)
+    }
+}
+
+/// One part's calls in flight per client, against `gateway.max_calls_per_client`: one client
+/// (many connections from one address, or one entity) cannot take every call slot of a part
+/// and leave the others `RESOURCE_EXHAUSTED`.
+#[derive(Debug)]
+pub struct ClientShares {
+    counts: Mutex<HashMap<ClientId, u32>>,
+    limit: AtomicUsize,
+}
+
+impl ClientShares {
+    /// Shares of at most `limit` calls per client.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            counts: Mutex::new(HashMap::new()),
+            limit: AtomicUsize::new(limit),
+        })
+    }
+
+    /// Follows a reloaded limit (calls over a lowered one finish as they are).
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// A slot of `client`'s share, or None when it holds its whole share already.
+    pub fn take(self: &Arc<Self>, client: ClientId) -> Option<ClientShare> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(client).or_insert(0);
+        if *count as usize >= limit {
+            if *count == 0 {
+                counts.remove(&client);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(ClientShare {
+            shares: self.clone(),
+            client,
+        })
+    }
+
+    /// Calls `client` has in flight.
+    pub fn held(&self, client: ClientId) -> u32 {
+        let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.get(&client).copied().unwrap_or(0)
+    }
+}
+
+/// One call of a client's share; given back when dropped (the entry goes at zero).
+#[derive(Debug)]
+pub struct ClientShare {
+    shares: Arc<ClientShares>,
+    client: ClientId,
+}
+
+impl Drop for ClientShare {
+    fn drop(&mut self) {
+        let mut counts = self
+            .shares
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// A call's slots at its part, held until its response ends: one of the part's concurrent
+/// calls, and one of its client's share of them.
+#[derive(Debug)]
+pub struct CallSlot {
+    _permit: OwnedSemaphorePermit,
+    _share: Option<ClientShare>,
+}
+
+impl CallSlot {
+    /// The slots `permit` and `share` (None: a call counted for no client).
+    pub fn new(permit: OwnedSemaphorePermit, share: Option<ClientShare>) -> Self {
+        Self {
+            _permit: permit,
+            _share: share,
+        }
+    }
+}
+
 /// Bytes one call holds against a [`BufferBudget`]; given back when dropped.
 #[derive(Debug)]
 pub struct Held<'a> {
@@ -590,7 +704,7 @@ pub struct ResponseBody {
     part: Arc<str>,
     done: bool,
     closing: Closing,
-    _permit: OwnedSemaphorePermit,
+    _slot: CallSlot,
 }
 
 /// The reload signal a response body watches. Registering a waker with it boxes a future, so
@@ -639,7 +753,7 @@ impl ResponseBody {
     /// Wraps a part's response body.
     pub fn new(
         inner: PartBody,
-        permit: OwnedSemaphorePermit,
+        slot: CallSlot,
         deadline: Option<Pin<Box<Sleep>>>,
         part: Arc<str>,
     ) -> Self {
@@ -649,7 +763,7 @@ impl ResponseBody {
             part,
             done: false,
             closing: Closing::Off,
-            _permit: permit,
+            _slot: slot,
         }
     }
 

@@ -167,6 +167,11 @@ pub struct GatewaySettings {
     /// clients reconnect on their next call); "0s" keeps idle connections open. Read at start.
     #[serde(default = "default_client_idle_timeout")]
     pub client_idle_timeout: String,
+    /// Calls one client (an authenticated entity, else an address) may have in flight to one
+    /// part; past it the client's new calls to that part get RESOURCE_EXHAUSTED, so one client
+    /// cannot take all of `max_concurrent_calls_per_part` from the others. Reloadable.
+    #[serde(default = "default_max_calls_per_client")]
+    pub max_calls_per_client: usize,
     /// Bytes of unfinished first messages (read to find the resource name) one client
     /// connection may have the gateway hold; a call past it gets RESOURCE_EXHAUSTED. Read at
     /// start.
@@ -372,6 +377,8 @@ pub struct Settings {
     pub client_header_timeout: Duration,
     /// An HTTP/2 client connection idle this long is closed (zero: never).
     pub client_idle_timeout: Duration,
+    /// Calls one client may have in flight to one part.
+    pub max_calls_per_client: usize,
     /// Unfinished first-message bytes held per client connection.
     pub max_buffered_per_connection: usize,
     /// Unfinished first-message bytes held in all.
@@ -442,6 +449,9 @@ fn default_client_header_timeout() -> String {
 fn default_client_idle_timeout() -> String {
     "5m".to_owned()
 }
+fn default_max_calls_per_client() -> usize {
+    1024
+}
 fn default_max_buffered_per_connection() -> usize {
     64 * 1024 * 1024
 }
@@ -500,6 +510,7 @@ impl Default for GatewaySettings {
             drain_timeout: default_drain_timeout(),
             client_header_timeout: default_client_header_timeout(),
             client_idle_timeout: default_client_idle_timeout(),
+            max_calls_per_client: default_max_calls_per_client(),
             max_buffered_per_connection: default_max_buffered_per_connection(),
             max_buffered_total: default_max_buffered_total(),
             max_connections: default_max_connections(),
@@ -751,6 +762,12 @@ impl Config {
                 "must be at least 1024 bytes".into(),
             );
         }
+        if g.max_calls_per_client == 0 {
+            problem(
+                "gateway.max_calls_per_client".into(),
+                "must be at least 1".into(),
+            );
+        }
         if g.max_buffered_per_connection < g.max_message_size {
             problem(
                 "gateway.max_buffered_per_connection".into(),
@@ -777,6 +794,7 @@ impl Config {
                 drain_timeout,
                 client_header_timeout,
                 client_idle_timeout,
+                max_calls_per_client: g.max_calls_per_client,
                 max_buffered_per_connection: g.max_buffered_per_connection,
                 max_buffered_total: g.max_buffered_total,
                 max_connections: g.max_connections,

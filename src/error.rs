@@ -156,6 +156,12 @@ pub enum GatewayError {
         /// The connection's own bound, rather than the gateway's.
         per_connection: bool,
     },
+    /// The client holds its whole share of a part's concurrent calls.
+    #[error("too many concurrent calls from this client to part {part}")]
+    ClientOverloaded {
+        /// The part's configured name.
+        part: String,
+    },
     /// The per-part concurrency limit is reached.
     #[error("too many concurrent calls to part {part}")]
     Overloaded {
@@ -330,7 +336,7 @@ pub enum StartError {
 }
 
 /// Every `reason` label [`GatewayError::reason`] gives (to drop a removed part's series).
-pub const REASONS: [&str; 21] = [
+pub const REASONS: [&str; 22] = [
     "invalid",
     "compressed",
     "too_large",
@@ -352,6 +358,7 @@ pub const REASONS: [&str; 21] = [
     "removed",
     "stream_deadline",
     "buffer_full",
+    "client_limit",
 ];
 
 // === impl Fault ===
@@ -413,6 +420,7 @@ impl GatewayError {
             Self::DeadlineExceeded { .. } => (C::DeadlineExceeded, Part, "deadline"),
             Self::StreamDeadline { .. } => (C::DeadlineExceeded, Part, "stream_deadline"),
             Self::Overloaded { .. } => (C::ResourceExhausted, Gateway, "limit"),
+            Self::ClientOverloaded { .. } => (C::ResourceExhausted, Client, "client_limit"),
             Self::BufferFull { per_connection } => {
                 let fault = if *per_connection { Client } else { Gateway };
                 (C::ResourceExhausted, fault, "buffer_full")
@@ -545,6 +553,7 @@ mod tests {
             GatewayError::PartUnavailable { part: part() },
             GatewayError::DeadlineExceeded { part: part() },
             GatewayError::Overloaded { part: part() },
+            GatewayError::ClientOverloaded { part: part() },
             GatewayError::BufferFull {
                 per_connection: true,
             },

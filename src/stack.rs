@@ -29,8 +29,8 @@ use tracing::{debug, info};
 
 use crate::auth::{Auth, ChannelPrincipal, PeerAddr, Principal};
 use crate::body::{
-    BufferBudget, ForwardBody, MeteredBody, ReplayWatch, ResponseBody, StreamRewrite,
-    parse_grpc_timeout, read_first_message_routed,
+    BufferBudget, CallSlot, ClientId, ForwardBody, MeteredBody, ReplayWatch, ResponseBody,
+    StreamRewrite, parse_grpc_timeout, read_first_message_routed,
 };
 use crate::config::Settings;
 use crate::error::{Fault, GatewayError};
@@ -338,16 +338,22 @@ impl Shared {
                 verified?
             }
         };
+        // Whose share of a part's call slots the call takes (`gateway.max_calls_per_client`).
+        let client = match (&principal.entity, peer) {
+            (Some(entity), _) => Some(ClientId::entity(entity)),
+            (None, Some(peer)) => Some(ClientId::addr(peer.ip())),
+            (None, None) => None,
+        };
         match kind {
             MethodKind::Local(method) => Box::pin(self.robot.answer(method, req, &principal))
                 .await
                 .map(Answer::Here),
             MethodKind::MainPart => self
-                .forward_to_main(req, &principal, call)
+                .forward_to_main(req, &principal, call, client)
                 .await
                 .map(Answer::Part),
             MethodKind::ByName(field) => self
-                .forward_by_name(req, path, field, &principal, call, peer)
+                .forward_by_name(req, path, field, &principal, call, peer, client)
                 .await
                 .map(Answer::Part),
             MethodKind::Signaling => match self.signaling.get() {
@@ -401,6 +407,7 @@ impl Shared {
         mut req: http::Request<Body>,
         principal: &Principal,
         call: &mut Call,
+        client: Option<ClientId>,
     ) -> Result<http::Response<ResponseBody>, GatewayError> {
         let snapshot = self.pool.snapshot();
         let part = snapshot
@@ -418,7 +425,7 @@ impl Shared {
         let bytes = call.routed(&part).request_bytes();
         check_scope(principal, &part)?;
         req.headers_mut().remove(SESSION_HEADER);
-        let permit = part.admit()?;
+        let permit = part.admit(client)?;
         let req = req.map(|body| {
             let counted = ForwardBody::new(Vec::new(), bytes::Bytes::new(), body, None, None);
             Body::new(counted.count_bytes(bytes))
@@ -434,6 +441,7 @@ impl Shared {
         principal: &Principal,
         call: &mut Call,
         peer: Option<SocketAddr>,
+        client: Option<ClientId>,
     ) -> Result<http::Response<ResponseBody>, GatewayError> {
         let (mut parts, mut body) = req.into_parts();
         let limit = self.max_message_size.load(Ordering::Relaxed);
@@ -482,7 +490,7 @@ impl Shared {
         let local = name.get(route.strip..).unwrap_or(name);
         self.sessions
             .on_call(path, &mut parts.headers, principal, &part, local)?;
-        let permit = part.admit()?;
+        let permit = part.admit(client)?;
 
         // A large message's tail after the name was never copied; it follows the new head.
         let mut queued = frame::strip_framed(&first.message, field, route.strip, first.tail_len())
@@ -514,7 +522,7 @@ impl Shared {
         let req = http::Request::from_parts(parts, Body::new(forward));
         // Boxed for parts we hold credentials for: the plain path's future stays small.
         let mut resp = if part.has_credentials() {
-            Box::pin(self.send_replayable(&part, req, permit, replay)).await?
+            Box::pin(self.send_replayable(&part, req, (permit, client), replay)).await?
         } else {
             self.send(&part, req, permit).await?
         };
@@ -529,7 +537,7 @@ impl Shared {
         &self,
         part: &Arc<Part>,
         req: http::Request<Body>,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        (permit, client): (CallSlot, Option<ClientId>),
         replay: Option<(Vec<bytes::Bytes>, Arc<ReplayWatch>)>,
     ) -> Result<http::Response<ResponseBody>, GatewayError> {
         if !part.has_credentials() {
@@ -564,7 +572,7 @@ impl Shared {
         }
         tracing::debug!(part = %part.name(), "part rejected our token; re-authenticated and retrying");
         drop(resp);
-        let permit = part.admit()?;
+        let permit = part.admit(client)?;
         let mut again = http::Request::new(Body::new(ForwardBody::new(
             body,
             bytes::Bytes::new(),
@@ -583,7 +591,7 @@ impl Shared {
         &self,
         part: &Arc<Part>,
         mut req: http::Request<Body>,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        permit: CallSlot,
     ) -> Result<http::Response<ResponseBody>, GatewayError> {
         let headers = req.headers_mut();
         // One pass over the few headers a call carries finds the (rarely present) ones to drop;

@@ -237,3 +237,132 @@ async fn a_client_that_never_reads_does_not_stall_the_part_connection() {
         );
     }
 }
+
+/// An h2 client connection from `local` (another loopback address: another client).
+async fn h2_connect_from(
+    local: &str,
+    addr: std::net::SocketAddr,
+) -> h2::client::SendRequest<Bytes> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// Opens an EchoBiDi call and sends its first message, keeping the stream open (an idle bidi
+/// call holds its part's call slot for as long as it lasts).
+fn open_bidi(
+    send: &mut h2::client::SendRequest<Bytes>,
+    addr: std::net::SocketAddr,
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let req = http::Request::post(format!(
+        "http://{addr}/viam.component.testecho.v1.TestEchoService/EchoBiDi"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    let first = grpc_frame(
+        false,
+        &encode(&echo::EchoBiDiRequest {
+            name: "echo1".into(),
+            message: "hold".into(),
+        }),
+    );
+    body.send_data(Bytes::from(first), false).unwrap();
+    (resp, body)
+}
+
+/// `gateway.max_calls_per_client`: one client (here, one address, over two connections) that
+/// opens more idle calls than its share gets RESOURCE_EXHAUSTED for the rest, and the part's
+/// other slots stay free for everyone else, whose calls all succeed; the share comes back when
+/// the client's calls end.
+#[tokio::test]
+async fn one_client_cannot_take_every_call_slot_of_a_part() {
+    const SHARE: usize = 16;
+    let fleet = fleet(vec![(echo_part("a"), None)], Some("a"), |c| {
+        c.gateway.max_concurrent_calls_per_part = 64;
+        c.gateway.max_calls_per_client = SHARE;
+    })
+    .await;
+    let addr = fleet.gateway.local_addr();
+
+    // The hostile client, from 127.0.0.2: 40 idle calls on each of two connections, more than
+    // the part's 64 slots (without shares it would hold them all).
+    let mut conns = vec![
+        h2_connect_from("127.0.0.2", addr).await,
+        h2_connect_from("127.0.0.2", addr).await,
+    ];
+    let mut open = Vec::new();
+    for conn in &mut conns {
+        for _ in 0..40 {
+            open.push(open_bidi(conn, addr));
+        }
+    }
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for (resp, body) in open {
+        let resp = tokio::time::timeout(T, resp)
+            .await
+            .expect("an answer")
+            .unwrap();
+        match resp.headers().get("grpc-status") {
+            // Trailers-only: refused.
+            Some(code) => {
+                assert_eq!(code, &(Code::ResourceExhausted as i32).to_string());
+                let msg = resp.headers()["grpc-message"].to_str().unwrap().to_owned();
+                assert!(msg.contains("from%20this%20client"), "{msg}");
+                refused += 1;
+            }
+            None => held.push((resp, body)),
+        }
+    }
+    assert_eq!(held.len(), SHARE, "calls held beyond the client's share");
+    assert_eq!(refused, 80 - SHARE);
+
+    // Another client (127.0.0.1): its whole share at once, three times, all served from the
+    // 48 slots left.
+    let ch = fleet.channel().await;
+    let calls = (0..3 * SHARE).map(|i| {
+        let mut echoes = echo::test_echo_service_client::TestEchoServiceClient::new(ch.clone());
+        async move {
+            echoes
+                .echo(echo::EchoRequest {
+                    name: "echo1".into(),
+                    message: format!("m{i}"),
+                })
+                .await
+                .map(|r| r.into_inner().message)
+        }
+    });
+    let calls: Vec<_> = calls.collect();
+    let mut calls = calls.into_iter();
+    for round in 0..3 {
+        let batch: Vec<_> = calls.by_ref().take(SHARE).collect();
+        let answers = futures_util::future::join_all(batch).await;
+        for (i, a) in answers.into_iter().enumerate() {
+            assert_eq!(a.expect("served"), format!("m{}", round * SHARE + i));
+        }
+    }
+
+    // The hostile client's calls end: its share is whole again.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = Vec::new();
+    for _ in 0..SHARE {
+        again.push(open_bidi(&mut conns[0], addr));
+    }
+    for (resp, _body) in &mut again {
+        let resp = tokio::time::timeout(T, resp)
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(
+            resp.headers().get("grpc-status").is_none(),
+            "refused after its calls ended"
+        );
+    }
+}

@@ -24,10 +24,10 @@ use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderValue};
 use http_body::Body as _;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{debug, info, warn};
 
-use crate::body::PartBody;
+use crate::body::{CallSlot, ClientId, ClientShares, PartBody};
 use crate::config::{PartSpec, Settings};
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, PartMetrics};
@@ -132,6 +132,8 @@ pub struct Part {
     reported: ArcSwapOption<PartResources>,
     last_error: Mutex<Option<String>>,
     limit: Arc<Semaphore>,
+    /// Each client's share of `limit` (`gateway.max_calls_per_client`).
+    shares: Arc<ClientShares>,
     wake: Notify,
     /// Set while lane 0 is redialed because the part sent GOAWAY on it (the part is up): calls
     /// wait for the new connection instead of failing.
@@ -217,7 +219,7 @@ impl Part {
     fn new(
         spec: PartSpec,
         dial: DialSettings,
-        limit: usize,
+        (limit, per_client): (usize, usize),
         lanes: usize,
         metrics: Arc<PartMetrics>,
     ) -> Result<Self, GatewayError> {
@@ -241,6 +243,7 @@ impl Part {
             reported: ArcSwapOption::empty(),
             last_error: Mutex::new(None),
             limit: Arc::new(Semaphore::new(limit)),
+            shares: ClientShares::new(per_client),
             wake: Notify::new(),
             rotating: AtomicBool::new(false),
             connects: AtomicU64::new(0),
@@ -370,14 +373,31 @@ impl Part {
             .and_then(|t| t.map(|t| t.elapsed()))
     }
 
-    /// Takes a slot of the per-part concurrency limit, or sheds the call.
-    pub fn admit(&self) -> Result<OwnedSemaphorePermit, GatewayError> {
-        self.limit
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| GatewayError::Overloaded {
-                part: self.spec.name.clone(),
-            })
+    /// Takes a slot of the per-part concurrency limit and of `client`'s share of it, or sheds
+    /// the call (a client over its share first, so it never takes a slot it cannot use).
+    pub fn admit(&self, client: Option<ClientId>) -> Result<CallSlot, GatewayError> {
+        let share =
+            match client {
+                Some(client) => Some(self.shares.take(client).ok_or_else(|| {
+                    GatewayError::ClientOverloaded {
+                        part: self.spec.name.clone(),
+                    }
+                })?),
+                None => None,
+            };
+        let permit =
+            self.limit
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| GatewayError::Overloaded {
+                    part: self.spec.name.clone(),
+                })?;
+        Ok(CallSlot::new(permit, share))
+    }
+
+    /// Calls `client` has in flight to this part.
+    pub fn client_calls(&self, client: ClientId) -> u32 {
+        self.shares.held(client)
     }
 
     /// Points a request at this part: absolute URI with the part's authority, HTTP/2.
@@ -955,6 +975,7 @@ impl Pool {
             match existing {
                 Some(part) if !redial_all && part.spec == *spec => {
                     part.set_limit(limit);
+                    part.shares.set_limit(settings.max_calls_per_client);
                     changes.kept.push(spec.name.clone());
                     parts.push(part.clone());
                     continue;
@@ -1076,7 +1097,10 @@ fn new_part(
     Part::new(
         spec.clone(),
         dial.clone(),
-        settings.max_concurrent_calls_per_part,
+        (
+            settings.max_concurrent_calls_per_part,
+            settings.max_calls_per_client,
+        ),
         lanes,
         metrics.part(&spec.name),
     )
