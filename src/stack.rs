@@ -177,6 +177,14 @@ impl CallStack {
     }
 }
 
+/// Where a call comes from: the client's connection (None over WebRTC), and whose share of a
+/// part's call slots it takes.
+#[derive(Debug, Clone, Copy)]
+struct Caller {
+    peer: Option<SocketAddr>,
+    client: Option<ClientId>,
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -353,7 +361,7 @@ impl Shared {
                 .await
                 .map(Answer::Part),
             MethodKind::ByName(field) => self
-                .forward_by_name(req, path, field, &principal, call, peer, client)
+                .forward_by_name(req, path, field, &principal, call, Caller { peer, client })
                 .await
                 .map(Answer::Part),
             MethodKind::Signaling => match self.signaling.get() {
@@ -440,8 +448,7 @@ impl Shared {
         field: &'static [u32],
         principal: &Principal,
         call: &mut Call,
-        peer: Option<SocketAddr>,
-        client: Option<ClientId>,
+        Caller { peer, client }: Caller,
     ) -> Result<http::Response<ResponseBody>, GatewayError> {
         let (mut parts, mut body) = req.into_parts();
         let limit = self.max_message_size.load(Ordering::Relaxed);
