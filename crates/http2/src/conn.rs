@@ -145,11 +145,13 @@ pub const MAX_QUEUED_REPLIES: u32 = 1024;
 
 /// Work one connection may do per turn of its task before it yields to the others (CPU
 /// fairness): every frame costs 1, a new stream [`NEW_STREAM_COST`] more (its handler runs in
-/// the same turn). Frames left over stay in the read buffer for the next turn, and no more is
+/// the same turn), a header block one more per [`HEADER_BYTES_PER_UNIT`] bytes. Frames left over stay in the read buffer for the next turn, and no more is
 /// read meanwhile (see [`READ_AHEAD`]). A turn of 1,024 small frames is tens of microseconds.
 pub const TURN_BUDGET: i32 = 1024;
 /// Extra cost of a frame that opens a stream (see [`TURN_BUDGET`]).
 pub const NEW_STREAM_COST: i32 = 15;
+/// Header-block bytes that cost one more unit of [`TURN_BUDGET`].
+pub const HEADER_BYTES_PER_UNIT: usize = 64;
 /// Bytes read ahead of the frames handled: no socket read while this much waits in the read
 /// buffer, so a peer that sends faster than its frames are handled waits in its own socket
 /// buffer, not in our memory.
@@ -1553,6 +1555,9 @@ fn handle_frames(
                 end_stream,
             } => {
                 st.empty_frames = 0;
+                // Decoding costs by the byte (an indexed field is one byte however large the
+                // entry it names: an HPACK bomb is many such bytes).
+                st.budget -= i32::try_from(block.len() / HEADER_BYTES_PER_UNIT).unwrap_or(i32::MAX);
                 on_headers(st, decoder, stream, &block, end_stream, wakers)?;
             }
             Frame::Priority { .. } | Frame::Unknown => {}
