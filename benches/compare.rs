@@ -22,6 +22,8 @@
 //! `PARTGATE_COMPARE_HAPROXY_BUSY_POLLING=1` (HAProxy with `busy-polling`, to set beside the
 //! `partgate-spin` row).
 
+#[path = "compare/backend.rs"]
+mod backend;
 #[path = "compare/fleet.rs"]
 mod fleet;
 #[path = "common/load.rs"]
@@ -31,20 +33,19 @@ mod peers;
 #[path = "compare/procs.rs"]
 mod procs;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sim::{PartSpec, SimPart};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use fleet::Naming;
 use load::{Window, join_tasks, percentile_us, spawn_tasks};
-use peers::{Instance, Kind, Upstreams};
+use peers::{Instance, Kind};
 use procs::{ProcMap, Procs};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -53,8 +54,6 @@ pub type Res<T> = Result<T, BoxError>;
 /// Workers (threads or processes) of every proxy: nginx `worker_processes`, HAProxy `nbthread`,
 /// Envoy `--concurrency`, partgate `gateway.worker_threads`.
 pub const WORKERS: usize = 2;
-/// Set in the re-executed bench binary that plays the parts.
-const ROLE_ENV: &str = "PARTGATE_COMPARE_ROLE";
 /// Parts in the fleet case.
 const FLEET_PARTS: usize = 100;
 /// Client connections per path for the load cases (tasks spread over them round-robin).
@@ -238,8 +237,8 @@ impl Options {
 // ================================================================================================
 
 fn main() -> ExitCode {
-    if std::env::var(ROLE_ENV).as_deref() == Ok("backend") {
-        return match backend() {
+    if backend::is_backend() {
+        return match backend::run() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("compare backend: {e}");
@@ -281,113 +280,6 @@ fn start_watchdog(procs: Procs, limit: Duration) {
         procs.stop_all();
         std::process::exit(3);
     });
-}
-
-// ================================================================================================
-// The backend (re-executed bench binary): the part `bench` and the fleet
-// ================================================================================================
-
-/// Runs the simulated parts until the parent closes our stdin (or dies).
-fn backend() -> Res<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        let single = SimPart::start(
-            PartSpec {
-                name: "bench".into(),
-                motors: vec!["motor1".into()],
-                echoes: vec!["echo1".into()],
-                counters: vec!["c1".into()],
-                ..Default::default()
-            },
-            any,
-        )
-        .await?;
-        let mut parts = vec![single];
-        for i in 0..FLEET_PARTS {
-            let spec = PartSpec {
-                name: peers::part_name(i),
-                motors: vec!["motor1".into()],
-                ..Default::default()
-            };
-            parts.push(SimPart::start(spec, any).await?);
-        }
-        {
-            let mut out = std::io::stdout().lock();
-            for (i, part) in parts.iter().enumerate() {
-                writeln!(out, "part {i} {}", part.addr())?;
-            }
-            writeln!(out, "ready")?;
-            out.flush()?;
-        }
-        let (eof_tx, mut eof) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
-            let _ = eof_tx.send(());
-        });
-        // SimPart records every call (for tests); empty the logs so memory stays flat.
-        let logs: Vec<_> = parts.iter().map(|p| p.log().clone()).collect();
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                _ = &mut eof => break,
-                _ = tick.tick() => {
-                    for log in &logs {
-                        if let Ok(mut calls) = log.calls.lock() {
-                            calls.clear();
-                        }
-                    }
-                }
-            }
-        }
-        Ok::<(), BoxError>(())
-    })
-}
-
-/// Starts the backend; returns its PID and the part addresses (single part, then the fleet).
-fn spawn_backend(procs: &Procs) -> Res<(u32, Upstreams)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .env(ROLE_ENV, "backend")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("backend has no stdout")?;
-    let pid = procs.add(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut addrs = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line == "ready" {
-                let _ = tx.send(std::mem::take(&mut addrs));
-                continue;
-            }
-            if let Some(addr) = line
-                .split_whitespace()
-                .nth(2)
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-            {
-                addrs.push(addr);
-            }
-        }
-    });
-    let addrs: Vec<SocketAddr> = rx
-        .recv_timeout(Duration::from_secs(60))
-        .map_err(|_| "backend did not report its parts within 60 s")?;
-    let (single, fleet) = addrs.split_first().ok_or("backend reported no parts")?;
-    if fleet.len() != FLEET_PARTS {
-        return Err(format!("backend reported {} fleet parts", fleet.len()).into());
-    }
-    Ok((
-        pid,
-        Upstreams {
-            single: *single,
-            fleet: fleet.to_vec(),
-        },
-    ))
 }
 
 // ================================================================================================
@@ -686,7 +578,7 @@ fn orchestrate(opts: &Options, procs: &Procs, dir: &std::path::Path) -> Res<bool
                     (c1,c64,echo,watch,watch64,chat,conns,fleet)"
             .into());
     }
-    let (backend_pid, ups) = spawn_backend(procs)?;
+    let (backend_pid, ups) = backend::spawn(procs, FLEET_PARTS)?;
     let mut skipped: Vec<String> = Vec::new();
     let mut instances: Vec<(Kind, Instance, Instance)> = Vec::new();
     for kind in opts.peers.iter().copied() {

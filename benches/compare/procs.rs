@@ -32,6 +32,17 @@ impl Procs {
         }
     }
 
+    /// Stops the child with this PID (and its tree), if it is ours. (The attack bench restarts
+    /// a proxy that an attack killed or left unresponsive; the comparison never does.)
+    #[allow(dead_code)]
+    pub fn stop_one(&self, pid: u32) {
+        let Ok(mut list) = self.0.lock() else { return };
+        if let Some(i) = list.iter().position(|c| c.id() == pid) {
+            let mut child = list.remove(i);
+            stop(&mut child);
+        }
+    }
+
     pub fn stop_all(&self) {
         let Ok(mut list) = self.0.lock() else { return };
         // Newest first: proxies go before the backend they are connected to.
