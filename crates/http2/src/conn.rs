@@ -1835,7 +1835,7 @@ fn on_headers(
         // A stream we closed: decode anyway, to keep the HPACK table in step.
         return match decoder.decode(block, max_list, |_, _| {}) {
             Ok(()) | Err(hpack::HpackError::ListTooLarge { .. }) => Ok(()),
-            Err(_) => Err(compression_error()),
+            Err(e) => Err(decode_error(&e)),
         };
     };
     let mut decoded = Decoded {
@@ -1847,7 +1847,7 @@ fn on_headers(
         Err(hpack::HpackError::ListTooLarge { .. }) => {
             decoded.bad = Some("header list larger than SETTINGS_MAX_HEADER_LIST_SIZE");
         }
-        Err(_) => return Err(compression_error()),
+        Err(e) => return Err(decode_error(&e)),
     }
     let Some(s) = st.stream(idx) else {
         return Ok(());
@@ -1925,10 +1925,18 @@ fn on_headers(
     Ok(())
 }
 
-fn compression_error() -> ConnError {
-    ConnError {
-        reason: Reason::COMPRESSION_ERROR,
-        detail: "undecodable header block",
+/// The connection error for a header block that could not be decoded: COMPRESSION_ERROR, or
+/// ENHANCE_YOUR_CALM for an HPACK bomb.
+pub(crate) fn decode_error(e: &hpack::HpackError) -> ConnError {
+    match e {
+        hpack::HpackError::Bomb(_) => ConnError {
+            reason: Reason::ENHANCE_YOUR_CALM,
+            detail: "header list far over the limit (an HPACK bomb)",
+        },
+        _ => ConnError {
+            reason: Reason::COMPRESSION_ERROR,
+            detail: "undecodable header block",
+        },
     }
 }
 

@@ -48,7 +48,15 @@ pub enum HpackError {
     /// The decoded header list is larger than the limit (RFC 9113 section 6.5.2 size).
     #[error("header list larger than {0} bytes")]
     ListTooLarge(usize),
+    /// The decoded header list is more than [`BOMB_FACTOR`] times the limit: an HPACK bomb
+    /// (a large table entry referenced over and over). Decoding stopped there, so the table is
+    /// out of step with the peer's: the connection must end.
+    #[error("header list over {0} bytes: an HPACK bomb")]
+    Bomb(usize),
 }
+
+/// A header list this many times over the limit is a [`HpackError::Bomb`], not a mistake.
+pub const BOMB_FACTOR: usize = 16;
 
 /// RFC 7541 Appendix A.
 const STATIC: [(&[u8], &[u8]); 61] = [
@@ -290,6 +298,9 @@ impl Decoder {
             list_size = list_size.saturating_add(name.len() + value.len() + ENTRY_OVERHEAD);
             if list_size > max_list_size {
                 too_large = true;
+                if list_size / BOMB_FACTOR > max_list_size {
+                    return Err(HpackError::Bomb(max_list_size.saturating_mul(BOMB_FACTOR)));
+                }
             }
             if !too_large {
                 field(name, value);
@@ -1060,6 +1071,24 @@ mod tests {
             decode(&mut d, &hex("be")).unwrap_err(),
             HpackError::IndexOutOfRange(62)
         );
+    }
+
+    #[test]
+    fn a_list_far_over_the_limit_is_a_bomb_and_stops_decoding() {
+        let mut d = Decoder::new(4096);
+        // "custom-key: custom-header" inserted (55 bytes with overhead), then referenced 100
+        // times: 5,555 bytes decoded against a limit of 100 (over 16 times it: a bomb).
+        let mut block = hex("400a637573746f6d2d6b65790d637573746f6d2d686561646572").to_vec();
+        block.extend(std::iter::repeat_n(0xbe, 100));
+        let mut seen = 0;
+        let r = d.decode(&Bytes::from(block), 100, |_, _| seen += 1);
+        assert_eq!(r, Err(HpackError::Bomb(100 * BOMB_FACTOR)));
+        assert_eq!(seen, 1, "only the field within the limit is handed out");
+        // Just over the limit is not a bomb.
+        let mut block = vec![0xbe; 2];
+        block.insert(0, 0xbe);
+        let r = d.decode(&Bytes::from(block), 100, |_, _| {});
+        assert_eq!(r, Err(HpackError::ListTooLarge(100)));
     }
 
     #[test]

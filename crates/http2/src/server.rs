@@ -347,13 +347,6 @@ where
 
 // === new streams (called by the core, under the lock) ===
 
-fn compression_error() -> ConnError {
-    ConnError {
-        reason: Reason::COMPRESSION_ERROR,
-        detail: "undecodable header block",
-    }
-}
-
 /// HEADERS on a stream the core does not know: a client opening a stream (odd id above every
 /// earlier one), or trailers on a stream we already closed (ignored). Decodes the request into
 /// an `http::Request` head and queues it in [`State::accepted`], or refuses / resets the stream.
@@ -386,7 +379,7 @@ pub(crate) fn on_request_headers(
         }
         return match decoder.decode(block, max_list, |_, _| {}) {
             Ok(()) | Err(hpack::HpackError::ListTooLarge { .. }) => Ok(()),
-            Err(_) => Err(compression_error()),
+            Err(e) => Err(conn::decode_error(&e)),
         };
     }
     st.peer_last_id = stream;
@@ -396,7 +389,7 @@ pub(crate) fn on_request_headers(
         Err(hpack::HpackError::ListTooLarge { .. }) => {
             req.bad = Some("header list larger than SETTINGS_MAX_HEADER_LIST_SIZE");
         }
-        Err(_) => return Err(compression_error()),
+        Err(e) => return Err(conn::decode_error(&e)),
     }
     if st.local_goaway.is_some() || st.goaway.is_some() || st.closed.is_some() {
         refuse(st, stream, Reason::REFUSED_STREAM);

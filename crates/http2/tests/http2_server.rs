@@ -1693,61 +1693,46 @@ async fn empty_data_frames_in_a_row_get_enhance_your_calm() {
 }
 
 /// HPACK bomb: one large field inserted into the dynamic table, then header blocks that
-/// reference it until they decode past SETTINGS_MAX_HEADER_LIST_SIZE. Each such block is
-/// refused for its stream without delivering a field; past `STREAM_ERROR_BUDGET` such stream
-/// errors the connection is closed with ENHANCE_YOUR_CALM.
+/// reference it over and over. A block that decodes somewhat past SETTINGS_MAX_HEADER_LIST_SIZE
+/// is refused for its stream alone; one that decodes to more than `BOMB_FACTOR` times the limit
+/// closes the connection with ENHANCE_YOUR_CALM at once, its decoding cut short there.
 #[tokio::test]
 async fn hpack_bomb_gets_enhance_your_calm() {
-    let budget = partgate_http2::conn::STREAM_ERROR_BUDGET;
     let mut s = serve(ok_handler());
     let mut raw = Raw::connect(s.addr_io.take().unwrap()).await;
-    // One 4,000-byte value, inserted with incremental indexing (dynamic index 62).
-    let big = "b".repeat(4000);
-    raw.request(1, &[("x-bomb", &big)], true).await;
+    // The request fields by hand, never indexed (so reusing the bytes inserts nothing):
+    // :method POST and :scheme http from the static table, :path and content-type as literals
+    // without indexing on static names 4 and 31 (RFC 7541 6.2.2).
+    let mut request = vec![0x83, 0x86, 0x04, 10];
+    request.extend_from_slice(b"/pkg.Svc/M");
+    request.extend_from_slice(&[0x0f, 0x10, 16]);
+    request.extend_from_slice(b"application/grpc");
+    // One 4,000-byte value, inserted with incremental indexing (then dynamic index 62),
+    // written by hand (the encoder does not index large values).
+    let mut first = request.clone();
+    first.extend_from_slice(&[0x40, 6]);
+    first.extend_from_slice(b"x-bomb");
+    first.extend_from_slice(&[0x7f, 0xa1, 0x1e]); // 4,000 = 127 + 3,873 (RFC 7541 5.1)
+    first.extend(std::iter::repeat_n(b'b', 4000));
+    raw.send(|b| frame::put_headers(b, 1, &first, true, 16_384))
+        .await;
     expect_response_end(&mut raw, 1).await;
-    let request = raw.block(&[
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", "/pkg.Svc/M"),
-        ("content-type", "application/grpc"),
-    ]);
-    let mut stream = 3;
-    let mut sent = 0;
-    let mut closed = false;
-    while !closed {
-        let mut buf = BytesMut::new();
-        for _ in 0..100 {
-            // The request fields, then the big one 1,000 times (4 MB decoded from 1 KB).
-            let mut block = request.clone();
-            for _ in 0..1000 {
-                block.extend_from_slice(&[0x80 | 62]);
-            }
-            frame::put_headers(&mut buf, stream, &block, true, 16_384);
-            stream += 2;
-            sent += 1;
-        }
-        if raw.io.write_all(&buf).await.is_err() {
-            break;
-        }
-        loop {
-            match raw.next().await {
-                Some(Frame::RstStream { reason, .. }) => assert_eq!(reason, Reason::PROTOCOL_ERROR),
-                Some(Frame::GoAway { reason, .. }) => {
-                    assert_eq!(reason, Reason::ENHANCE_YOUR_CALM);
-                    closed = true;
-                    break;
-                }
-                Some(Frame::Ping { .. } | Frame::Settings { .. } | Frame::WindowUpdate { .. }) => {}
-                Some(other) => panic!("unexpected {other:?}"),
-                None => panic!("closed without GOAWAY"),
-            }
-            if raw.reader.buffered() == 0 {
-                break;
-            }
-        }
-        assert!(sent <= budget as usize + 200, "{sent} bombs and still open");
-    }
-    assert!(sent > budget as usize, "closed after only {sent} bombs");
+    let block = |refs: usize| {
+        let mut block = request.clone();
+        block.extend(std::iter::repeat_n(0x80 | 62, refs));
+        block
+    };
+    // 5 references (20 KB decoded, over the 16 KiB limit): this stream is refused, no more.
+    let over = block(5);
+    raw.send(|b| frame::put_headers(b, 3, &over, true, 16_384))
+        .await;
+    expect_reset(&mut raw, 3, Reason::PROTOCOL_ERROR).await;
+    expect_silence(&mut raw, *b"stillok.").await;
+    // 1,000 references (4 MB decoded from 1 KB): a bomb.
+    let bomb = block(1000);
+    raw.send(|b| frame::put_headers(b, 5, &bomb, true, 16_384))
+        .await;
+    raw.expect_goaway(Reason::ENHANCE_YOUR_CALM).await;
 }
 
 /// Requests that break the rules, one stream after another, are each refused (a stream error);
