@@ -343,7 +343,10 @@ pub async fn read_first_message_routed(
                         held.take(data.len())?;
                     }
                     have += data.len();
-                    chunks.push(data);
+                    // Copied: a chunk is a slice of a read buffer other streams' frames share,
+                    // and a message that waits for its next read would pin all of it (the
+                    // budget counts the bytes held, so they must be all that is held).
+                    chunks.push(Bytes::copy_from_slice(&data));
                 }
                 Err(frame) => trailers = frame.into_trailers().ok(),
             },

@@ -450,7 +450,7 @@ fn default_client_idle_timeout() -> String {
     "5m".to_owned()
 }
 fn default_max_calls_per_client() -> usize {
-    1024
+    256
 }
 fn default_max_buffered_per_connection() -> usize {
     64 * 1024 * 1024

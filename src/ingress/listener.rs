@@ -39,8 +39,10 @@ type Body = tonic::body::Body;
 /// How long a client may take to complete its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Concurrent streams a client may open on one HTTP/2 connection.
-pub const MAX_CONCURRENT_STREAMS: u32 = 4096;
+/// Concurrent streams a client may open on one HTTP/2 connection (Go's HTTP/2 server allows
+/// 250, nginx 128). With what one call may hold unread, this bounds what one connection can
+/// make the gateway hold; a client that needs more calls at once opens more connections.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// The first service a request meets: routes by content type to gRPC, gRPC-Web or plain HTTP.
 #[derive(Clone)]

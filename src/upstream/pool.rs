@@ -213,6 +213,9 @@ pub struct PartChannel {
     part: Arc<Part>,
 }
 
+/// The stream window the gateway gives a part on each call (see `handshake`).
+pub const PART_STREAM_WINDOW: u32 = 512 * 1024;
+
 // === impl Part ===
 
 impl Part {
@@ -631,6 +634,10 @@ impl Part {
     {
         let config = h2c::Config {
             keepalive: Some((self.dial.keepalive_interval, self.dial.keepalive_timeout)),
+            // What one call's answer may hold at the gateway while its client does not read
+            // it (the connection window goes back as data arrives): 512 KiB, plus what waits
+            // for the client's own window.
+            initial_stream_window: PART_STREAM_WINDOW,
             ..h2c::Config::default()
         };
         let (send, conn) = h2c::handshake(io, config);

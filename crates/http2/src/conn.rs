@@ -1722,6 +1722,15 @@ fn on_data(
     }
     let padding = flow_len.saturating_sub(u32::try_from(data.len()).unwrap_or(u32::MAX));
     if !data.is_empty() {
+        // A payload is a slice of a read buffer that other frames share: kept waiting, it would
+        // pin the whole buffer. Behind unread data (a reader that does not keep up), it is
+        // copied out, so what a stream holds is what its window says; a reader that keeps up
+        // takes it in place.
+        let data = if s.recv_q.is_empty() {
+            data
+        } else {
+            Bytes::copy_from_slice(&data)
+        };
         s.recv_q.push_back(data);
     }
     if end_stream {
