@@ -343,10 +343,15 @@ pub async fn read_first_message_routed(
                         held.take(data.len())?;
                     }
                     have += data.len();
-                    // Copied: a chunk is a slice of a read buffer other streams' frames share,
-                    // and a message that waits for its next read would pin all of it (the
-                    // budget counts the bytes held, so they must be all that is held).
-                    chunks.push(Bytes::copy_from_slice(&data));
+                    // A small chunk is copied: it is a slice of a read buffer other streams'
+                    // frames share, and a message that waits for its next read would pin all
+                    // of it (the budget counts the bytes held). A large one is most of its
+                    // buffer, and is kept as received (no copy of a large message).
+                    if data.len() < http2::conn::COPY_BELOW {
+                        chunks.push(Bytes::copy_from_slice(&data));
+                    } else {
+                        chunks.push(data);
+                    }
                 }
                 Err(frame) => trailers = frame.into_trailers().ok(),
             },

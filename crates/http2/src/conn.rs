@@ -169,6 +169,10 @@ pub const STREAM_ERROR_BUDGET: u32 = 1000;
 /// See [`STREAM_ERROR_BUDGET`].
 pub const STREAM_ERROR_WINDOW: Duration = Duration::from_secs(10);
 
+/// Payloads shorter than this that wait behind unread data are copied out of the shared read
+/// buffer (see `on_data`); longer ones are most of a buffer, and stay in place.
+pub const COPY_BELOW: usize = 32 * 1024;
+
 /// A queue of chunks, the first one inline: a stream usually holds one chunk at a time, and
 /// then the queue allocates nothing. The rest is made only when needed: dropping a `VecDeque`,
 /// even an empty one, is not free, and a call drops four queues.
@@ -1722,11 +1726,12 @@ fn on_data(
     }
     let padding = flow_len.saturating_sub(u32::try_from(data.len()).unwrap_or(u32::MAX));
     if !data.is_empty() {
-        // A payload is a slice of a read buffer that other frames share: kept waiting, it would
-        // pin the whole buffer. Behind unread data (a reader that does not keep up), it is
-        // copied out, so what a stream holds is what its window says; a reader that keeps up
-        // takes it in place.
-        let data = if s.recv_q.is_empty() {
+        // A payload is a slice of a read buffer that other frames share: kept waiting, a small
+        // one would pin a buffer many times its size. Behind unread data (a reader that does
+        // not keep up), a small payload is copied out, so what a stream holds is about what
+        // its window says; a reader that keeps up, or a large payload (most of its buffer),
+        // stays in place.
+        let data = if s.recv_q.is_empty() || data.len() >= COPY_BELOW {
             data
         } else {
             Bytes::copy_from_slice(&data)
