@@ -1054,6 +1054,16 @@ impl State {
     }
 }
 
+/// The body length a head's content-length announces (None: none, or not a number).
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// Header fields that are about one connection and never forwarded (RFC 9113 section 8.2.2).
 pub(crate) fn is_connection_specific(name: &HeaderName) -> bool {
     matches!(
@@ -1892,10 +1902,7 @@ fn on_headers(
                 Some(status) => {
                     // (No body follows a 204 or 304, whatever content-length says.)
                     if status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED {
-                        s.expect_len = decoded
-                            .headers
-                            .get(http::header::CONTENT_LENGTH)
-                            .and_then(|v| v.to_str().ok()?.parse().ok());
+                        s.expect_len = content_length(&decoded.headers);
                         if end_stream && s.expect_len.is_some_and(|len| len > 0) {
                             decoded.bad = Some("response ends before its content-length");
                         }

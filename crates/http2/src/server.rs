@@ -414,10 +414,7 @@ pub(crate) fn on_request_headers(
         }
     };
     // (Well-formed: checked when decoded.)
-    let expect_len: Option<u64> = head
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let expect_len = conn::content_length(head.headers());
     if end_stream && expect_len.is_some_and(|len| len > 0) {
         debug!(
             stream,
