@@ -59,8 +59,8 @@ impl FirstMessage {
 pub struct BufferBudget {
     total: AtomicUsize,
     total_limit: usize,
-    /// Bytes held per client connection (its address); entries at zero are removed.
-    per_conn: Mutex<HashMap<SocketAddr, usize>>,
+    /// Bytes held per client connection (its address).
+    per_conn: KeyedCounts<SocketAddr>,
     conn_limit: usize,
 }
 
@@ -70,7 +70,7 @@ impl BufferBudget {
         Self {
             total: AtomicUsize::new(0),
             total_limit,
-            per_conn: Mutex::new(HashMap::new()),
+            per_conn: KeyedCounts::default(),
             conn_limit,
         }
     }
@@ -84,19 +84,6 @@ impl BufferBudget {
         }
     }
 
-    /// Bytes held now, in all.
-    pub fn total(&self) -> usize {
-        self.total.load(Ordering::Relaxed)
-    }
-
-    /// Client connections holding bytes now.
-    pub fn connections(&self) -> usize {
-        self.per_conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
     fn take(&self, peer: Option<SocketAddr>, n: usize) -> Result<(), GatewayError> {
         let before = self.total.fetch_add(n, Ordering::Relaxed);
         if before + n > self.total_limit {
@@ -105,20 +92,13 @@ impl BufferBudget {
                 per_connection: false,
             });
         }
-        if let Some(peer) = peer {
-            let mut map = self.per_conn.lock().unwrap_or_else(PoisonError::into_inner);
-            let held = map.entry(peer).or_insert(0);
-            if *held + n > self.conn_limit {
-                if *held == 0 {
-                    map.remove(&peer);
-                }
-                drop(map);
-                self.total.fetch_sub(n, Ordering::Relaxed);
-                return Err(GatewayError::BufferFull {
-                    per_connection: true,
-                });
-            }
-            *held += n;
+        if let Some(peer) = peer
+            && !self.per_conn.try_add(peer, n, self.conn_limit)
+        {
+            self.total.fetch_sub(n, Ordering::Relaxed);
+            return Err(GatewayError::BufferFull {
+                per_connection: true,
+            });
         }
         Ok(())
     }
@@ -126,12 +106,41 @@ impl BufferBudget {
     fn give_back(&self, peer: Option<SocketAddr>, n: usize) {
         self.total.fetch_sub(n, Ordering::Relaxed);
         if let Some(peer) = peer {
-            let mut map = self.per_conn.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(held) = map.get_mut(&peer) {
-                *held = held.saturating_sub(n);
-                if *held == 0 {
-                    map.remove(&peer);
-                }
+            self.per_conn.sub(&peer, n);
+        }
+    }
+}
+
+/// Amounts held per key, under one lock; a key's entry goes when its amount is back at zero,
+/// so the map holds only the keys holding something (memory returned when calls end).
+#[derive(Debug)]
+struct KeyedCounts<K>(Mutex<HashMap<K, usize>>);
+
+impl<K> Default for KeyedCounts<K> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Copy> KeyedCounts<K> {
+    /// Adds `n` to `key`'s amount unless that takes it past `limit`.
+    fn try_add(&self, key: K, n: usize, limit: usize) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = map.get(&key).copied().unwrap_or(0);
+        if held + n > limit {
+            return false;
+        }
+        map.insert(key, held + n);
+        true
+    }
+
+    /// Takes `n` off `key`'s amount.
+    fn sub(&self, key: &K, n: usize) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = map.get_mut(key) {
+            *held = held.saturating_sub(n);
+            if *held == 0 {
+                map.remove(key);
             }
         }
     }
@@ -167,7 +176,7 @@ impl ClientId {
 /// and leave the others `RESOURCE_EXHAUSTED`.
 #[derive(Debug)]
 pub struct ClientShares {
-    counts: Mutex<HashMap<ClientId, u32>>,
+    counts: KeyedCounts<ClientId>,
     limit: AtomicUsize,
 }
 
@@ -175,7 +184,7 @@ impl ClientShares {
     /// Shares of at most `limit` calls per client.
     pub fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
-            counts: Mutex::new(HashMap::new()),
+            counts: KeyedCounts::default(),
             limit: AtomicUsize::new(limit),
         })
     }
@@ -188,25 +197,10 @@ impl ClientShares {
     /// A slot of `client`'s share, or None when it holds its whole share already.
     pub fn take(self: &Arc<Self>, client: ClientId) -> Option<ClientShare> {
         let limit = self.limit.load(Ordering::Relaxed);
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = counts.entry(client).or_insert(0);
-        if *count as usize >= limit {
-            if *count == 0 {
-                counts.remove(&client);
-            }
-            return None;
-        }
-        *count += 1;
-        Some(ClientShare {
+        self.counts.try_add(client, 1, limit).then(|| ClientShare {
             shares: self.clone(),
             client,
         })
-    }
-
-    /// Calls `client` has in flight.
-    pub fn held(&self, client: ClientId) -> u32 {
-        let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        counts.get(&client).copied().unwrap_or(0)
     }
 }
 
@@ -219,17 +213,7 @@ pub struct ClientShare {
 
 impl Drop for ClientShare {
     fn drop(&mut self) {
-        let mut counts = self
-            .shares
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.client) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.client);
-            }
-        }
+        self.shares.counts.sub(&self.client, 1);
     }
 }
 

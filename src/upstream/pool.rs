@@ -398,11 +398,6 @@ impl Part {
         Ok(CallSlot::new(permit, share))
     }
 
-    /// Calls `client` has in flight to this part.
-    pub fn client_calls(&self, client: ClientId) -> u32 {
-        self.shares.held(client)
-    }
-
     /// Points a request at this part: absolute URI with the part's authority, HTTP/2.
     pub fn target(&self, req: &mut http::Request<Body>) {
         let (scheme, authority) = &self.scheme_authority;
