@@ -112,6 +112,25 @@ def _stop_process(proc: subprocess.Popen, grace: float = 3.0) -> None:
 # --------------------------------------------------------------------------------------------
 
 READY_RE = re.compile(r"^READY (\S+:\d+)$")
+
+
+def start_ready_process(cmd, name: str, what: str):
+    """Starts a part process that prints `READY host:port` once it listens; returns the process,
+    its stdout and stderr drainers (named after `name`), and the port. Stops it and raises,
+    naming it as `what`, if READY does not come."""
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+    )
+    stdout = _Drainer(proc.stdout, f"{name}-out")
+    stderr = _Drainer(proc.stderr, f"{name}-err")
+    m = stdout.wait_for(READY_RE, PART_START_TIMEOUT, proc)
+    if not m:
+        _stop_process(proc)
+        raise RuntimeError(
+            f"{what} did not become READY within {PART_START_TIMEOUT}s.\n"
+            f"stdout:\n{stdout.text()}\nstderr:\n{stderr.text()}"
+        )
+    return proc, stdout, stderr, int(m.group(1).rsplit(":", 1)[1])
 _RUNNING_PARTS: Dict[str, List["Part"]] = {}
 
 
@@ -150,19 +169,9 @@ class Part:
             str(self.port),
             "--trace",
         ]
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+        self.proc, self.stdout, self.stderr, self.port = start_ready_process(
+            cmd, self.name, f"part {self.name} (port {self.port})"
         )
-        self.stdout = _Drainer(self.proc.stdout, f"{self.name}-out")
-        self.stderr = _Drainer(self.proc.stderr, f"{self.name}-err")
-        m = self.stdout.wait_for(READY_RE, PART_START_TIMEOUT, self.proc)
-        if not m:
-            _stop_process(self.proc)
-            raise RuntimeError(
-                f"part {self.name} did not become READY within {PART_START_TIMEOUT}s (port {self.port}).\n"
-                f"stdout:\n{self.stdout.text()}\nstderr:\n{self.stderr.text()}"
-            )
-        self.port = int(m.group(1).rsplit(":", 1)[1])
 
     def kill(self) -> None:
         """Simulate a crash: SIGKILL the process."""

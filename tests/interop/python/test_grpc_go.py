@@ -41,11 +41,9 @@ from viam.proto.robot import TunnelRequest, TunnelResponse
 from viam.utils import dict_to_struct, struct_to_dict
 
 import conftest
-from conftest import REPO, Gateway, _Drainer, _stop_process, wait_until_listed
+from conftest import REPO, Gateway, _Drainer, _stop_process, start_ready_process, wait_until_listed
 
 GO_PART_BIN = Path(os.environ.get("GO_PART_BIN", str(REPO / "target" / "tools" / "go-part")))
-READY_RE = re.compile(r"^READY (\S+:\d+)$")
-PART_START_TIMEOUT = 15.0
 
 TUNNEL = "/viam.robot.v1.RobotService/Tunnel"  # bidi; forwarded untouched to the main part
 ECHO_BIDI = "/viam.component.testecho.v1.TestEchoService/EchoBiDi"  # bidi; routed by name
@@ -82,24 +80,9 @@ class GoPart:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [str(GO_PART_BIN), "-port", str(self.port)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
+        self.proc, self.stdout, self.stderr, self.port = start_ready_process(
+            [str(GO_PART_BIN), "-port", str(self.port)], self.name, f"go part {self.name}"
         )
-        self.stdout = _Drainer(self.proc.stdout, f"{self.name}-out")
-        self.stderr = _Drainer(self.proc.stderr, f"{self.name}-err")
-        m = self.stdout.wait_for(READY_RE, PART_START_TIMEOUT, self.proc)
-        if not m:
-            _stop_process(self.proc)
-            raise RuntimeError(
-                f"go part {self.name} did not print READY within {PART_START_TIMEOUT}s.\n"
-                f"stdout:\n{self.stdout.text()}\nstderr:\n{self.stderr.text()}"
-            )
-        self.port = int(m.group(1).rsplit(":", 1)[1])
 
     def stop(self) -> None:
         if self.proc is not None:
