@@ -1,19 +1,23 @@
-# syntax=docker/dockerfile:1
-#
 # partgate: a gRPC gateway that presents a fleet of Viam robot parts as one machine.
 #
 #   docker build -t partgate .
 #   docker run --rm -p 8080:8080 -p 9090:9090 \
 #       -v "$PWD/fleet.json:/etc/partgate/partgate.json:ro" partgate
 #
+# Builds with Docker 23 or later (BuildKit, the default builder, whose built-in Dockerfile
+# frontend has RUN --mount). No `# syntax=` line: it would fetch a frontend image from a
+# registry on every build, while this file builds offline once its two base images are local.
+# Base images are pinned by digest (the tag is for humans). To update both: look up the current
+# digests of the tags (`docker buildx imagetools inspect rust:1.98.0-bookworm`, or Docker Hub, or
+# docker-library/repo-info's repos/<image>/remote/<tag>.md), keep the rust and debian releases
+# on the same Debian snapshot, then run scripts/check-dockerfile.
+#
 # The project's machines run no Docker engine: scripts/check-dockerfile checks this file without
 # one (the builder's cargo command in a copy of exactly the COPYed files, then the runtime
 # stage's binary, user, ports, config path and HEALTHCHECK against a running gateway).
 
-ARG RUST_VERSION=1
-
 # --- builder: the release binary (protos compile with protox in crates/proto: no protoc) ----
-FROM rust:${RUST_VERSION}-bookworm AS builder
+FROM rust:1.98.0-bookworm@sha256:82150a52ec202c1b14d7817e14516c392bb7f5cfebd88f1ed531cb37ebd39922 AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY crates ./crates
@@ -25,7 +29,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -D -m 0755 target/release/partgate /out/partgate
 
 # --- runtime: small, non-root, the binary and a default config ---------------------------
-FROM debian:bookworm-slim AS runtime
+FROM debian:bookworm-20260824-slim@sha256:88200866dfff7ea7f5cbcb6ec7c8a701889efe6fe859fe64d6990e4b07ea4171 AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \

@@ -594,16 +594,9 @@ impl Config {
         let mut problem =
             |path: String, message: String| problems.push(ConfigProblem { path, message });
 
-        let bind = match self.network.bind_address.parse::<SocketAddr>() {
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                problem(
-                    "network.bind_address".into(),
-                    format!("{:?} is not an ip:port address", self.network.bind_address),
-                );
-                None
-            }
-        };
+        let bind = parse_listen_address(&self.network.bind_address)
+            .map_err(|e| problem("network.bind_address".into(), e))
+            .ok();
 
         let g = &self.gateway;
         let mut duration = |path: &str, value: &str| match parse_go_duration(value) {
@@ -704,6 +697,7 @@ impl Config {
         }
         let auth = self.auth_settings(&mut problem);
         let tls = self.tls_files(&mut problem);
+        self.refuse_placeholder_secrets(&mut problem);
         let parts_ca_pem = g.parts_ca_file.as_deref().and_then(|path| {
             std::fs::read(path)
                 .map_err(|e| {
@@ -819,16 +813,13 @@ type Problem<'a> = &'a mut dyn FnMut(String, String);
 // === impl Config: operations ===
 
 impl Config {
-    /// `gateway.admin_address`: an `ip:port` other than the main listener's.
+    /// `gateway.admin_address`: a listen address (as `network.bind_address`) other than the main
+    /// listener's.
     fn admin_address(&self, bind: Option<SocketAddr>, problem: Problem<'_>) -> Option<SocketAddr> {
         let text = self.gateway.admin_address.as_deref()?;
-        let Ok(addr) = text.parse::<SocketAddr>() else {
-            problem(
-                "gateway.admin_address".into(),
-                format!("{text:?} is not an ip:port address"),
-            );
-            return None;
-        };
+        let addr = parse_listen_address(text)
+            .map_err(|e| problem("gateway.admin_address".into(), e))
+            .ok()?;
         if bind.is_some_and(|b| b.port() != 0 && b.port() == addr.port() && b.ip() == addr.ip()) {
             problem(
                 "gateway.admin_address".into(),
@@ -1183,6 +1174,157 @@ pub fn resolve_secret(text: &str) -> Result<String, String> {
     Err(format!(
         "unknown secret reference ${{{reference}}}; use ${{env:VAR}} or ${{file:/path}}"
     ))
+}
+
+/// A listen address in the forms viam-server (Go's `net.Listen`) accepts: `ip:port`,
+/// `[v6]:port`, `:port`, or `host:port` with a host name (`localhost`) resolved now.
+///
+/// `:port` is every IPv4 interface (`0.0.0.0`, like the default), not Go's dual-stack `[::]`:
+/// it then also works on hosts and containers without IPv6; write `[::]:port` for both
+/// families. Like Go, a name with several addresses listens on one of them: the first IPv4
+/// address, else the first (so `localhost` is `127.0.0.1` where /etc/hosts also lists `::1`).
+pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bad =
+        || format!("{text:?} is not a listen address (ip:port, [ipv6]:port, :port or host:port)");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    // An IP literal that failed to parse above (a bare IPv6 address, a bad bracket) is no name.
+    if host.contains([':', '[', ']']) || host.chars().any(char::is_whitespace) {
+        return Err(bad());
+    }
+    let resolved: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| format!("{text:?}: cannot resolve {host:?}: {e}"))?
+        .collect();
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?}: {host:?} resolves to no address"))
+}
+
+/// Words the examples use where a secret goes: a value containing one is never a real secret.
+const PLACEHOLDERS: [&str; 6] = [
+    "replace-me",
+    "replace_me",
+    "replaceme",
+    "change-me",
+    "change_me",
+    "changeme",
+];
+
+/// The shortest secret the gateway accepts from clients (API keys, location secrets): 16 bytes
+/// of random characters are past guessing, and `deploy/secrets/generate.sh` makes 48.
+pub const MIN_CLIENT_SECRET_LEN: usize = 16;
+
+fn is_placeholder(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    PLACEHOLDERS.iter().any(|p| lower.contains(p))
+}
+
+/// Where a secret came from, for a message that must not show the secret itself.
+fn secret_source(text: &str) -> String {
+    if text.starts_with("${") {
+        format!(" (from {text})")
+    } else {
+        String::new()
+    }
+}
+
+// === impl Config: placeholder secrets ===
+
+impl Config {
+    /// Refuses secrets left as an example's placeholder (`REPLACE-ME`, `CHANGE-ME`, ...), so a
+    /// deployment never runs on a credential printed in this repository; secrets clients present
+    /// (API keys, location secrets) must also be at least [`MIN_CLIENT_SECRET_LEN`] bytes.
+    /// Credentials the gateway presents to parts and ICE credentials are chosen by their owners,
+    /// so only placeholders are refused there. Empty and unreadable secrets are reported where
+    /// they are resolved. Messages name the JSON path and reference, never the value.
+    fn refuse_placeholder_secrets(&self, problem: Problem<'_>) {
+        let mut check = |at: String, text: &str, from_clients: bool| {
+            let Ok(value) = resolve_secret(text) else {
+                return;
+            };
+            let from = secret_source(text);
+            if is_placeholder(&value) {
+                problem(
+                    at,
+                    format!(
+                        "is an example placeholder{from}, not a secret: put the real one there"
+                    ),
+                );
+            } else if from_clients && !value.is_empty() && value.len() < MIN_CLIENT_SECRET_LEN {
+                problem(
+                    at,
+                    format!(
+                        "is shorter than {MIN_CLIENT_SECRET_LEN} bytes{from}: use a long random \
+                         secret (deploy/secrets/generate.sh makes one)"
+                    ),
+                );
+            }
+        };
+        for (i, handler) in self.auth.iter().flat_map(|a| a.handlers.iter().enumerate()) {
+            let at = format!("auth.handlers[{i}].config");
+            let c = &handler.config;
+            let entries: Vec<(String, &serde_json::Value)> = match handler.kind.as_str() {
+                LOCATION_SECRET => {
+                    let listed = c.get("secrets").and_then(|v| v.as_array());
+                    let all = c
+                        .get("secret")
+                        .into_iter()
+                        .chain(listed.into_iter().flatten());
+                    all.enumerate()
+                        .map(|(j, v)| (format!("{at}.secrets[{j}]"), v))
+                        .collect()
+                }
+                API_KEY => c
+                    .iter()
+                    .filter(|(id, _)| *id != "keys" && *id != "key")
+                    .map(|(id, v)| (format!("{at}.{id}"), v))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for (path, value) in entries {
+                if let Some(text) = value.as_str() {
+                    check(path, text, true);
+                }
+            }
+        }
+        for (i, remote) in self.remotes.iter().enumerate() {
+            if let Some(secret) = &remote.secret {
+                check(format!("remotes[{i}].secret"), secret, false);
+            }
+            let credentials = remote.auth.as_ref().and_then(|a| a.credentials.as_ref());
+            if let Some(c) = credentials {
+                let at = format!("remotes[{i}].auth.credentials.payload");
+                check(at, &c.payload, false);
+            }
+        }
+        let ice = self.gateway.webrtc.ice_servers.iter().enumerate();
+        for (i, server) in ice {
+            if let Some(credential) = &server.credential {
+                let at = format!("gateway.webrtc.ice_servers[{i}].credential");
+                check(at, credential, false);
+            }
+        }
+        if let Some(path) = &self.gateway.signing_key_file
+            && std::fs::read(path).is_ok_and(|pem| is_placeholder(&String::from_utf8_lossy(&pem)))
+        {
+            problem(
+                "gateway.signing_key_file".into(),
+                format!(
+                    "{path} holds an example placeholder, not a key: write the output of \
+                     `partgate keygen` there"
+                ),
+            );
+        }
+    }
 }
 
 /// Viam's name rule: `^[a-zA-Z0-9][-\w]*$`, at most 60 characters.

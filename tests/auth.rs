@@ -18,8 +18,8 @@ const KEY_SUB1: &str = "7d4b2c3a-0000-4000-8000-000000000002";
 fn auth_config(config: &mut partgate::config::Config, lifetime: Option<&str>) {
     let handlers = serde_json::json!({
         "handlers": [
-            { "type": "robot-location-secret", "config": { "secrets": ["old-secret", "new-secret"] } },
-            { "type": "api-key", "config": { KEY_ALL: "key-all", KEY_SUB1: "key-sub1" } }
+            { "type": "robot-location-secret", "config": { "secrets": ["old-location-secret", "new-location-secret"] } },
+            { "type": "api-key", "config": { KEY_ALL: "api-key-all-parts", KEY_SUB1: "api-key-sub1-only" } }
         ]
     });
     config.auth = Some(serde_json::from_value(handlers).unwrap());
@@ -79,7 +79,7 @@ async fn location_secrets_rotate_and_tokens_drive_the_fleet() {
     let fleet = secured(None, None).await;
     let ch = fleet.channel().await;
     let entity = format!("localhost:{}", fleet.addr().port());
-    for secret in ["old-secret", "new-secret"] {
+    for secret in ["old-location-secret", "new-location-secret"] {
         let token = authenticate(&ch, &entity, "robot-location-secret", secret)
             .await
             .expect("valid secret");
@@ -95,7 +95,7 @@ async fn location_secrets_rotate_and_tokens_drive_the_fleet() {
     );
     for (entity, secret) in [
         (entity.as_str(), "wrong"),
-        ("evil.example.com:1", "new-secret"),
+        ("evil.example.com:1", "new-location-secret"),
     ] {
         let err = authenticate(&ch, entity, "robot-location-secret", secret)
             .await
@@ -127,7 +127,7 @@ async fn calls_without_a_valid_token_never_reach_a_part() {
     // A token from another gateway (another signing key) is foreign here.
     let other = secured(None, None).await;
     let other_ch = other.channel().await;
-    let foreign = authenticate(&other_ch, KEY_ALL, "api-key", "key-all")
+    let foreign = authenticate(&other_ch, KEY_ALL, "api-key", "api-key-all-parts")
         .await
         .unwrap();
     let err = motors(&ch, Some(&foreign))
@@ -147,7 +147,7 @@ async fn calls_without_a_valid_token_never_reach_a_part() {
 async fn expired_tokens_are_rejected_when_a_lifetime_is_set() {
     let fleet = secured(None, Some("1s")).await;
     let ch = fleet.channel().await;
-    let token = authenticate(&ch, KEY_ALL, "api-key", "key-all")
+    let token = authenticate(&ch, KEY_ALL, "api-key", "api-key-all-parts")
         .await
         .unwrap();
     motors(&ch, Some(&token))
@@ -166,7 +166,7 @@ async fn expired_tokens_are_rejected_when_a_lifetime_is_set() {
 async fn api_keys_can_be_limited_to_some_parts() {
     let fleet = secured(None, None).await;
     let ch = fleet.channel().await;
-    let token = authenticate(&ch, KEY_SUB1, "api-key", "key-sub1")
+    let token = authenticate(&ch, KEY_SUB1, "api-key", "api-key-sub1-only")
         .await
         .unwrap();
     motors(&ch, Some(&token))
@@ -196,7 +196,7 @@ async fn api_keys_can_be_limited_to_some_parts() {
         vec!["sub1:motor1"],
         "the listing shows only what the key may reach"
     );
-    let err = authenticate(&ch, KEY_SUB1, "api-key", "key-all")
+    let err = authenticate(&ch, KEY_SUB1, "api-key", "api-key-all-parts")
         .await
         .expect_err("key of another id");
     assert_eq!(err.code(), Code::Unauthenticated);
@@ -212,11 +212,11 @@ async fn repeated_failures_are_slowed_down() {
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
     }
-    let err = authenticate(&ch, KEY_ALL, "api-key", "key-all")
+    let err = authenticate(&ch, KEY_ALL, "api-key", "api-key-all-parts")
         .await
         .expect_err("slowed down");
     assert_eq!(err.code(), Code::ResourceExhausted);
-    assert!(!err.message().contains("key-all"));
+    assert!(!err.message().contains("api-key-all-parts"));
 }
 
 #[tokio::test]
@@ -240,7 +240,7 @@ async fn tls_listener_serves_grpc_and_refuses_plaintext() {
         &ch,
         &format!("localhost:{port}"),
         "robot-location-secret",
-        "new-secret",
+        "new-location-secret",
     )
     .await
     .unwrap();
@@ -276,7 +276,7 @@ async fn certificates_reload_when_the_files_change_without_dropping_connections(
     let fleet = secured(Some(&first), None).await;
     let port = fleet.addr().port();
     let old = tls_channel(port, &first.ca_pem).await.unwrap();
-    let token = authenticate(&old, KEY_ALL, "api-key", "key-all")
+    let token = authenticate(&old, KEY_ALL, "api-key", "api-key-all-parts")
         .await
         .unwrap();
     let second = pki("second");
@@ -325,7 +325,7 @@ async fn gateway_authenticates_to_parts_over_tls_and_reauthenticates_invisibly()
     let b_addr = format!("localhost:{}", b.local_addr().port());
     let remote_b: partgate::config::RemoteConfig = serde_json::from_value(serde_json::json!({
         "name": "b", "address": b_addr, "insecure": false,
-        "auth": { "entity": KEY_ALL, "credentials": { "type": "api-key", "payload": "key-all" } },
+        "auth": { "entity": KEY_ALL, "credentials": { "type": "api-key", "payload": "api-key-all-parts" } },
         "connection_check_interval": "1s", "reconnect_interval": "100ms"
     }))
     .unwrap();
@@ -403,7 +403,7 @@ async fn a_limited_key_resolves_bare_names_among_its_own_parts() {
     ];
     let fleet = fleet(specs, Some("main"), |c| auth_config(c, None)).await;
     let ch = fleet.channel().await;
-    let limited = authenticate(&ch, KEY_SUB1, "api-key", "key-sub1")
+    let limited = authenticate(&ch, KEY_SUB1, "api-key", "api-key-sub1-only")
         .await
         .unwrap();
     motors(&ch, Some(&limited))
@@ -414,7 +414,7 @@ async fn a_limited_key_resolves_bare_names_among_its_own_parts() {
         fleet.part("sub1").log().motor("lift").map(|m| m.power),
         Some(0.4)
     );
-    let full = authenticate(&ch, KEY_ALL, "api-key", "key-all")
+    let full = authenticate(&ch, KEY_ALL, "api-key", "api-key-all-parts")
         .await
         .unwrap();
     let err = motors(&ch, Some(&full))
@@ -450,7 +450,7 @@ async fn reload_tls_rereads_the_certificate_on_demand() {
 async fn authentication_outcomes_are_counted_by_reason_never_by_secret() {
     let fleet = secured(None, None).await;
     let ch = fleet.channel().await;
-    let token = authenticate(&ch, KEY_ALL, "api-key", "key-all")
+    let token = authenticate(&ch, KEY_ALL, "api-key", "api-key-all-parts")
         .await
         .unwrap();
     let _ = authenticate(&ch, KEY_ALL, "api-key", "wrong-key-value").await;
@@ -478,5 +478,5 @@ async fn authentication_outcomes_are_counted_by_reason_never_by_secret() {
         line("success", "token") && line("failure", "missing"),
         "{text}"
     );
-    assert!(!text.contains("wrong-key-value") && !text.contains("key-all"));
+    assert!(!text.contains("wrong-key-value") && !text.contains("api-key-all-parts"));
 }

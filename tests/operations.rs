@@ -989,7 +989,7 @@ async fn with_auth_status_stays_on_the_admin_port() {
     let fleet = fleet(two_parts(), None, |c| {
         c.gateway.admin_address = Some("127.0.0.1:0".into());
         let handlers = serde_json::json!({
-            "handlers": [{ "type": "robot-location-secret", "config": { "secret": "s3cret" } }]
+            "handlers": [{ "type": "robot-location-secret", "config": { "secret": "location-s3cret-0123" } }]
         });
         c.auth = Some(serde_json::from_value(handlers).unwrap());
     })

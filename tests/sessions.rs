@@ -365,7 +365,7 @@ async fn sessions_belong_to_the_entity_that_started_them() {
     const KEY_B: &str = "7d4b2c3a-0000-4000-8000-00000000000b";
     let fleet = three_parts(|c| {
         let handlers = serde_json::json!({
-            "handlers": [{ "type": "api-key", "config": { KEY_A: "key-a", KEY_B: "key-b" } }]
+            "handlers": [{ "type": "api-key", "config": { KEY_A: "api-key-a-0123456789", KEY_B: "api-key-b-0123456789" } }]
         });
         c.auth = Some(serde_json::from_value(handlers).unwrap());
     })
@@ -373,7 +373,10 @@ async fn sessions_belong_to_the_entity_that_started_them() {
     let ch = fleet.channel().await;
     let mut auth = rpc::auth_service_client::AuthServiceClient::new(ch.clone());
     let mut tokens = HashMap::new();
-    for (key, secret) in [(KEY_A, "key-a"), (KEY_B, "key-b")] {
+    for (key, secret) in [
+        (KEY_A, "api-key-a-0123456789"),
+        (KEY_B, "api-key-b-0123456789"),
+    ] {
         let creds = rpc::Credentials {
             r#type: "api-key".into(),
             payload: secret.into(),

@@ -874,7 +874,7 @@ async fn signaling_requires_auth_when_auth_is_on_and_is_absent_when_disabled() {
     let fleet = webrtc_fleet(|c| {
         c.auth = Some(
             serde_json::from_value(serde_json::json!({
-                "handlers": [{ "type": "api-key", "config": { "k1": "secret-key" } }]
+                "handlers": [{ "type": "api-key", "config": { "k1": "secret-key-0123456789" } }]
             }))
             .unwrap(),
         );

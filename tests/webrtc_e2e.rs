@@ -404,7 +404,7 @@ async fn auth_gates_signaling_and_a_scoped_key_stays_in_its_parts() {
     let fleet = fleet(specs, Some("main"), |c| {
         c.auth = Some(
             serde_json::from_value(serde_json::json!({
-                "handlers": [{ "type": "api-key", "config": { KEY_ALL: "key-all", KEY_SUB1: "key-sub1" } }]
+                "handlers": [{ "type": "api-key", "config": { KEY_ALL: "api-key-all-parts", KEY_SUB1: "api-key-sub1-only" } }]
             }))
             .unwrap(),
         );
@@ -425,7 +425,7 @@ async fn auth_gates_signaling_and_a_scoped_key_stays_in_its_parts() {
     }
     assert_eq!(open_peers(&fleet), 0);
 
-    let all = token(&fleet, KEY_ALL, "key-all").await;
+    let all = token(&fleet, KEY_ALL, "api-key-all-parts").await;
     let c = dial_from(&fleet, &endpoint, Some(&all))
         .await
         .expect("dialed with a token");
@@ -436,7 +436,7 @@ async fn auth_gates_signaling_and_a_scoped_key_stays_in_its_parts() {
         .expect("the full key reaches every part");
     assert_eq!(fleet.part("sub2").log().names_for("SetPower"), vec!["lift"]);
 
-    let scoped = token(&fleet, KEY_SUB1, "key-sub1").await;
+    let scoped = token(&fleet, KEY_SUB1, "api-key-sub1-only").await;
     let other = caller().await;
     let c = dial_from(&fleet, &other, Some(&scoped))
         .await

@@ -198,3 +198,207 @@ fn webrtc_block_defaults_and_problems() {
         serde_json::from_str(r#"{"urls": ["turn:t"], "credential": "hunter2"}"#).unwrap();
     assert!(!format!("{server:?}").contains("hunter2"));
 }
+
+#[test]
+fn listen_addresses_take_the_forms_viam_server_accepts() {
+    for (text, want) in [
+        ("0.0.0.0:8080", "0.0.0.0:8080"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+        (":8080", "0.0.0.0:8080"),
+        // A host name goes through the system resolver (here /etc/hosts), IPv4 first.
+        ("localhost:8080", "127.0.0.1:8080"),
+        ("[::1]:8080", "[::1]:8080"),
+        ("[::]:8080", "[::]:8080"),
+    ] {
+        assert_eq!(
+            parse_listen_address(text).map(|a| a.to_string()),
+            Ok(want.to_owned()),
+            "{text}"
+        );
+    }
+    for bad in [
+        "nowhere",
+        "8080",
+        ":",
+        ":http",
+        "localhost:99999",
+        "::1:8080",
+        "[::1:8080",
+        "a b:80",
+    ] {
+        assert!(
+            parse_listen_address(bad).is_err(),
+            "{bad} should be rejected"
+        );
+    }
+}
+
+#[test]
+fn bind_and_admin_addresses_use_the_same_forms() {
+    let settings = Config::parse(
+        r#"{"network": {"bind_address": ":8080"}, "gateway": {"admin_address": "localhost:9090"}}"#,
+    )
+    .and_then(|c| c.validate())
+    .expect("valid");
+    assert_eq!(settings.bind.to_string(), "0.0.0.0:8080");
+    assert_eq!(
+        settings.admin.map(|a| a.to_string()).as_deref(),
+        Some("127.0.0.1:9090")
+    );
+    assert_eq!(
+        settings.bind_text, ":8080",
+        "the address as written stays an auth entity"
+    );
+    let found = problems(
+        r#"{"network": {"bind_address": "localhost:9090"}, "gateway": {"admin_address": "127.0.0.1:9090"}}"#,
+    );
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].path, "gateway.admin_address");
+    assert!(found[0].message.contains("must differ"), "{found:?}");
+    let found = problems(r#"{"gateway": {"admin_address": "admin"}}"#);
+    assert_eq!(found[0].path, "gateway.admin_address");
+}
+
+/// A config with an `auth` block whose handlers and remote credentials are given as JSON.
+fn auth_config(handlers: &str, remote_secret: &str) -> String {
+    format!(
+        r#"{{"auth": {{"handlers": {handlers}}},
+            "remotes": [{{"name": "a", "address": "h:1", "insecure": true, "secret": {remote_secret}}}]}}"#
+    )
+}
+
+const GOOD_KEY: &str = "3f1c2a9b8e7d6c5b4a39281706f5e4d3";
+
+#[test]
+fn placeholder_and_short_client_secrets_are_refused_by_path_never_by_value() {
+    let cases = [
+        (
+            r#"[{"type": "api-key", "config": {"k1": "REPLACE-ME"}}]"#.to_owned(),
+            "auth.handlers[0].config.k1",
+        ),
+        (
+            format!(
+                r#"[{{"type": "api-key", "config": {{"k1": "{GOOD_KEY}", "k2": "please-change_me-now-0123"}}}}]"#
+            ),
+            "auth.handlers[0].config.k2",
+        ),
+        (
+            format!(
+                r#"[{{"type": "robot-location-secret", "config": {{"secrets": ["{GOOD_KEY}", "ChangeMe-ChangeMe-ChangeMe"]}}}}]"#
+            ),
+            "auth.handlers[0].config.secrets[1]",
+        ),
+        (
+            r#"[{"type": "robot-location-secret", "config": {"secret": "short-secret"}}]"#
+                .to_owned(),
+            "auth.handlers[0].config.secrets[0]",
+        ),
+        (
+            format!(
+                r#"[{{"type": "api-key", "config": {{"k1": "{GOOD_KEY}"}}}}, {{"type": "api-key", "config": {{"k9": "0123456789abcde"}}}}]"#
+            ),
+            "auth.handlers[1].config.k9",
+        ),
+    ];
+    for (handlers, path) in cases {
+        let found = problems(&auth_config(&handlers, &format!("\"{GOOD_KEY}\"")));
+        assert_eq!(found.len(), 1, "{handlers}: {found:?}");
+        assert_eq!(found[0].path, path, "{handlers}");
+        for value in [
+            "REPLACE-ME",
+            "change_me",
+            "ChangeMe",
+            "short-secret",
+            "0123456789abcde",
+        ] {
+            assert!(
+                !found[0].message.contains(value),
+                "{found:?} shows the value"
+            );
+        }
+    }
+    // 16 bytes is enough; an empty key keeps its own message (not also "shorter").
+    let ok = auth_config(
+        r#"[{"type": "api-key", "config": {"k1": "0123456789abcdef"}}]"#,
+        &format!("\"{GOOD_KEY}\""),
+    );
+    Config::parse(&ok)
+        .and_then(|c| c.validate())
+        .expect("16 bytes is enough");
+    let empty = problems(&auth_config(
+        r#"[{"type": "api-key", "config": {"k1": ""}}]"#,
+        &format!("\"{GOOD_KEY}\""),
+    ));
+    assert!(empty[0].message.contains("non-empty"), "{empty:?}");
+    assert!(
+        !empty.iter().any(|p| p.message.contains("shorter")),
+        "{empty:?}"
+    );
+}
+
+#[test]
+fn part_credentials_refuse_placeholders_but_not_short_secrets() {
+    let handlers = format!(r#"[{{"type": "api-key", "config": {{"k1": "{GOOD_KEY}"}}}}]"#);
+    // A part's secret is chosen by the part's owner: a short one is theirs to pick.
+    Config::parse(&auth_config(&handlers, r#""s3cret""#))
+        .and_then(|c| c.validate())
+        .expect("a short part secret is accepted");
+    let found = problems(&auth_config(&handlers, r#""REPLACE_ME""#));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].path, "remotes[0].secret");
+    let found = problems(
+        r#"{"remotes": [{"name": "a", "address": "h:1", "insecure": true,
+            "auth": {"entity": "e", "credentials": {"type": "api-key", "payload": "changeme"}}}],
+            "gateway": {"webrtc": {"ice_servers": [{"urls": ["turn:t"], "username": "u", "credential": "CHANGE-ME"}]}}}"#,
+    );
+    let paths: Vec<_> = found.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "remotes[0].auth.credentials.payload",
+            "gateway.webrtc.ice_servers[0].credential"
+        ]
+    );
+}
+
+#[test]
+fn placeholder_secret_files_are_refused_naming_the_file() {
+    let dir = std::env::temp_dir().join(format!("partgate-placeholder-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("api-key");
+    std::fs::write(&key_file, "REPLACE-ME\n").unwrap();
+    let pem = dir.join("signing-key.pem");
+    // The placeholder kubernetes/secret.yaml used to ship.
+    std::fs::write(
+        &pem,
+        "-----BEGIN PRIVATE KEY-----\nREPLACE-ME: output of `partgate keygen`\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let config = format!(
+        r#"{{"auth": {{"handlers": [{{"type": "api-key", "config": {{"k1": "${{file:{}}}"}}}}]}},
+            "gateway": {{"signing_key_file": "{}"}}}}"#,
+        key_file.display(),
+        pem.display()
+    );
+    let found = problems(&config);
+    let key = found
+        .iter()
+        .find(|p| p.path == "auth.handlers[0].config.k1")
+        .unwrap_or_else(|| panic!("{found:?}"));
+    assert!(
+        key.message.contains(&key_file.display().to_string()),
+        "{key:?}"
+    );
+    let signing = found
+        .iter()
+        .find(|p| p.path == "gateway.signing_key_file" && p.message.contains("placeholder"))
+        .unwrap_or_else(|| panic!("{found:?}"));
+    assert!(signing.message.contains("partgate keygen"), "{signing:?}");
+    // A real key in the file is accepted.
+    std::fs::write(&key_file, format!("{GOOD_KEY}\n")).unwrap();
+    std::fs::write(&pem, crate::auth::token::generate_pem().unwrap()).unwrap();
+    Config::parse(&config)
+        .and_then(|c| c.validate())
+        .expect("real secrets are accepted");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -466,14 +466,14 @@ async def test_secrets_from_env_and_file(part_factory, gateway_from_config, tls_
         "remotes": [{"name": "main", "address": main.address, "insecure": True}],
         "gateway": {"main_part": "main"},
     }
-    gw = gateway_from_config(config, env={"PARTGATE_TEST_SECRET": "env-secret-4c3d", "PARTGATE_TEST_KEY": "env-key-7e6f"})
+    gw = gateway_from_config(config, env={"PARTGATE_TEST_SECRET": "env-secret-4c3d2e", "PARTGATE_TEST_KEY": "env-api-key-7e6f5d"})
     address = f"localhost:{gw.address.rsplit(':', 1)[1]}"
-    await wait_until_listed_tls(address, "env-secret-4c3d", {"motor1"})
+    await wait_until_listed_tls(address, "env-secret-4c3d2e", {"motor1"})
 
     for what, opts in [
-        ("${env:} location secret", secret_options("env-secret-4c3d")),
+        ("${env:} location secret", secret_options("env-secret-4c3d2e")),
         ("${file:} location secret", secret_options("file-secret-9a8b")),
-        ("${env:} api key", api_key_options("env-key-7e6f", key_id)),
+        ("${env:} api key", api_key_options("env-api-key-7e6f5d", key_id)),
     ]:
         robot = await robots.connect(address, opts)
         assert await Motor.from_robot(robot, "motor1").is_powered(timeout=T) == (False, 0.0), what
