@@ -176,6 +176,7 @@ async fn start_gateway(part: std::net::SocketAddr) -> Res<Gateway> {
             secret: None,
             connection_check_interval: Some("2s".into()),
             reconnect_interval: Some("250ms".into()),
+            ca_file: None,
         }],
         gateway: GatewaySettings {
             main_part: Some(PART.into()),

@@ -98,6 +98,11 @@ pub struct RemoteConfig {
     /// How often a disconnected part is redialed (Go duration).
     #[serde(default)]
     pub reconnect_interval: Option<String>,
+    /// Gateway-only: PEM certificates trusted for this part alone, instead of
+    /// `gateway.parts_ca_file` or the system roots: CAs, or the part's own (self-signed)
+    /// certificate, pinned.
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 /// A remote's `auth` block.
@@ -339,6 +344,9 @@ pub struct PartSpec {
     pub reconnect_interval: Duration,
     /// Credentials the gateway presents to this part.
     pub credentials: Option<PartCredentials>,
+    /// Contents of `remotes[].ca_file`: the certificates trusted for this part alone (so a
+    /// reload that changes them re-dials it); `None`: `parts_ca_pem` or the system roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// What the gateway authenticates to a part with.
@@ -550,6 +558,7 @@ impl Config {
                 secret: None,
                 connection_check_interval: Some("2s".into()),
                 reconnect_interval: Some("250ms".into()),
+                ca_file: None,
             })
             .collect();
         Config {
@@ -684,6 +693,16 @@ impl Config {
             };
             let check_interval = positive("connection_check_interval", check_interval);
             let reconnect_interval = positive("reconnect_interval", reconnect_interval);
+            let ca_pem = remote
+                .ca_file
+                .as_deref()
+                .and_then(|path| read_certificates(path, at("ca_file"), &mut problem));
+            if remote.insecure && remote.ca_file.is_some() {
+                problem(
+                    at("ca_file"),
+                    "only for parts reached over TLS: remove it or \"insecure\"".into(),
+                );
+            }
             parts.push(PartSpec {
                 name: remote.name.clone(),
                 address: remote.address.clone(),
@@ -693,21 +712,16 @@ impl Config {
                 check_interval,
                 reconnect_interval,
                 credentials: part_credentials(remote, &mut problem, i),
+                ca_pem,
             });
         }
         let auth = self.auth_settings(&mut problem);
         let tls = self.tls_files(&mut problem);
         self.refuse_placeholder_secrets(&mut problem);
-        let parts_ca_pem = g.parts_ca_file.as_deref().and_then(|path| {
-            std::fs::read(path)
-                .map_err(|e| {
-                    problem(
-                        "gateway.parts_ca_file".into(),
-                        format!("cannot read {path}: {e}"),
-                    )
-                })
-                .ok()
-        });
+        let parts_ca_pem = g
+            .parts_ca_file
+            .as_deref()
+            .and_then(|path| read_certificates(path, "gateway.parts_ca_file".into(), &mut problem));
         let admin = self.admin_address(bind, &mut problem);
         let webrtc = self.webrtc_settings(bind, &mut problem);
         let mut prefixes: Vec<(usize, &str)> = self
@@ -974,7 +988,7 @@ impl Config {
             let checked = read.and_then(|pem| {
                 crate::auth::token::Signer::new(Some(&pem), "check", None)
                     .map(|_| pem)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| format!("{path} is {e}"))
             });
             checked
                 .map_err(|e| problem("gateway.signing_key_file".into(), e))
@@ -1111,6 +1125,21 @@ fn api_keys(config: &Map, at: &str, settings: &mut AuthSettings, problem: Proble
 }
 
 type Map = serde_json::Map<String, serde_json::Value>;
+
+/// A PEM file of trusted certificates (`gateway.parts_ca_file`, `remotes[].ca_file`): its
+/// contents, or a problem at `at` when it cannot be read or holds no certificate.
+fn read_certificates(path: &str, at: String, problem: Problem<'_>) -> Option<Vec<u8>> {
+    let pem = std::fs::read(path)
+        .map_err(|e| problem(at.clone(), format!("cannot read {path}: {e}")))
+        .ok()?;
+    match crate::tls::parse_certificates(&pem) {
+        Ok(_) => Some(pem),
+        Err(e) => {
+            problem(at, format!("{path}: {e}"));
+            None
+        }
+    }
+}
 
 /// A remote's credentials: `auth.credentials`, or the `secret` shorthand (a location secret).
 /// The entity defaults to the part's address, as Viam's own clients do.

@@ -1,9 +1,10 @@
 //! Stage `listener`, TLS: the listening port's rustls config (ALPN `h2` and `http/1.1`, so gRPC,
 //! gRPC-Web and signaling share it), re-read when the certificate files change, and the client
-//! config used to reach parts over TLS. One crypto provider: aws-lc-rs.
+//! config used to reach parts over TLS ([`part`]: chains and pinned certificates). One crypto
+//! provider: aws-lc-rs.
 //!
 //! Receives certificate files; hands the listener an acceptor for each new connection (open
-//! connections keep the config they started with) and the pool a connector.
+//! connections keep the config they started with) and the pool a connector per trust source.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +16,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{info, warn};
+
+pub mod part;
+
+pub use part::TrustSource;
 
 /// Certificate and key files of the TLS listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +47,9 @@ pub enum TlsError {
     /// rustls refused the certificate/key pair or the CA set.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// The trusted certificates make no verifier.
+    #[error("TLS verifier: {0}")]
+    Verifier(#[from] rustls::client::VerifierBuilderError),
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -131,17 +139,51 @@ impl ReloadingAcceptor {
     }
 }
 
-/// A connector for parts reached over TLS: the system roots, or the given PEM CA bundle.
-pub fn part_connector(ca_pem: Option<&[u8]>) -> Result<TlsConnector, TlsError> {
+/// The certificates in a PEM file's text (other PEM sections are skipped); an error when there
+/// is none or one is malformed.
+pub fn parse_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate (-----BEGIN CERTIFICATE-----) in the file".into());
+    }
+    Ok(certs)
+}
+
+/// A connector for parts reached over TLS. With `trusted` (a PEM file's text, from the config
+/// key `source` names), its certificates are the trust anchors, and each is also accepted as
+/// the part's own certificate when it is exactly the one the part presents (see [`part`]);
+/// without, the system roots.
+pub fn part_connector(
+    trusted: Option<&[u8]>,
+    source: TrustSource,
+) -> Result<TlsConnector, TlsError> {
+    let verifier = part_verifier(trusted, source)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// The verifier of [`part_connector`].
+fn part_verifier(
+    trusted: Option<&[u8]>,
+    source: TrustSource,
+) -> Result<part::PartVerifier, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
-    match ca_pem {
+    let mut pinned = Vec::new();
+    match trusted {
         Some(pem) => {
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| TlsError::File {
-                    path: "gateway.parts_ca_file".into(),
-                    message: e.to_string(),
-                })?;
-                roots.add(cert)?;
+            pinned = parse_certificates(pem).map_err(|message| TlsError::File {
+                path: source.to_string(),
+                message,
+            })?;
+            for cert in &pinned {
+                roots.add(cert.clone())?;
             }
         }
         None => {
@@ -152,10 +194,27 @@ pub fn part_connector(ca_pem: Option<&[u8]>) -> Result<TlsConnector, TlsError> {
             }
         }
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
+    let provider = provider();
+    // webpki refuses an empty root store; with nothing to chain to, only a pin can verify.
+    let chain = if roots.is_empty() {
+        None
+    } else {
+        Some(
+            rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build()?,
+        )
+    };
+    Ok(part::PartVerifier::new(
+        chain,
+        pinned,
+        source,
+        provider.signature_verification_algorithms,
+    ))
 }
+
+#[cfg(test)]
+#[path = "tls/tests.rs"]
+mod tests;

@@ -29,6 +29,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tracing::{debug, info, warn};
 
 use crate::auth::PeerAddr;
+use crate::ingress::client_hello;
 use crate::stack::CallStack;
 use crate::tls::ReloadingAcceptor;
 use http2::frame::PREFACE;
@@ -277,13 +278,18 @@ pub async fn serve(
                     Err(_) => debug!(peer = %peer, "no request within the header timeout"),
                 },
                 Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                    // The server name is peeked first only to explain a refusal (see
+                    // `client_hello`); rustls reads the same bytes.
+                    let handshake = async {
+                        let name = client_hello::peek_server_name(&stream).await;
+                        (name, acceptor.accept(stream).await)
+                    };
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                        Ok((_, Ok(tls))) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
                             Box::pin(conn.serve_h2(tls)).await
                         }
-                        Ok(Ok(tls)) => Box::pin(conn.serve_hyper(tls)).await,
-                        Ok(Err(e)) => debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                        Ok((_, Ok(tls))) => Box::pin(conn.serve_hyper(tls)).await,
+                        Ok((name, Err(e))) => client_hello::log_handshake_failure(peer, &name, &e),
                         Err(_) => debug!(peer = %peer, "TLS handshake timed out"),
                     }
                 }

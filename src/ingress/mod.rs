@@ -2,5 +2,6 @@
 //! the [`crate::stack`]. TCP accept, TLS, h2c/HTTP/1.1 detection and gRPC-Web in [`listener`];
 //! WebRTC signaling and data channels in [`webrtc`].
 
+pub mod client_hello;
 pub mod listener;
 pub mod webrtc;

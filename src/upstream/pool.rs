@@ -35,6 +35,7 @@ use crate::proto::viam::robot::v1 as robot;
 use crate::route::resource_name::Naming;
 use crate::route::table::{PartInfo, Resource};
 use crate::route::{PartResources, RouteTable};
+use crate::tls::TrustSource;
 use http2::client::{self as h2c, End};
 use http2::conn::Chunks;
 use http2::frame::Reason;
@@ -113,7 +114,8 @@ struct DialSettings {
     connect_timeout: Duration,
     keepalive_interval: Duration,
     keepalive_timeout: Duration,
-    /// For parts without `insecure`: system roots or the configured CA.
+    /// For parts without `insecure`: the system roots or `parts_ca_file`, or the part's own
+    /// `ca_file` (see [`DialSettings::for_part`]).
     tls: Option<tokio_rustls::TlsConnector>,
 }
 
@@ -613,7 +615,7 @@ impl Part {
                 )
                 .await
                 .map_err(|_| format!("TLS handshake with {address} timed out"))?
-                .map_err(|e| format!("TLS handshake with {address} failed: {e}"))?;
+                .map_err(|e| format!("TLS handshake with {address} failed: {}", tls_failure(&e)))?;
                 self.handshake(tls).await
             }
             _ => self.handshake(stream).await,
@@ -909,8 +911,17 @@ impl From<crate::proto::viam::common::v1::ResourceName> for Resource {
 
 impl DialSettings {
     fn from_settings(settings: &Settings) -> Result<Self, GatewayError> {
-        let tls = if settings.parts.iter().any(|p| !p.insecure) {
-            let connector = crate::tls::part_connector(settings.parts_ca_pem.as_deref())
+        // The shared connector serves TLS parts without a `ca_file` of their own.
+        let tls = if settings
+            .parts
+            .iter()
+            .any(|p| !p.insecure && p.ca_pem.is_none())
+        {
+            let source = match settings.parts_ca_pem {
+                Some(_) => TrustSource::File("gateway.parts_ca_file".into()),
+                None => TrustSource::System,
+            };
+            let connector = crate::tls::part_connector(settings.parts_ca_pem.as_deref(), source)
                 .map_err(|e| GatewayError::Internal(e.to_string()))?;
             Some(connector)
         } else {
@@ -922,6 +933,34 @@ impl DialSettings {
             keepalive_timeout: settings.keepalive_timeout,
             tls,
         })
+    }
+
+    /// The settings `spec` dials with: a TLS part with its own `remotes[].ca_file` trusts those
+    /// certificates alone (a pin, not an addition to `parts_ca_file`).
+    fn for_part(&self, spec: &PartSpec) -> Result<Self, GatewayError> {
+        let mut dial = self.clone();
+        if let (Some(pem), false) = (&spec.ca_pem, spec.insecure) {
+            let source = TrustSource::File(format!("the ca_file of remote {}", spec.name));
+            let connector = crate::tls::part_connector(Some(pem), source)
+                .map_err(|e| GatewayError::Internal(e.to_string()))?;
+            dial.tls = Some(connector);
+        }
+        Ok(dial)
+    }
+}
+
+/// A failed TLS handshake with a part, for its `last_error`: a certificate the gateway refused
+/// says why in its own words (`crate::tls::part`) rather than through rustls' `Debug` form.
+fn tls_failure(e: &std::io::Error) -> String {
+    let rustls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(why))) => {
+            why.0.to_string()
+        }
+        Some(other) => other.to_string(),
+        None => e.to_string(),
     }
 }
 
@@ -1098,7 +1137,7 @@ fn new_part(
 ) -> Result<Arc<Part>, GatewayError> {
     Part::new(
         spec.clone(),
-        dial.clone(),
+        dial.for_part(spec)?,
         (
             settings.max_concurrent_calls_per_part,
             settings.max_calls_per_client,

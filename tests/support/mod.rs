@@ -55,6 +55,7 @@ pub fn remote(name: &str, addr: SocketAddr, prefix: Option<&str>) -> RemoteConfi
         secret: None,
         connection_check_interval: Some("1s".into()),
         reconnect_interval: Some("100ms".into()),
+        ca_file: None,
     }
 }
 

@@ -271,6 +271,39 @@ async def test_location_secret_with_verified_tls(auth_fleet: AuthFleet, robots, 
     assert "sub1:motor1" in names_of(robot)
 
 
+async def test_location_secret_entities_with_a_port(auth_fleet: AuthFleet, robots):
+    """Issue 30: README lists `localhost:PORT` and `127.0.0.1:PORT` as entities.
+
+    - auth_entity unset: the SDK sends the address dialed as the entity and its bare host as the
+      TLS server name: logs in and calls (the README's way).
+    - auth_entity set to that same `host:PORT`: the SDK also sends it as the TLS server name (SNI),
+      which rustls refuses (illegal_parameter; the bytes cannot be rewritten, the ClientHello is in
+      the handshake transcript). The gateway logs why and what to change, naming the value.
+    - auth_entity a host name without a port (network.fqdn): logs in and calls."""
+    secret = auth_fleet.auth.new_secret
+    for entity in [auth_fleet.localhost, f"127.0.0.1:{auth_fleet.port}"]:
+        robot = await robots.connect(entity, secret_options(secret))
+        assert await Motor.from_robot(robot, "sub1:motor1").is_powered(timeout=T) == (False, 0.0), entity
+
+        exc, _ = await expect_connect_failure(robots, entity, secret_options(secret, auth_entity=entity))
+        ssl_error = next((e for e in exception_chain(exc) if isinstance(e, ssl.SSLError)), None)
+        assert ssl_error is not None and "ILLEGAL_PARAMETER" in str(ssl_error), describe_chain(exc)
+
+        async def logged():
+            log = auth_fleet.gateway.log(last=None)
+            lines = [line for line in log.splitlines() if "TLS handshake refused" in line and f'server_name="{entity}"' in line]
+            if not lines:
+                raise OSError(f"no refused-server-name line for {entity}")
+            return lines[-1]
+
+        line, _ = await poll_until(logged, deadline_s=5, interval=0.1)
+        assert "INFO" in line and "leave auth_entity unset" in line and "network.fqdn" in line, line
+        print(f"gateway: {line}")
+
+        robot = await robots.connect(entity, secret_options(secret, auth_entity=AUTH_FQDN))
+        assert await Motor.from_robot(robot, "sub1:motor1").is_powered(timeout=T) == (False, 0.0), entity
+
+
 # ------------------------------------------------------------------------------------------
 # API keys
 # ------------------------------------------------------------------------------------------
