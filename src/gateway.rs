@@ -21,6 +21,7 @@ use crate::ingress::webrtc::signaling::Signaling;
 use crate::ingress::webrtc::transport::Endpoint;
 use crate::metrics::Metrics;
 use crate::ops::admin::{Admin, Phase};
+use crate::ops::logs::List;
 use crate::ops::reload::{ReloadError, ReloadOutcome, Reloader};
 use crate::stack::CallStack;
 use crate::tls::ReloadingAcceptor;
@@ -99,6 +100,7 @@ impl Gateway {
         runtime::workers::set_idle_spin(settings.idle_spin);
         runtime::workers::set_answer_spin(settings.answer_spin);
         let metrics = Metrics::new();
+        metrics.watch_certificates(&settings);
         let pool = Pool::start(&settings, metrics.clone(), workers.len())
             .map_err(|e| StartError::Setup(e.to_string()))?;
         metrics.attach_pool(&pool);
@@ -110,7 +112,7 @@ impl Gateway {
             .wait_settled(settings.connect_timeout + STARTUP_CHECK_GRACE)
             .await;
         if !pending.is_empty() {
-            warn!(parts = ?pending, "parts still connecting at start-up; serving without them for now");
+            warn!(parts = %List(&pending), "parts still connecting at start-up; serving without them for now");
         }
         let stack = CallStack::new(pool.clone(), &settings, auth);
         let webrtc = match &settings.webrtc {

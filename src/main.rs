@@ -91,10 +91,10 @@ fn init_tracing(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
+        // Typed fields (numbers, lists): see partgate::ops::logs.
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
+            .event_format(partgate::ops::logs::JsonLines)
+            .fmt_fields(partgate::ops::logs::JsonLines)
             .init(),
         LogFormat::Human => {
             let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();

@@ -2,8 +2,9 @@
 //!
 //! Receives events from every stage (a call started, routed, finished with a code; bytes moved; a
 //! part connected or dropped; a reload; an authentication result); hands the registry to
-//! `GET /metrics` as OpenMetrics text. Every name is `partgate_<noun>_<unit>` (the process
-//! metrics keep the standard `process_*` names every dashboard knows).
+//! `GET /metrics` as OpenMetrics or Prometheus text ([`exposition`]). Every name is
+//! `partgate_<noun>_<unit>` (the process metrics keep the standard `process_*` names every
+//! dashboard knows).
 //!
 //! Label values are bounded: `part` is a configured part name or `none`, `method` a method from
 //! the compiled protos or the Viam API list below, else `other`; codes, reasons and sources are
@@ -27,13 +28,17 @@ use prometheus_client::registry::Registry;
 use tonic::Code;
 use tracing::{debug, info};
 
+use crate::config::Settings;
 use crate::error::GatewayError;
 pub use crate::route::methods::{MethodId, MethodTable, OTHER_METHOD};
 
+mod certificates;
+pub mod exposition;
+
+pub use exposition::Format;
+
 /// The `part` label of calls that reached no part (answered by the gateway, or rejected).
 pub const NO_PART: &str = "none";
-/// Content type of the exposition.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Call duration buckets, seconds: sub-millisecond proxying up to five-minute streams.
 const DURATION_BUCKETS: [f64; 17] = [
@@ -122,6 +127,7 @@ pub struct Metrics {
     parts: Mutex<HashMap<String, Arc<PartMetrics>>>,
     none: Arc<PartMetrics>,
     pool: Arc<OnceLock<Weak<dyn PartStates>>>,
+    certificates: Arc<certificates::Certificates>,
     sessions: SessionMetrics,
     webrtc: WebRtcMetrics,
 }
@@ -250,10 +256,11 @@ pub struct CallGuard {
     done: bool,
 }
 
-/// Scrape-time metrics read from the pool and `/proc/self`.
+/// Scrape-time metrics read from the pool, the certificate files and `/proc/self`.
 #[derive(Debug)]
 struct ScrapeCollector {
     pool: Arc<OnceLock<Weak<dyn PartStates>>>,
+    certificates: Arc<certificates::Certificates>,
 }
 
 // === impl Families ===
@@ -363,7 +370,11 @@ impl Metrics {
             "The gateway's version",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        registry.register_collector(Box::new(ScrapeCollector { pool: pool.clone() }));
+        let certificates = Arc::new(certificates::Certificates::default());
+        registry.register_collector(Box::new(ScrapeCollector {
+            pool: pool.clone(),
+            certificates: certificates.clone(),
+        }));
         families.config_ok.set(1);
         families.config_timestamp.set(unix_now());
         let sessions = SessionMetrics::register(&mut registry);
@@ -380,6 +391,7 @@ impl Metrics {
             parts: Mutex::new(HashMap::new()),
             none,
             pool,
+            certificates,
             sessions,
             webrtc,
         })
@@ -391,6 +403,14 @@ impl Metrics {
         let _ = self.pool.set(weak);
     }
 
+    /// Reports the expiry of the TLS files in `settings` (at start and after each reload).
+    pub fn watch_certificates(&self, settings: &Settings) {
+        self.certificates.watch(
+            settings.tls.as_ref().map(|files| files.cert.as_path()),
+            settings.parts_ca_pem.as_deref(),
+        );
+    }
+
     /// The OpenMetrics text exposition of everything.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
@@ -398,6 +418,14 @@ impl Metrics {
             debug!(error = %e, "metrics encoding failed");
         }
         out
+    }
+
+    /// The exposition of everything in `format` (see [`Format::negotiate`]).
+    pub fn encode_as(&self, format: Format) -> String {
+        match format {
+            Format::OpenMetrics => self.encode(),
+            Format::Text => exposition::to_text(&self.encode()),
+        }
     }
 
     /// The session families (`partgate_sessions`, `partgate_session_stops`, ...).
@@ -423,6 +451,15 @@ impl Metrics {
         parts
             .entry(name.to_owned())
             .or_insert_with(|| {
+                // A part's stop series exist at 0 from the start, so the first failed stop is
+                // an increase an alert sees (a series born at 1 shows none).
+                for result in STOP_RESULTS {
+                    let labels = StopLabels {
+                        part: name.to_owned(),
+                        result,
+                    };
+                    self.sessions.stops.get_or_create_owned(&labels);
+                }
                 Arc::new(PartMetrics::new(
                     name.into(),
                     &self.families,
@@ -442,6 +479,12 @@ impl Metrics {
         let removed = self.parts.lock().ok().and_then(|mut p| p.remove(name));
         if let Some(part) = removed {
             part.remove_series();
+            for result in STOP_RESULTS {
+                self.sessions.stops.remove(&StopLabels {
+                    part: name.to_owned(),
+                    result,
+                });
+            }
         }
     }
 
@@ -755,6 +798,17 @@ impl Collector for ScrapeCollector {
         if let Some(pool) = self.pool.get().and_then(Weak::upgrade) {
             encode_parts(pool.as_ref(), &mut encoder)?;
         }
+        let certificates = self.certificates.readings();
+        if !certificates.is_empty() {
+            gauge_family(
+                &mut encoder,
+                "partgate_tls_certificate_expiry_timestamp_seconds",
+                "When the earliest certificate of a TLS file expires (Unix time), by role (listener|parts_ca)",
+                certificates
+                    .into_iter()
+                    .map(|(role, not_after)| (RoleLabels { role }, not_after)),
+            )?;
+        }
         let spins = [
             (
                 "partgate_worker_idle_spin_seconds",
@@ -790,6 +844,11 @@ fn gauge_family<'a, L: EncodeLabelSet + 'a, V: prometheus_client::encoding::Enco
         ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    role: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -981,6 +1040,9 @@ pub struct SessionMetrics {
     pub(crate) stops: Family<StopLabels, Counter>,
 }
 
+/// The `result` values of `partgate_session_stops_total`.
+const STOP_RESULTS: [&str; 2] = ["ok", "failed"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct StopLabels {
     pub(crate) part: String,
@@ -1076,6 +1138,11 @@ mod tests {
         part.connected();
         part.record(MethodId::OTHER, Code::Ok, Instant::now());
         assert!(metrics.encode().contains(r#"part="gone""#));
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"partgate_session_stops_total{part="gone",result="failed"} 0"#)
+        );
         metrics.forget_part("gone");
         assert!(!metrics.encode().contains(r#"part="gone""#));
     }

@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AuthFailure;
@@ -35,19 +34,22 @@ pub struct Claims {
     pub exp: Option<u64>,
 }
 
-/// Why a signing key could not be loaded.
+/// Why a signing key could not be loaded. The text says what the file holds instead, in the
+/// gateway's words (a line number, a PEM label, a key type), never a byte of the key.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    /// The file is not PEM PKCS#8.
-    #[error("signing key is not a PEM PKCS#8 private key: {0}")]
-    Pem(String),
-    /// The key is not Ed25519.
-    #[error("signing key is not an Ed25519 key")]
-    NotEd25519,
+    /// The file does not hold a PEM PKCS#8 Ed25519 private key.
+    #[error("not a PEM Ed25519 private key (PKCS#8): {0}")]
+    NotEd25519Pem(String),
     /// Key generation failed.
     #[error("cannot generate a signing key")]
     Generate,
 }
+
+/// What the signing-key file tells people to put there.
+const HOW_TO_MAKE_ONE: &str = "make one with `partgate keygen`";
+/// Words of the placeholders that deploy files and secret templates carry.
+const PLACEHOLDERS: [&str; 4] = ["REPLACE-ME", "REPLACE_ME", "CHANGE-ME", "CHANGEME"];
 
 /// Signs and verifies the gateway's tokens.
 pub struct Signer {
@@ -94,10 +96,7 @@ impl Signer {
         lifetime: Option<Duration>,
     ) -> Result<Self, KeyError> {
         let pkcs8: Vec<u8> = match pem {
-            Some(pem) => rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem)
-                .map_err(|e| KeyError::Pem(e.to_string()))?
-                .secret_pkcs8_der()
-                .to_vec(),
+            Some(pem) => pkcs8_from_pem(pem)?,
             None => {
                 let rng = aws_lc_rs::rand::SystemRandom::new();
                 Ed25519KeyPair::generate_pkcs8(&rng)
@@ -108,11 +107,12 @@ impl Signer {
         };
         let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
             .or_else(|_| Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8))
-            .map_err(|_| KeyError::NotEd25519)?;
+            .map_err(|_| not_ed25519(&pkcs8))?;
         // Like viam-server: the key id is the base64url raw public key.
         let kid =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
-        let decoding = DecodingKey::from_ed_components(&kid).map_err(|_| KeyError::NotEd25519)?;
+        let decoding = DecodingKey::from_ed_components(&kid)
+            .map_err(|_| KeyError::NotEd25519Pem("its public key is unusable".into()))?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_audience(&[audience]);
         validation.set_issuer(&[audience]);
@@ -181,67 +181,125 @@ impl Signer {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+// === the signing-key file ===
 
-    #[test]
-    fn issued_tokens_verify_and_carry_viam_claims() {
-        let signer = Signer::new(None, "gw", None).unwrap();
-        let token = signer.issue("key-id", "api-key").unwrap();
-        let claims = signer.verify(&token).unwrap();
-        assert_eq!(
-            (claims.sub.as_str(), claims.rpc_creds_type.as_str()),
-            ("key-id", "api-key")
-        );
-        assert_eq!(claims.aud, vec!["gw"]);
-        assert!(
-            claims.exp.is_none(),
-            "no expiry by default: SDKs never refresh"
-        );
+/// The PKCS#8 DER of the one `PRIVATE KEY` block of a PEM file, or what is wrong with the file.
+fn pkcs8_from_pem(pem: &[u8]) -> Result<Vec<u8>, KeyError> {
+    let bad = |why: String| Err(KeyError::NotEd25519Pem(why));
+    let Ok(text) = std::str::from_utf8(pem) else {
+        return bad("the file is binary, not PEM text (a DER key? PEM is expected)".into());
+    };
+    if text.trim().is_empty() {
+        return bad(format!("the file is empty; {HOW_TO_MAKE_ONE}"));
     }
-
-    #[test]
-    fn foreign_and_tampered_tokens_are_rejected() {
-        let a = Signer::new(None, "gw", None).unwrap();
-        let b = Signer::new(None, "gw", None).unwrap();
-        let token = b.issue("x", "api-key").unwrap();
-        assert!(a.verify(&token).is_err(), "another gateway's key");
-        let mut tampered = a.issue("x", "api-key").unwrap();
-        tampered.push('A');
-        assert!(a.verify(&tampered).is_err());
-        assert!(a.verify("not a jwt").is_err());
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let Some(begin) = lines.iter().position(|l| l.starts_with("-----BEGIN ")) else {
+        return bad(match placeholder(text) {
+            Some(word) => {
+                format!("found placeholder text ({word}) instead of a key; {HOW_TO_MAKE_ONE}")
+            }
+            None => format!("no -----BEGIN PRIVATE KEY----- line; {HOW_TO_MAKE_ONE}"),
+        });
+    };
+    let label = lines[begin]
+        .strip_prefix("-----BEGIN ")
+        .and_then(|l| l.strip_suffix("-----"))
+        .unwrap_or("");
+    if label != "PRIVATE KEY" {
+        return bad(other_block(label));
     }
-
-    #[test]
-    fn a_shared_key_file_lets_replicas_accept_each_others_tokens() {
-        let pem = generate_pem().unwrap();
-        let a = Signer::new(Some(pem.as_bytes()), "gw", None).unwrap();
-        let b = Signer::new(Some(pem.as_bytes()), "gw", None).unwrap();
-        assert!(b.verify(&a.issue("x", "api-key").unwrap()).is_ok());
-        let other_audience = Signer::new(Some(pem.as_bytes()), "other", None).unwrap();
-        assert!(
-            other_audience
-                .verify(&a.issue("x", "api-key").unwrap())
-                .is_err()
-        );
+    let Some(end) = lines[begin..]
+        .iter()
+        .position(|l| *l == "-----END PRIVATE KEY-----")
+        .map(|i| begin + i)
+    else {
+        return bad("the PRIVATE KEY block has no -----END PRIVATE KEY----- line".into());
+    };
+    let mut body = String::new();
+    for (i, line) in lines.iter().enumerate().take(end).skip(begin + 1) {
+        if let Some(c) = line.chars().find(|c| !is_base64(*c)) {
+            // Line numbers count from 1, as editors show them.
+            let n = i + 1;
+            return bad(match placeholder(line) {
+                Some(word) => format!(
+                    "line {n} holds placeholder text ({word}), not base64; {HOW_TO_MAKE_ONE}"
+                ),
+                None => format!("line {n} is not base64 (it has {})", describe(c)),
+            });
+        }
+        body.push_str(line);
     }
-
-    #[test]
-    fn expiry_applies_only_with_a_lifetime() {
-        let signer = Signer::new(None, "gw", Some(Duration::from_secs(3600))).unwrap();
-        let claims = signer
-            .verify(&signer.issue("x", "api-key").unwrap())
-            .unwrap();
-        assert!(claims.exp.is_some());
-        let expired = Signer::new(None, "gw", Some(Duration::ZERO)).unwrap();
-        let token = expired.issue("x", "api-key").unwrap();
-        std::thread::sleep(Duration::from_millis(1100));
-        assert!(expired.verify(&token).is_err());
-    }
-
-    #[test]
-    fn bad_key_files_are_errors() {
-        assert!(Signer::new(Some(b"garbage"), "gw", None).is_err());
+    match base64::engine::general_purpose::STANDARD.decode(&body) {
+        Ok(der) if !der.is_empty() => Ok(der),
+        Ok(_) => bad("the PRIVATE KEY block is empty".into()),
+        Err(_) => {
+            bad("the base64 text of the PRIVATE KEY block is cut short or badly padded".into())
+        }
     }
 }
+
+/// What a PEM block other than `PRIVATE KEY` is, and what to do about it.
+fn other_block(label: &str) -> String {
+    match label {
+        "RSA PRIVATE KEY" => format!(
+            "found an RSA private key (PKCS#1); tokens are signed with Ed25519: {HOW_TO_MAKE_ONE}"
+        ),
+        "EC PRIVATE KEY" => format!(
+            "found an EC private key (SEC1); tokens are signed with Ed25519: {HOW_TO_MAKE_ONE}"
+        ),
+        "OPENSSH PRIVATE KEY" => format!("found an OpenSSH private key; {HOW_TO_MAKE_ONE}"),
+        "ENCRYPTED PRIVATE KEY" => {
+            "found an encrypted private key; the gateway needs it unencrypted".into()
+        }
+        "CERTIFICATE" | "PUBLIC KEY" => {
+            format!("found a {label}, not a private key; {HOW_TO_MAKE_ONE}")
+        }
+        // A label is PEM framing, not key material; still, only a short, plain one is repeated.
+        other if other.len() <= 40 && other.chars().all(|c| c.is_ascii_uppercase() || c == ' ') => {
+            format!("found a {other} block, not a PRIVATE KEY; {HOW_TO_MAKE_ONE}")
+        }
+        _ => format!("the first PEM block is not a PRIVATE KEY; {HOW_TO_MAKE_ONE}"),
+    }
+}
+
+/// What a PKCS#8 key that is not Ed25519 holds (`aws-lc-rs` tells the key types apart).
+fn not_ed25519(pkcs8: &[u8]) -> KeyError {
+    use aws_lc_rs::signature::{
+        ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair, RsaKeyPair,
+    };
+    let kind = if RsaKeyPair::from_pkcs8(pkcs8).is_ok() {
+        "found an RSA key"
+    } else if EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8).is_ok()
+        || EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, pkcs8).is_ok()
+    {
+        "found an EC key"
+    } else {
+        "the PRIVATE KEY block holds no Ed25519 key (another algorithm, or damaged)"
+    };
+    KeyError::NotEd25519Pem(format!(
+        "{kind}; tokens are signed with Ed25519: {HOW_TO_MAKE_ONE}"
+    ))
+}
+
+/// The first placeholder word in `text`, if it holds one.
+fn placeholder(text: &str) -> Option<&'static str> {
+    let upper = text.to_ascii_uppercase();
+    PLACEHOLDERS.into_iter().find(|w| upper.contains(w))
+}
+
+fn is_base64(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=')
+}
+
+/// A character that is not base64, named without repeating anything that could be a key.
+fn describe(c: char) -> String {
+    match c {
+        ' ' | '\t' => "a space".into(),
+        c if c.is_ascii_graphic() => format!("a '{c}'"),
+        c if c.is_control() => "a control character".into(),
+        _ => "a non-ASCII character".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

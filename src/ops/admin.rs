@@ -151,11 +151,15 @@ impl Admin {
             "/readyz" => self.readyz(req.uri().query().unwrap_or("")),
             "/statusz" => self.statusz(),
             "/metrics" => {
-                let mut resp = text(StatusCode::OK, self.metrics.encode());
-                resp.headers_mut().insert(
+                // OpenMetrics for scrapers that ask for it, the Prometheus text format otherwise.
+                let format = metrics::Format::negotiate(req.headers());
+                let mut resp = text(StatusCode::OK, self.metrics.encode_as(format));
+                let headers = resp.headers_mut();
+                headers.insert(
                     header::CONTENT_TYPE,
-                    HeaderValue::from_static(metrics::CONTENT_TYPE),
+                    HeaderValue::from_static(format.content_type()),
                 );
+                headers.insert(header::VARY, HeaderValue::from_static("accept"));
                 resp
             }
             "/" => text(

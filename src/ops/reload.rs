@@ -19,6 +19,7 @@ use crate::config::{Config, Settings};
 use crate::error::ConfigError;
 use crate::metrics::Metrics;
 use crate::ops::admin::{Admin, ReloadStatus};
+use crate::ops::logs::List;
 use crate::stack::CallStack;
 use crate::upstream::pool::{Pool, PoolChanges};
 
@@ -100,6 +101,7 @@ impl Reloader {
         runtime::workers::set_idle_spin(new.idle_spin);
         runtime::workers::set_answer_spin(new.answer_spin);
         self.admin.apply(&new);
+        self.metrics.watch_certificates(&new);
         let settle = new.connect_timeout + SETTLE_GRACE;
         *current = new;
         drop(current);
@@ -116,9 +118,9 @@ impl Reloader {
         let unchanged =
             changes.added.is_empty() && changes.removed.is_empty() && changes.redialed.is_empty();
         info!(
-            added = ?changes.added,
-            removed = ?changes.removed,
-            redialed = ?changes.redialed,
+            added = %List(&changes.added),
+            removed = %List(&changes.removed),
+            redialed = %List(&changes.redialed),
             kept = changes.kept.len(),
             "configuration reloaded"
         );
@@ -145,7 +147,7 @@ impl Reloader {
         }
         let pending = self.pool.wait_settled_named(&dialed, limit).await;
         if !pending.is_empty() {
-            warn!(parts = ?pending, "reloaded parts still connecting");
+            warn!(parts = %List(&pending), "reloaded parts still connecting");
         }
     }
 

@@ -249,7 +249,7 @@ impl FleetReflection {
             .unwrap_or_else(|_| Err(Status::deadline_exceeded("part did not answer in time")));
         if let Err(status) = &result {
             let part = self.pool.parts().get(index).map(|p| p.name().to_owned());
-            debug!(part = ?part, code = ?status.code(), error = status.message(), "reflection question failed");
+            debug!(part = part.as_deref(), code = ?status.code(), error = status.message(), "reflection question failed");
         }
         result
     }

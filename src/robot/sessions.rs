@@ -327,7 +327,7 @@ impl Sessions {
         for (id, session) in expired {
             self.metrics().expired.inc();
             let late = now.saturating_duration_since(session.deadline);
-            info!(session = %id, resources = session.driven.len(), late_ms = late.as_millis(), "session expired; stopping what it drove");
+            info!(session = %id, resources = session.driven.len(), late_ms = u64::try_from(late.as_millis()).unwrap_or(u64::MAX), "session expired; stopping what it drove");
             let this = self.clone();
             tokio::spawn(async move { this.stop_driven(id, session.driven).await });
         }

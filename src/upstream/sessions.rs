@@ -237,7 +237,7 @@ impl PartSession {
             .and_then(|w| Duration::try_from(w).ok())
             .unwrap_or(DEFAULT_WINDOW);
         if *resume != started.id {
-            info!(part = %part.name(), session = %started.id, window_ms = window.as_millis(), "holding a session with part");
+            info!(part = %part.name(), session = %started.id, window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX), "holding a session with part");
         }
         *resume = started.id.clone();
         part.set_own_session(Some((epoch, value)));

@@ -204,7 +204,11 @@ impl Signaling {
         let limit = self.connect_timeout + Duration::from_secs(1);
         let outcome = match tokio::time::timeout(limit, opening.wait()).await {
             Ok(Ok(io)) => {
-                info!(peer = accepted_peer.id(), entity = ?principal.entity, "WebRTC peer connected");
+                info!(
+                    peer = accepted_peer.id(),
+                    entity = principal.entity.as_deref(),
+                    "WebRTC peer connected"
+                );
                 let metrics = self.metrics.clone();
                 tokio::spawn(server::serve(io, stack, principal, metrics));
                 Ok(())

@@ -28,8 +28,8 @@ pub(super) async fn bind_socket(ip: IpAddr, range: Option<(u16, u16)>) -> io::Re
         tracing::debug!(error = %e, "UDP send buffer size not set");
     }
     tracing::debug!(
-        recv = ?sock.recv_buffer_size().ok(),
-        send = ?sock.send_buffer_size().ok(),
+        recv = sock.recv_buffer_size().ok(),
+        send = sock.send_buffer_size().ok(),
         "UDP socket buffers"
     );
     Ok(socket)

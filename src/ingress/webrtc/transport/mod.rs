@@ -69,6 +69,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::channel::ChannelIo;
+use crate::ops::logs::List;
 
 mod addrs;
 mod demux;
@@ -245,7 +246,7 @@ impl Endpoint {
         let socket = addrs::bind_socket(config.bind_ip, config.port_range).await?;
         let local_addr = socket.local_addr()?;
         let host_addrs = addrs::advertised(&config, local_addr);
-        tracing::info!(%local_addr, candidates = ?host_addrs, "WebRTC endpoint bound");
+        tracing::info!(%local_addr, candidates = %List(&host_addrs), "WebRTC endpoint bound");
         let (closed, closed_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             socket: Arc::new(socket),

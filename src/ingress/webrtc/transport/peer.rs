@@ -353,7 +353,10 @@ impl PeerTask {
                 }
             }
             Event::Connected => {
-                tracing::debug!(elapsed = ?self.started.elapsed(), "ICE and DTLS connected");
+                tracing::debug!(
+                    elapsed_ms = millis(self.started.elapsed()),
+                    "ICE and DTLS connected"
+                );
             }
             Event::Closed => return Err(End::Remote("association closed")),
             other => tracing::trace!(event = ?other, "event ignored"),
@@ -374,7 +377,9 @@ impl PeerTask {
             return Ok(());
         };
         tracing::debug!(
-            remote = ?self.remote, elapsed = ?self.started.elapsed(), "data channel open"
+            remote = self.remote.map(|r| r.to_string()),
+            elapsed_ms = millis(self.started.elapsed()),
+            "data channel open"
         );
         opening.send(Ok(io)).map_err(|_| End::Abandoned)
     }
@@ -510,9 +515,9 @@ impl PeerTask {
         let level_info = matches!(end, End::Local | End::Remote(_) | End::Abandoned);
         let remote = self.remote.map(|r| r.to_string()).unwrap_or_default();
         if level_info {
-            tracing::info!(%remote, reason = %end, alive_for = ?self.started.elapsed(), "WebRTC peer ended");
+            tracing::info!(%remote, reason = %end, alive_ms = millis(self.started.elapsed()), "WebRTC peer ended");
         } else {
-            tracing::warn!(%remote, reason = %end, alive_for = ?self.started.elapsed(), "WebRTC peer ended");
+            tracing::warn!(%remote, reason = %end, alive_ms = millis(self.started.elapsed()), "WebRTC peer ended");
         }
         if self.dropped_for_backpressure > 0 {
             tracing::debug!(
@@ -568,4 +573,9 @@ async fn recv(rx: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// A duration in whole milliseconds: a number in JSON logs, where `as_millis()`'s u128 is not.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
