@@ -302,6 +302,149 @@ async fn statusz_reports_call_rates() {
     assert!(a["calls_per_second"].as_f64().unwrap() > 0.0, "{a}");
 }
 
+/// GET `path` with `accept` (if any) over HTTP/1.1: status, headers and body as text.
+async fn get_with(
+    addr: SocketAddr,
+    path: &str,
+    accept: Option<&str>,
+) -> (StatusCode, http::HeaderMap, String) {
+    let mut req =
+        http::Request::get(format!("http://{addr}{path}")).header("host", addr.to_string());
+    if let Some(accept) = accept {
+        req = req.header("accept", accept);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = raw_call(addr, false, req).await;
+    let body = String::from_utf8_lossy(&resp.body).into_owned();
+    (resp.status, resp.headers, body)
+}
+
+fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> &'a str {
+    headers.get(name).map_or("", |v| v.to_str().unwrap_or(""))
+}
+
+async fn statusz(addr: SocketAddr) -> serde_json::Value {
+    serde_json::from_str(&http_get(addr, "/statusz").await.1).unwrap()
+}
+
+#[tokio::test]
+async fn statusz_puts_the_summary_first_and_counts_the_fleet() {
+    let mut fleet = fleet(two_parts(), None, |_| {}).await;
+    let (status, headers, body) = get_with(fleet.addr(), "/statusz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&headers, "content-type"), "application/json");
+    assert_eq!(header(&headers, "cache-control"), "no-store");
+    // Summary first: a person (or `head`) reading the raw JSON sees it before the parts.
+    let at = |key: &str| {
+        body.find(&format!("\"{key}\":"))
+            .unwrap_or_else(|| panic!("{key} missing: {body}"))
+    };
+    let order = [
+        "version",
+        "phase",
+        "uptime_seconds",
+        "counts",
+        "last_reload",
+        "parts",
+    ];
+    for pair in order.windows(2) {
+        assert!(at(pair[0]) < at(pair[1]), "{pair:?} out of order: {body}");
+    }
+
+    // Calls in flight: an open stream holds one slot of part a.
+    let ch = fleet.channel().await;
+    let (tx, mut chat) = open_chat(&ch, "a:c1").await;
+    chat_once(&tx, &mut chat, "a:c1", "hi").await.unwrap();
+    // A client session counts once started.
+    robot_client(&ch)
+        .start_session(robot::StartSessionRequest::default())
+        .await
+        .expect("session starts");
+    let json = statusz(fleet.addr()).await;
+    let counts = &json["counts"];
+    assert_eq!(counts["parts_total"], 2, "{json}");
+    assert_eq!(counts["parts_connected"], 2, "{json}");
+    assert_eq!(counts["parts_down"], 0, "{json}");
+    assert_eq!(counts["calls_in_flight"], 1, "{json}");
+    assert_eq!(counts["sessions"], 1, "{json}");
+    assert_eq!(counts["webrtc_peers"], 0, "{json}");
+    let a = &json["parts"][0];
+    assert_eq!(a["transport"], "http2");
+    assert_eq!(a["tls"], false);
+    assert_eq!(a["calls_in_flight"], 1, "{a}");
+    assert_eq!(json["parts"][1]["calls_in_flight"], 0);
+    let latency = a["check_latency_ms"]
+        .as_f64()
+        .expect("a checked part has a latency");
+    assert!(latency > 0.0 && latency < 5000.0, "{a}");
+    drop((tx, chat));
+
+    // Part b down: counted down, its session no longer held, its error shown.
+    let killed = fleet.kill("b").await;
+    let json = statusz(fleet.addr()).await;
+    assert_eq!(json["counts"]["parts_connected"], 1, "{json}");
+    assert_eq!(json["counts"]["parts_down"], 1, "{json}");
+    let b = &json["parts"][1];
+    assert_eq!(b["state"], "disconnected");
+    assert_eq!(b["gateway_session"], false, "{b}");
+    assert!(b["last_error"].is_string(), "{b}");
+    drop(killed);
+}
+
+#[tokio::test]
+async fn status_page_is_served_from_the_binary_with_a_strict_policy() {
+    let fleet = fleet(two_parts(), None, |_| {}).await;
+    let addr = fleet.addr();
+    let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    for (path, accept, kind) in [
+        ("/status", None, "text/html; charset=utf-8"),
+        ("/", Some(browser), "text/html; charset=utf-8"),
+        ("/status.js", None, "text/javascript; charset=utf-8"),
+        ("/status.css", None, "text/css; charset=utf-8"),
+        ("/status.svg", None, "image/svg+xml"),
+    ] {
+        let (status, headers, body) = get_with(addr, path, accept).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(header(&headers, "content-type"), kind, "{path}");
+        let csp = header(&headers, "content-security-policy");
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "connect-src 'self'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        assert!(!csp.contains("unsafe"), "{path}: {csp}");
+        assert_eq!(header(&headers, "cache-control"), "no-store", "{path}");
+        assert_eq!(header(&headers, "x-content-type-options"), "nosniff");
+        assert!(!body.is_empty(), "{path}");
+    }
+    let (_, _, page) = get_with(addr, "/status", None).await;
+    assert!(page.contains(r#"<script src="status.js""#), "{page}");
+    // Tools asking for `/` keep the plain-text list, which names the page.
+    let (status, headers, body) = get_with(addr, "/", Some("*/*")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(header(&headers, "content-type").starts_with("text/plain"));
+    assert!(body.contains("/status "), "{body}");
+    for missing in ["/status.html", "/status/", "/statusz.js", "/index.html"] {
+        assert_eq!(
+            get_with(addr, missing, Some(browser)).await.0,
+            StatusCode::NOT_FOUND,
+            "{missing}"
+        );
+    }
+    let post = http::Request::post(format!("http://{addr}/status"))
+        .header("host", addr.to_string())
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        raw_call(addr, false, post).await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}
+
 // === reload ===
 
 /// Opens a bidi Chat stream to `name` (the first message goes out before the headers wait).
@@ -996,10 +1139,32 @@ async fn with_auth_status_stays_on_the_admin_port() {
     })
     .await;
     let admin = fleet.gateway.admin_addr().unwrap();
-    let (status, body) = http_get(fleet.addr(), "/statusz").await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    assert!(body.contains("admin_address"), "{body}");
-    assert_eq!(http_get(admin, "/statusz").await.0, StatusCode::OK);
+    let browser = Some("text/html,*/*;q=0.8");
+    for path in [
+        "/statusz",
+        "/status",
+        "/status.js",
+        "/status.css",
+        "/status.svg",
+    ] {
+        let (status, _, body) = get_with(fleet.addr(), path, browser).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert!(body.contains("admin_address"), "{body}");
+        assert_eq!(
+            get_with(admin, path, browser).await.0,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    // A browser at the main port's root gets the plain list, not the page.
+    let (status, headers, body) = get_with(fleet.addr(), "/", browser).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        header(&headers, "content-type").starts_with("text/plain"),
+        "{body}"
+    );
+    let (_, headers, _) = get_with(admin, "/", browser).await;
+    assert!(header(&headers, "content-type").starts_with("text/html"));
     // Probes and scrapes need no credentials on either port.
     assert_eq!(http_get(fleet.addr(), "/readyz").await.0, StatusCode::OK);
     assert_eq!(http_get(fleet.addr(), "/metrics").await.0, StatusCode::OK);

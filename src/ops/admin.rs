@@ -1,9 +1,10 @@
-//! Operations endpoints: `/metrics`, `/healthz`, `/readyz` and `/statusz`, served on the main
-//! port (plain HTTP, ahead of the gRPC-Web layer) and on `gateway.admin_address` if set.
+//! Operations endpoints: `/metrics`, `/healthz`, `/readyz`, `/statusz` and the status page
+//! (`/status`, and `/` for a browser), served on the main port (plain HTTP, ahead of the
+//! gRPC-Web layer) and on `gateway.admin_address` if set.
 //!
 //! Receives plain HTTP requests and the gateway's lifecycle events (parts settled, serving,
-//! draining, a reload applied or rejected); hands back text, OpenMetrics or JSON answers for
-//! probes, Prometheus and humans.
+//! draining, a reload applied or rejected); hands back text, OpenMetrics, JSON or HTML answers
+//! for probes, Prometheus and humans.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -12,11 +13,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
-use serde_json::{Value, json};
 
+use super::status::{Status, healthy};
+use super::status_page;
 use crate::config::Settings;
 use crate::metrics::{self, Metrics};
-use crate::upstream::pool::{Part, PartState, Pool, PoolChanges};
+use crate::upstream::pool::{Part, Pool, PoolChanges};
 
 type Body = tonic::body::Body;
 
@@ -54,7 +56,8 @@ pub struct Admin {
     pool: Arc<Pool>,
     phase: AtomicU8,
     all_parts_required: AtomicBool,
-    /// With client auth on, `/statusz` (part addresses, errors) stays off the main port.
+    /// With client auth on, `/statusz` and the status page (part addresses, errors) stay off
+    /// the main port.
     status_on_main_port: bool,
     started: Instant,
     last_reload: Mutex<Option<ReloadStatus>>,
@@ -126,25 +129,36 @@ impl Admin {
 
     /// Serves one plain HTTP request that arrived on the main port (anything that is not gRPC
     /// or gRPC-Web): as [`Admin::serve`], except that with client authentication on, `/statusz`
-    /// (which shows part addresses) is only served on `gateway.admin_address`.
+    /// and the status page (which show part addresses) are only served on
+    /// `gateway.admin_address`.
     pub fn serve_main<B>(&self, req: &http::Request<B>) -> http::Response<Body> {
-        if req.uri().path() == "/statusz" && !self.status_on_main_port {
+        let path = req.uri().path();
+        if !self.status_on_main_port && (path == "/statusz" || status_page::PATHS.contains(&path)) {
             return text(
                 StatusCode::NOT_FOUND,
-                "/statusz is served on gateway.admin_address when client authentication is on\n"
-                    .into(),
+                format!(
+                    "{path} is served on gateway.admin_address when client authentication is on\n"
+                ),
             );
         }
-        self.serve(req)
+        self.route(req, self.status_on_main_port)
     }
 
     /// Serves one plain HTTP request on the operations port.
     pub fn serve<B>(&self, req: &http::Request<B>) -> http::Response<Body> {
+        self.route(req, true)
+    }
+
+    /// `status`: whether `/` may answer a browser with the status page.
+    fn route<B>(&self, req: &http::Request<B>, status: bool) -> http::Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "only GET is served here\n".into(),
             );
+        }
+        if let Some(page) = status_page::asset(req.uri().path()) {
+            return page;
         }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
@@ -162,15 +176,16 @@ impl Admin {
                 headers.insert(header::VARY, HeaderValue::from_static("accept"));
                 resp
             }
+            "/" if status && status_page::wants_html(req) => status_page::page(),
             "/" => text(
                 StatusCode::OK,
                 "partgate: a gRPC gateway for Viam robot fleets\n\
-                 operations: /healthz /readyz /statusz /metrics\n"
+                 operations: /healthz /readyz /statusz /status /metrics\n"
                     .into(),
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: this port serves gRPC, gRPC-Web, /healthz, /readyz, /statusz and /metrics\n"
+                "not found: this port serves gRPC, gRPC-Web, /healthz, /readyz, /statusz, /status and /metrics\n"
                     .into(),
             ),
         }
@@ -234,7 +249,7 @@ impl Admin {
     }
 
     /// Calls and failures per second of a part over the last minute (since start if younger).
-    fn rates(&self, part: &Part) -> (f64, f64) {
+    pub(super) fn rates(&self, part: &Part) -> (f64, f64) {
         let (calls, failed) = totals(part);
         let (since, base) = self
             .samples
@@ -256,75 +271,39 @@ impl Admin {
     }
 
     fn statusz(&self) -> http::Response<Body> {
-        let snapshot = self.pool.snapshot();
-        let parts: Vec<Value> = snapshot
-            .parts()
-            .iter()
-            .map(|p| self.part_status(p))
-            .collect();
-        let reload = self.last_reload.lock().ok().and_then(|r| r.clone());
-        let body = json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "phase": self.phase().as_str(),
-            "ready": self.unready_reason(false).is_none(),
-            "all_parts_connected": self.unready_reason(true).is_none(),
-            "uptime_seconds": self.started.elapsed().as_secs_f64(),
-            "resources": snapshot.table().listing().len(),
-            "last_reload": reload.map(|r| json!({
-                "at_unix_seconds": r.at.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
-                "ok": r.error.is_none(),
-                "error": r.error,
-                "added": r.changes.added,
-                "removed": r.changes.removed,
-                "redialed": r.changes.redialed,
-            })),
-            "parts": parts,
-        });
-        let mut text_body = serde_json::to_string_pretty(&body).unwrap_or_default();
-        text_body.push('\n');
-        let mut resp = text(StatusCode::OK, text_body);
-        resp.headers_mut().insert(
+        let mut resp = text(StatusCode::OK, Status::read(self).to_json());
+        let headers = resp.headers_mut();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         resp
     }
 
-    fn part_status(&self, part: &Part) -> Value {
-        let (calls, failed) = totals(part);
-        let (call_rate, error_rate) = self.rates(part);
-        let reported = part.reported();
-        json!({
-            "name": part.name(),
-            "address": part.spec.address,
-            "main": part.spec.main,
-            "prefix": part.spec.prefix,
-            "state": part.state().as_str(),
-            "healthy": healthy(part),
-            "last_error": part.last_error(),
-            "resources": reported.as_ref().map(|r| r.resources.len()),
-            "refresh_age_seconds": part.refresh_age().map(|a| a.as_secs_f64()),
-            "connects": part.connects(),
-            "open_connections": part.open_connections(),
-            "calls_total": calls,
-            "calls_failed_total": failed,
-            "calls_per_second": round3(call_rate),
-            "errors_per_second": round3(error_rate),
-        })
+    /// The pool whose parts `/statusz` shows.
+    pub(super) fn pool(&self) -> &Arc<Pool> {
+        &self.pool
     }
-}
 
-/// Connected, and its last check answered (a part that accepts connections but hangs is not).
-fn healthy(part: &Part) -> bool {
-    part.state() == PartState::Connected && part.last_error().is_none()
+    /// The registry `/metrics` encodes (`/statusz` reads the same handles).
+    pub(super) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Time since the gateway started.
+    pub(super) fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The last reload's outcome, if there was one.
+    pub(super) fn last_reload(&self) -> Option<ReloadStatus> {
+        self.last_reload.lock().ok().and_then(|r| r.clone())
+    }
 }
 
 fn totals(part: &Part) -> (u64, u64) {
     part.metrics().totals()
-}
-
-fn round3(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
 }
 
 fn text(status: StatusCode, body: String) -> http::Response<Body> {

@@ -145,6 +145,8 @@ pub struct Part {
     /// started under; kept by `session::upstream`, checked by `send`.
     own_session: ArcSwapOption<(u64, HeaderValue)>,
     last_refresh: Mutex<Option<Instant>>,
+    /// Round trip of the last check's `ResourceNames`, microseconds (`u64::MAX`: none yet).
+    check_latency_us: AtomicU64,
     /// The gateway's own access token for this part (never a client's).
     token: ArcSwapOption<HeaderValue>,
     /// Serialises re-authentication; counts tokens obtained.
@@ -254,6 +256,7 @@ impl Part {
             connects: AtomicU64::new(0),
             own_session: ArcSwapOption::empty(),
             last_refresh: Mutex::new(None),
+            check_latency_us: AtomicU64::new(u64::MAX),
             token: ArcSwapOption::empty(),
             reauth: tokio::sync::Mutex::new(0),
             metrics,
@@ -376,6 +379,21 @@ impl Part {
             .lock()
             .ok()
             .and_then(|t| t.map(|t| t.elapsed()))
+    }
+
+    /// The round trip of the last successful health check's `ResourceNames` call (`/statusz`).
+    pub fn check_latency(&self) -> Option<Duration> {
+        match self.check_latency_us.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// Calls to the part holding a slot of its concurrency limit right now (`/statusz`).
+    pub fn calls_in_flight(&self) -> usize {
+        self.limit_total
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.limit.available_permits())
     }
 
     /// Takes a slot of the per-part concurrency limit and of `client`'s share of it, or sheds
@@ -724,6 +742,7 @@ impl Part {
         let mut client = robot::robot_service_client::RobotServiceClient::new(PartChannel {
             part: self.clone(),
         });
+        let began = Instant::now();
         let names = tokio::time::timeout(
             CHECK_TIMEOUT,
             client.resource_names(robot::ResourceNamesRequest {}),
@@ -732,6 +751,8 @@ impl Part {
         .map_err(|_| "ResourceNames timed out".to_owned())?
         .map_err(|s| format!("ResourceNames failed: {}", s.message()))?
         .into_inner();
+        let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+        self.check_latency_us.store(micros, Ordering::Relaxed);
         let subtypes = match tokio::time::timeout(
             CHECK_TIMEOUT,
             client.resource_rpc_subtypes(robot::ResourceRpcSubtypesRequest {}),
