@@ -12,7 +12,10 @@ fn check(path: &str) -> std::process::Output {
         .args(["check-config", "--config", path])
         // examples/webrtc.json reads its TURN credential from the environment, as a real
         // config should (placeholders such as "change-me" are refused).
-        .env("PARTGATE_TURN_CREDENTIAL", "turn-credential-from-the-environment")
+        .env(
+            "PARTGATE_TURN_CREDENTIAL",
+            "turn-credential-from-the-environment",
+        )
         .output()
         .expect("runs")
 }
