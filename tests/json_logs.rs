@@ -5,10 +5,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -19,31 +17,18 @@ const BIN: &str = env!("CARGO_BIN_EXE_partgate");
 
 /// A `partgate run` child whose stderr JSON lines arrive on a channel.
 struct Gateway {
-    child: Child,
-    lines: mpsc::Receiver<String>,
+    proc: Spawned,
     seen: Vec<Value>,
 }
 
 impl Gateway {
     fn start(config: &std::path::Path) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config", config.to_str().unwrap()])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config", config.to_str().unwrap()])
             .env("PARTGATE_LOG_FORMAT", "json")
-            .env("PARTGATE_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawns");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+            .env("PARTGATE_LOG", "info");
         Self {
-            child,
-            lines,
+            proc: Spawned::spawn(&mut cmd),
             seen: Vec::new(),
         }
     }
@@ -63,6 +48,7 @@ impl Gateway {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self
+                .proc
                 .lines
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("no {message:?} line; saw:\n{:#?}", self.seen));
@@ -77,12 +63,8 @@ impl Gateway {
 
     /// Waits for the process to exit (15 s at most), then reads what it wrote last.
     fn wait_exit(&mut self) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+        self.proc.wait_exit(Duration::from_secs(15));
+        while let Ok(line) = self.proc.lines.recv_timeout(Duration::from_millis(200)) {
             let value =
                 serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
             self.seen.push(value);
@@ -90,22 +72,8 @@ impl Gateway {
         std::mem::take(&mut self.seen)
     }
 
-    /// Sends a signal to this child, by its pid.
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.proc.signal(name);
     }
 }
 

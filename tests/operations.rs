@@ -4,10 +4,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -308,15 +306,7 @@ async fn get_with(
     path: &str,
     accept: Option<&str>,
 ) -> (StatusCode, http::HeaderMap, String) {
-    let mut req =
-        http::Request::get(format!("http://{addr}{path}")).header("host", addr.to_string());
-    if let Some(accept) = accept {
-        req = req.header("accept", accept);
-    }
-    let req = req
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let resp = raw_call(addr, false, req).await;
+    let resp = http_get_accepting(addr, path, accept).await;
     let body = String::from_utf8_lossy(&resp.body).into_owned();
     (resp.status, resp.headers, body)
 }
@@ -743,8 +733,7 @@ async fn restart_only_settings_are_reported_and_kept() {
 
 /// A `partgate run` child whose stderr lines arrive on a channel.
 struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
+    proc: Spawned,
     seen: Vec<String>,
 }
 
@@ -779,23 +768,12 @@ impl Running {
         cmd.args(["run", "--config", path.to_str().unwrap()])
             .args(extra)
             .env("NO_COLOR", "1")
-            .env_remove("PARTGATE_LOG_FORMAT")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null());
+            .env_remove("PARTGATE_LOG_FORMAT");
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawns");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
         Self {
-            child,
-            lines,
+            proc: Spawned::spawn(&mut cmd),
             seen: Vec::new(),
         }
     }
@@ -805,7 +783,7 @@ impl Running {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+            let line = self.proc.lines.recv_timeout(left).unwrap_or_else(|_| {
                 panic!("no line with {needle:?}; saw:\n{}", self.seen.join("\n"))
             });
             self.seen.push(line.clone());
@@ -826,39 +804,18 @@ impl Running {
     }
 
     fn signal(&self, name: &str) {
-        // By this child's own pid, never by name.
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        self.proc.signal(name);
     }
 
     fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "did not exit in {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.proc.wait_exit(limit)
     }
 
     fn rest_of_output(&mut self) -> Vec<String> {
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+        while let Ok(line) = self.proc.lines.recv_timeout(Duration::from_millis(200)) {
             self.seen.push(line);
         }
         self.seen.clone()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -938,7 +895,7 @@ async fn the_open_file_limit_is_raised_to_the_hard_limit() {
     let config = run_config(remotes, serde_json::json!({}));
     let mut gw = Running::start_under(&["prlimit", "--nofile=256:"], &config, &[], &[]);
     gw.listening();
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gw.child.id())).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gw.proc.child.id())).unwrap();
     let line = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))

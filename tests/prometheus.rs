@@ -73,15 +73,7 @@ fn text_of(out: &Output) -> String {
 
 /// `GET /metrics` with an `Accept` header (or none): content type and body.
 async fn scrape_as(addr: SocketAddr, accept: Option<&str>) -> (String, String) {
-    let mut req =
-        http::Request::get(format!("http://{addr}/metrics")).header("host", addr.to_string());
-    if let Some(accept) = accept {
-        req = req.header("accept", accept);
-    }
-    let req = req
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let resp = raw_call(addr, false, req).await;
+    let resp = http_get_accepting(addr, "/metrics", accept).await;
     assert_eq!(resp.status, http::StatusCode::OK);
     assert_eq!(resp.headers["vary"], "accept");
     let content_type = resp.headers["content-type"].to_str().unwrap().to_owned();

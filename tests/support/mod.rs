@@ -451,15 +451,24 @@ impl tonic::service::Interceptor for Bearer {
 
 /// A plain HTTP/1.1 GET: status and body text.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (http::StatusCode, String) {
-    let req = http::Request::get(format!("http://{addr}{path}"))
-        .header("host", addr.to_string())
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let resp = raw_call(addr, false, req).await;
+    let resp = http_get_accepting(addr, path, None).await;
     (
         resp.status,
         String::from_utf8_lossy(&resp.body).into_owned(),
     )
+}
+
+/// A plain HTTP/1.1 GET with an `Accept` header when `accept` is given: the whole response.
+pub async fn http_get_accepting(addr: SocketAddr, path: &str, accept: Option<&str>) -> RawResponse {
+    let mut req =
+        http::Request::get(format!("http://{addr}{path}")).header("host", addr.to_string());
+    if let Some(accept) = accept {
+        req = req.header("accept", accept);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    raw_call(addr, false, req).await
 }
 
 /// One sample of the exposition: name, labels, value.
@@ -603,4 +612,64 @@ pub fn with_remotes(config: &Config, remotes: Vec<RemoteConfig>) -> partgate::co
     let mut config = config.clone();
     config.remotes = remotes;
     config.validate().expect("valid config")
+}
+
+/// A child process (the `partgate` binary) whose stderr lines arrive on a channel, signalled by
+/// its own pid (never by name) and killed when dropped.
+pub struct Spawned {
+    pub child: std::process::Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Spawned {
+    /// Spawns `cmd` with stderr read line by line on a thread, stdout discarded.
+    pub fn spawn(cmd: &mut std::process::Command) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = cmd
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawns");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Sends signal `name` (`HUP`, `TERM`, ...) by this child's pid.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the child to exit, failing the test after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "did not exit in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

@@ -107,12 +107,13 @@ export async function stopAll() {
   for (const c of [...children]) await stopChild(c);
 }
 
-/** A new namespace with only `lo`, up. */
-export async function createNetns(prefix) {
+/** A new namespace with only `lo`, up; `hostNames` also resolve to 127.0.0.1 inside it. */
+export async function createNetns(prefix, hostNames = []) {
   const ns = `${prefix}-${process.pid}-${randomBytes(3).toString('hex')}`;
   await run('ip', ['netns', 'add', ns]);
   mkdirSync(path.join('/etc/netns', ns), { recursive: true });
-  writeFileSync(path.join('/etc/netns', ns, 'hosts'), '127.0.0.1 localhost\n::1 localhost\n');
+  const v4 = ['127.0.0.1', 'localhost', ...hostNames].join(' ');
+  writeFileSync(path.join('/etc/netns', ns, 'hosts'), `${v4}\n::1 localhost\n`);
   await run('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', 'lo', 'up']);
   const links = await run('ip', ['netns', 'exec', ns, 'ip', '-o', 'link']);
   const names = links.stdout.trim().split('\n').map((l) => l.split(':')[1].trim());

@@ -22,18 +22,24 @@
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, mkdirSync, rmSync, writeFileSync, accessSync, constants } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
+import {
+  DEBUG,
+  createNetns,
+  fetchInNs,
+  launchChromium,
+  missing,
+  removeNetns,
+  startInNs,
+  stopAll,
+} from './netns.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const PARTGATE_BIN = process.env.PARTGATE_BIN || path.resolve(HERE, '../../../target/debug/partgate');
-const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const HOST = 'gateway.partgate.test';
-const DEBUG = !!process.env.PARTGATE_BROWSER_DEBUG;
 // Fixed ports are safe: the namespace is new and nothing else listens in it.
 const PART_PORTS = { main: 18081, sub1: 18082, sub2: 18083 };
 const API_KEY_ID = '0b7e4a52-6a55-4c8e-9d0f-2f4d2a7c1e01';
@@ -44,135 +50,15 @@ const METRIC_RE = /^(partgate_webrtc_[a-z_]+)(\{[^}]*\})? ([0-9.eE+-]+)$/;
 // Preconditions
 // ---------------------------------------------------------------------------
 
-function which(cmd) {
-  for (const dir of (process.env.PATH || '/usr/sbin:/usr/bin:/sbin:/bin').split(':')) {
-    try {
-      accessSync(path.join(dir, cmd), constants.X_OK);
-      return path.join(dir, cmd);
-    } catch {
-      // next
-    }
-  }
-  return null;
-}
-
-function missing() {
-  if (typeof process.getuid === 'function' && process.getuid() !== 0) return 'network namespaces need root';
-  if (!which('ip')) return 'no `ip` (Debian package iproute2)';
-  if (!existsSync(CHROMIUM_BIN)) return `no Chromium at ${CHROMIUM_BIN} (Debian package chromium)`;
-  if (!existsSync(PARTGATE_BIN)) return `no gateway binary at ${PARTGATE_BIN} (cargo build --bins)`;
-  return null;
-}
-
-const why = missing();
+const why = missing(PARTGATE_BIN);
 const required = !!process.env.CI || process.env.PARTGATE_REQUIRE_NETNS === '1';
 if (why && required) {
   test('browser WebRTC interop preconditions', () => assert.fail(`${why} (required because CI or PARTGATE_REQUIRE_NETNS=1 is set)`));
 }
 
 // ---------------------------------------------------------------------------
-// Processes and the namespace
+// Processes and the namespace: netns.mjs
 // ---------------------------------------------------------------------------
-
-const children = new Set(); // every ChildProcess we started
-
-function run(cmd, args, { timeout = 20_000, allowFail = false } = {}) {
-  return new Promise((resolve, reject) => {
-    execFile(cmd, args, { timeout, encoding: 'utf8' }, (err, stdout, stderr) => {
-      if (err && !allowFail) reject(new Error(`${cmd} ${args.join(' ')} failed: ${err.message}\n${stderr}`));
-      else resolve({ code: err ? (err.code ?? 1) : 0, stdout, stderr });
-    });
-  });
-}
-
-/** Starts `cmd args` inside the namespace (`ip netns exec` execs it: the child's PID is the program's). */
-function startInNs(ns, label, cmd, args, readyRe) {
-  const child = spawn('ip', ['netns', 'exec', ns, cmd, ...args], {
-    env: { ...process.env, NO_COLOR: '1' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  children.add(child);
-  child.log = '';
-  const onData = (d) => {
-    child.log += d;
-    if (child.log.length > 200_000) child.log = child.log.slice(-100_000);
-    if (DEBUG) process.stderr.write(String(d).replace(/^(?=.)/gm, `[${label}] `));
-  };
-  child.stdout.setEncoding('utf8');
-  child.stderr.setEncoding('utf8');
-  child.stdout.on('data', onData);
-  child.stderr.on('data', onData);
-  child.ready = new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${label} not ready in 30 s:\n${child.log}`)), 30_000);
-    const check = () => {
-      if (readyRe.test(child.log)) {
-        clearTimeout(timer);
-        resolve();
-      }
-    };
-    child.stdout.on('data', check);
-    child.stderr.on('data', check);
-    child.on('exit', (code, sig) => {
-      clearTimeout(timer);
-      reject(new Error(`${label} exited (code ${code}, signal ${sig}):\n${child.log}`));
-    });
-  });
-  child.ready.catch(() => {});
-  return child;
-}
-
-async function stopChild(child) {
-  if (child.exitCode !== null || child.signalCode !== null) {
-    children.delete(child);
-    return;
-  }
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  const t = setTimeout(() => child.kill('SIGKILL'), 5_000);
-  await exited;
-  clearTimeout(t);
-  children.delete(child);
-}
-
-process.on('exit', () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-});
-
-async function createNetns() {
-  const ns = `partgate-br-${process.pid}-${randomBytes(3).toString('hex')}`;
-  await run('ip', ['netns', 'add', ns]);
-  const etc = path.join('/etc/netns', ns);
-  mkdirSync(etc, { recursive: true });
-  writeFileSync(path.join(etc, 'hosts'), `127.0.0.1 localhost ${HOST}\n::1 localhost\n`);
-  await run('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', 'lo', 'up']);
-  const links = await run('ip', ['netns', 'exec', ns, 'ip', '-o', 'link']);
-  const names = links.stdout.trim().split('\n').map((l) => l.split(':')[1].trim());
-  assert.deepEqual(names, ['lo'], `namespace ${ns} must have only loopback: ${links.stdout}`);
-  return ns;
-}
-
-/** Kills what is still running in our own namespace (only processes this file started can be
- * there), then deletes it. */
-async function removeNetns(ns) {
-  const pids = await run('ip', ['netns', 'pids', ns], { allowFail: true });
-  for (const pid of pids.stdout.split(/\s+/).filter(Boolean).map(Number)) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // gone already
-    }
-  }
-  await run('ip', ['netns', 'del', ns], { allowFail: true });
-  rmSync(path.join('/etc/netns', ns), { recursive: true, force: true });
-}
-
-/** GET a URL from inside the namespace (Node's fetch, in a short-lived child). */
-async function fetchInNs(ns, url) {
-  const script = `fetch(${JSON.stringify(url)}).then(async r => { process.stdout.write(String(r.status) + '\\n' + await r.text()); }, e => { process.stdout.write('0\\n' + e.message); })`;
-  const res = await run('ip', ['netns', 'exec', ns, process.execPath, '-e', script]);
-  const nl = res.stdout.indexOf('\n');
-  return { status: Number(res.stdout.slice(0, nl)), body: res.stdout.slice(nl + 1) };
-}
 
 function parseMetrics(text) {
   const out = {};
@@ -236,7 +122,7 @@ function setup({ auth, port, pagePort }) {
 
   before(async () => {
     const bundle = await buildBundle();
-    env.ns = await createNetns();
+    env.ns = await createNetns('partgate-br', [HOST]);
     env.tmp = mkdtempSync(path.join(tmpdir(), 'partgate-browser-'));
 
     const parts = Object.entries(PART_PORTS).map(([name, p]) =>
@@ -255,31 +141,13 @@ function setup({ auth, port, pagePort }) {
       await new Promise((res) => setTimeout(res, 200));
     }
 
-    // Chromium runs inside the namespace through a wrapper; Playwright talks to it over its
-    // inherited pipes, which `ip netns exec` keeps.
-    const wrapper = path.join(env.tmp, 'chromium-in-netns.sh');
-    writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${env.ns} ${CHROMIUM_BIN} "$@"\n`, { mode: 0o755 });
-    const { chromium } = await import('playwright-core');
-    env.browser = await chromium.launch({
-      executablePath: wrapper,
-      headless: true,
-      chromiumSandbox: false,
-      timeout: 30_000,
-      args: [
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        `--host-resolver-rules=MAP ${HOST} 127.0.0.1`,
-        // Real host candidates instead of mDNS `.local` names (the gateway ignores mDNS candidates).
-        '--disable-features=WebRtcHideLocalIpsWithMdns',
-        // Chromium leaves loopback interfaces out of ICE gathering; the namespace has nothing else.
-        '--allow-loopback-in-peer-connection',
-      ],
-    });
+    env.browser = await launchChromium(env.ns, env.tmp, [
+      `--host-resolver-rules=MAP ${HOST} 127.0.0.1`,
+      // Real host candidates instead of mDNS `.local` names (the gateway ignores mDNS candidates).
+      '--disable-features=WebRtcHideLocalIpsWithMdns',
+      // Chromium leaves loopback interfaces out of ICE gathering; the namespace has nothing else.
+      '--allow-loopback-in-peer-connection',
+    ]);
     const context = await env.browser.newContext();
     env.page = await context.newPage();
     env.page.on('console', (m) => {
@@ -310,7 +178,7 @@ function setup({ auth, port, pagePort }) {
     try {
       if (env.browser) await env.browser.close().catch(() => {});
     } finally {
-      for (const c of [...children]) await stopChild(c);
+      await stopAll();
       if (env.ns) await removeNetns(env.ns);
       if (env.tmp) rmSync(env.tmp, { recursive: true, force: true });
     }
