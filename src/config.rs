@@ -1238,24 +1238,9 @@ pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{text:?}: {host:?} resolves to no address"))
 }
 
-/// Words the examples use where a secret goes: a value containing one is never a real secret.
-const PLACEHOLDERS: [&str; 6] = [
-    "replace-me",
-    "replace_me",
-    "replaceme",
-    "change-me",
-    "change_me",
-    "changeme",
-];
-
 /// The shortest secret the gateway accepts from clients (API keys, location secrets): 16 bytes
 /// of random characters are past guessing, and `deploy/secrets/generate.sh` makes 48.
 pub const MIN_CLIENT_SECRET_LEN: usize = 16;
-
-fn is_placeholder(value: &str) -> bool {
-    let lower = value.to_ascii_lowercase();
-    PLACEHOLDERS.iter().any(|p| lower.contains(p))
-}
 
 /// Where a secret came from, for a message that must not show the secret itself.
 fn secret_source(text: &str) -> String {
@@ -1281,7 +1266,7 @@ impl Config {
                 return;
             };
             let from = secret_source(text);
-            if is_placeholder(&value) {
+            if crate::auth::token::placeholder(&value).is_some() {
                 problem(
                     at,
                     format!(

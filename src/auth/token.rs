@@ -48,8 +48,17 @@ pub enum KeyError {
 
 /// What the signing-key file tells people to put there.
 const HOW_TO_MAKE_ONE: &str = "make one with `partgate keygen`";
-/// Words of the placeholders that deploy files and secret templates carry.
-const PLACEHOLDERS: [&str; 4] = ["REPLACE-ME", "REPLACE_ME", "CHANGE-ME", "CHANGEME"];
+/// Words the examples, deploy files and secret templates put where a secret goes: a value
+/// containing one (in any case) is never a real secret. The one list for the signing key and
+/// for the config's secrets (`config`'s placeholder check).
+const PLACEHOLDERS: [&str; 6] = [
+    "REPLACE-ME",
+    "REPLACE_ME",
+    "REPLACEME",
+    "CHANGE-ME",
+    "CHANGE_ME",
+    "CHANGEME",
+];
 
 /// Signs and verifies the gateway's tokens.
 pub struct Signer {
@@ -281,8 +290,8 @@ fn not_ed25519(pkcs8: &[u8]) -> KeyError {
     ))
 }
 
-/// The first placeholder word in `text`, if it holds one.
-fn placeholder(text: &str) -> Option<&'static str> {
+/// The first placeholder word in `text` (any case), if it holds one.
+pub fn placeholder(text: &str) -> Option<&'static str> {
     let upper = text.to_ascii_uppercase();
     PLACEHOLDERS.into_iter().find(|w| upper.contains(w))
 }
